@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv when it is missing. torch is pinned to the CPU wheel first so
+# that no other requirement pulls a multi-GB CUDA build.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.helixplan-installed
+
+.PHONY: demo test lint venv clean bench
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[hf,dev]"
+	touch $(VENV_STAMP)
+
+demo: venv
+	$(PY) -m planner inspect examples/llama.py --batch 8 --seq 1 --context 4k
+
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest -n 2 -q tests
+
+lint: venv
+	$(PY) -m ruff check .
+
+bench: venv
+	$(PY) benchmarks/inspect_time.py
+
+clean:
+	rm -rf .venv build .pytest_cache

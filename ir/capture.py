@@ -1,0 +1,400 @@
+"""Capture a PyTorch module into an `ir.Graph` with torch.export.
+
+The only module of the project that touches torch.fx / torch.export. The model is traced
+non-strictly on whatever device its parameters live on (the planner builds it under
+`torch.device("meta")`, so a 400B model costs no memory) with batch, new tokens and cache
+length as dynamic dims. Every shape in the resulting IR is a sympy expression in the
+workload symbols B, T, L (`ir.tensor`), whatever names torch gave its own symbols.
+
+Inputs follow the forward convention of the README: `input_ids`/`position_ids` [B, T],
+`cache_lens` [B], and `past_kv` with one cache per layer, `(k, v)` each [B, K, L, d] or one
+latent tensor [B, L, D]. `dim_roles_for` says which dim of each input is B, T or L.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import sympy
+import torch
+import torch.utils._pytree as pytree
+from torch.export import Dim
+
+from ir.errors import CaptureError
+from ir.graph import Graph, Op, ParamSpec, ValueRef
+from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
+
+# Ops that carry no computation the planner prices or the program needs.
+NOISE_TARGETS = frozenset(
+    {
+        "_assert_tensor_metadata",
+        "_assert_scalar",
+        "sym_constrain_range_for_size",
+        "sym_constrain_range",
+        "_assert_async",
+        "sym_size",
+        "sym_numel",
+        "sym_stride",
+        "sym_storage_offset",
+    }
+)
+
+Role = str  # "B", "T" or "L"
+
+
+def dim_roles_for(name: str, tensor: torch.Tensor) -> dict[int, Role]:
+    """Which dims of a forward-convention input are batch (B), new tokens (T), cache (L)."""
+    if name in ("input_ids", "position_ids", "labels", "attention_mask", "inputs_embeds"):
+        return {0: "B", 1: "T"}
+    if name == "cache_lens":
+        return {0: "B"}
+    if name.startswith("past_kv"):
+        if tensor.dim() == 4:
+            return {0: "B", 2: "L"}
+        if tensor.dim() == 3:
+            return {0: "B", 1: "L"}
+    return {}
+
+
+def _ordered_kwargs(module: torch.nn.Module, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Order kwargs as forward's signature does, so the flattened order is predictable."""
+    params = list(inspect.signature(module.forward).parameters)
+    ordered = {k: kwargs[k] for k in params if k in kwargs}
+    ordered.update({k: v for k, v in kwargs.items() if k not in ordered})
+    return ordered
+
+
+def _leaf_names(kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(name, leaf) pairs for each tensor leaf; nested names join with `_` (past_kv_3_0)."""
+    leaves_with_path, _ = pytree.tree_flatten_with_path(dict(kwargs))
+    out = []
+    for path, leaf in leaves_with_path:
+        parts = []
+        for p in path:
+            key = getattr(p, "key", getattr(p, "idx", None))
+            parts.append(str(key))
+        out.append(("_".join(parts), leaf))
+    return out
+
+
+def _dynamic_shapes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    def spec_for(path_prefix: str, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            roles = dim_roles_for(path_prefix, value)
+            return {d: Dim.AUTO for d in roles} or None
+        if isinstance(value, (tuple, list)):
+            return type(value)(spec_for(f"{path_prefix}_{i}", v) for i, v in enumerate(value))
+        return None
+
+    return {k: spec_for(k, v) for k, v in kwargs.items()}
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        ns = target.namespace
+        name = target._opname
+        overload = target._overloadname
+        base = name if overload == "default" else f"{name}.{overload}"
+        return base if ns == "aten" else f"{ns}.{base}"
+    return getattr(target, "__name__", str(target))
+
+
+def _module_info(node: torch.fx.Node, strip_prefix: str) -> tuple[str, tuple[str, ...]]:
+    stack = node.meta.get("nn_module_stack") or {}
+    entries = [v for v in stack.values() if isinstance(v, tuple) and len(v) == 2]
+    entries = [(p, t) for p, t in entries if not p.startswith("_empty_nn_module_stack")]
+    if not entries:
+        return "", ()
+    path, _ = entries[-1]
+    path = re.sub(r"^L\['self'\]\.?", "", path)
+    if strip_prefix and (path == strip_prefix or path.startswith(strip_prefix + ".")):
+        path = path[len(strip_prefix) + 1 :]
+    types = tuple(t.rsplit(".", 1)[-1] if isinstance(t, str) else t.__name__ for _, t in entries)
+    return path, types
+
+
+class _Converter:
+    """Turns an ExportedProgram's graph into IR records."""
+
+    def __init__(self, symbol_map: dict[sympy.Symbol, sympy.Expr]):
+        self.symbol_map = symbol_map
+
+    def expr(self, value: Any) -> sympy.Expr:
+        if isinstance(value, torch.SymInt):
+            return sympy.sympify(value.node.expr).xreplace(self.symbol_map)
+        return sympy.Integer(int(value))
+
+    def spec(self, val: Any) -> TensorSpec:
+        shape = tuple(self.expr(d) for d in val.shape)
+        return TensorSpec(shape=shape, dtype=str(val.dtype).removeprefix("torch."))
+
+    def arg(self, a: Any, names: dict[str, str], sym_nodes: dict[str, sympy.Expr]) -> Any:
+        if isinstance(a, torch.fx.Node):
+            if a.name in sym_nodes:
+                return sym_nodes[a.name]
+            return ValueRef(names.get(a.name, a.name))
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.arg(x, names, sym_nodes) for x in a)
+        if isinstance(a, dict):
+            return {k: self.arg(v, names, sym_nodes) for k, v in a.items()}
+        if isinstance(a, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+            return str(a).removeprefix("torch.")
+        if isinstance(a, torch.SymInt):
+            return self.expr(a)
+        return a
+
+
+def export_module(
+    module: torch.nn.Module, kwargs: Mapping[str, Any], *, what: str
+) -> torch.export.ExportedProgram:
+    """torch.export (non-strict, no_grad) with the convention's dims dynamic."""
+    kwargs = _ordered_kwargs(module, kwargs)
+    try:
+        with torch.no_grad():
+            return torch.export.export(
+                module, (), dict(kwargs), strict=False, dynamic_shapes=_dynamic_shapes(kwargs)
+            )
+    except Exception as exc:  # torch raises many types; each becomes one diagnostic
+        raise CaptureError(_explain_export_failure(exc, what)) from exc
+
+
+def _explain_export_failure(exc: Exception, what: str) -> str:
+    text = " ".join(str(exc).split())
+    module_hint = ""
+    m = re.search(r"File \"([^\"]+)\", line (\d+)", str(exc))
+    if m:
+        module_hint = f" (at {m.group(1)}:{m.group(2)})"
+    kind = type(exc).__name__
+    if "data-dependent" in text or "GuardOnDataDependentSymNode" in kind or "Could not guard" in text:
+        reason = "data-dependent control flow: Python branches on a tensor value"
+        advice = (
+            "replace the branch with tensor ops (torch.where, masks) or torch.cond, "
+            "and keep shapes independent of tensor values"
+        )
+    elif "Constraints violated" in text or "specialized" in text:
+        reason = "a dynamic dim (batch, tokens or cache length) was forced to a constant"
+        advice = "avoid code that asserts a fixed batch or sequence length"
+    elif "not a known type" in text or "pytree" in text:
+        reason = "forward returns an object torch.export cannot flatten"
+        advice = "return tensors or tuples of tensors (logits, new_kv) as the README's convention says"
+    else:
+        reason = f"{kind}"
+        advice = (
+            "check that forward follows the README's convention and that every op has a "
+            "meta-device implementation"
+        )
+    return (
+        f"torch.export could not trace {what}{module_hint}: {reason}. "
+        f"torch said: {text[:600]}. What to do: {advice}."
+    )
+
+
+def capture(
+    module: torch.nn.Module,
+    kwargs: Mapping[str, Any],
+    *,
+    what: str = "the model",
+    strip_prefix: str = "",
+    source: Mapping[str, Any] | None = None,
+) -> Graph:
+    """Trace `module(**kwargs)` and return its IR graph.
+
+    `strip_prefix` drops a wrapper's attribute from module paths (an adapter around a Hugging
+    Face model). `source` is stored in `graph.meta["source"]`.
+    """
+    t0 = time.perf_counter()
+    kwargs = _ordered_kwargs(module, kwargs)
+    ep = export_module(module, kwargs, what=what)
+    graph = _convert(ep, kwargs, strip_prefix=strip_prefix)
+    aliases = _tied_aliases(module, strip_prefix)
+    graph.params = {
+        v: replace(p, aliases=aliases.get(p.name, ())) for v, p in graph.params.items()
+    }
+    graph.meta["source"] = dict(source or {})
+    graph.meta["kv_cache_traced"] = any(n.startswith("past_kv") for n in graph.inputs)
+    graph.meta["capture_seconds"] = time.perf_counter() - t0
+    return graph
+
+
+def _symbol_map(
+    ep: torch.export.ExportedProgram, kwargs: Mapping[str, Any]
+) -> tuple[dict[sympy.Symbol, sympy.Expr], list[str], dict[str, str]]:
+    sig = ep.graph_signature
+    user_placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in sig.user_inputs]
+    leaves = [(name, leaf) for name, leaf in _leaf_names(kwargs) if isinstance(leaf, torch.Tensor)]
+    if len(leaves) != len(user_placeholders):
+        raise CaptureError(
+            f"internal: {len(leaves)} tensor inputs but {len(user_placeholders)} graph inputs"
+        )
+    symbol_map: dict[sympy.Symbol, sympy.Expr] = {}
+    input_names: list[str] = []
+    rename: dict[str, str] = {}
+    for (name, leaf), node in zip(leaves, user_placeholders, strict=True):
+        rename[node.name] = name
+        input_names.append(name)
+        val = node.meta["val"]
+        for dim, role in dim_roles_for(name, leaf).items():
+            size = val.shape[dim]
+            if isinstance(size, torch.SymInt):
+                expr = sympy.sympify(size.node.expr)
+                if isinstance(expr, sympy.Symbol):
+                    symbol_map.setdefault(expr, WORKLOAD_SYMBOLS[role])
+    return symbol_map, input_names, rename
+
+
+def _convert(
+    ep: torch.export.ExportedProgram, kwargs: Mapping[str, Any], *, strip_prefix: str
+) -> Graph:
+    sig = ep.graph_signature
+    symbol_map, input_names, rename = _symbol_map(ep, kwargs)
+    conv = _Converter(symbol_map)
+
+    state = dict(ep.state_dict)
+    state.update(getattr(ep, "constants", {}) or {})
+    param_of = dict(sig.inputs_to_parameters)
+    buffer_of = dict(sig.inputs_to_buffers)
+    const_of = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
+
+    def clean(fqn: str) -> str:
+        if strip_prefix and fqn.startswith(strip_prefix + "."):
+            return fqn[len(strip_prefix) + 1 :]
+        return fqn
+
+    values: dict[str, TensorSpec] = {}
+    params: dict[str, ParamSpec] = {}
+    ops: list[Op] = []
+    sym_nodes: dict[str, sympy.Expr] = {}
+    tuple_outputs: dict[str, list[str]] = {}
+    outputs: list[str] = []
+
+    for node in ep.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder":
+            name = rename.get(node.name, node.name)
+            if isinstance(val, torch.Tensor):
+                values[name] = conv.spec(val)
+            fqn = param_of.get(node.name) or buffer_of.get(node.name) or const_of.get(node.name)
+            if fqn is not None:
+                t = state.get(fqn)
+                shape = tuple(int(d) for d in (t.shape if t is not None else val.shape))
+                params[name] = ParamSpec(
+                    name=clean(fqn),
+                    value=name,
+                    shape=shape,
+                    dtype=str((t if t is not None else val).dtype).removeprefix("torch."),
+                    is_buffer=node.name not in param_of,
+                )
+            continue
+        if node.op == "output":
+            flat, _ = pytree.tree_flatten(node.args[0])
+            for a in flat:
+                if isinstance(a, torch.fx.Node):
+                    outputs.append(rename.get(a.name, a.name))
+            continue
+        if node.op == "get_attr":
+            raise CaptureError(
+                f"the traced graph has a sub-graph ({node.target}) from a higher-order op; "
+                "helixplan traces under torch.no_grad() to avoid these. Remove autocast or "
+                "torch.cond regions from forward, or report the model to the developers."
+            )
+        if node.op != "call_function":
+            continue
+        target = _target_name(node.target)
+        if isinstance(val, torch.SymInt) or (target.split(".")[0] in NOISE_TARGETS):
+            if isinstance(val, (torch.SymInt, int)):
+                sym_nodes[node.name] = conv.expr(val)
+            continue
+        if target == "getitem":
+            src, idx = node.args
+            parts = tuple_outputs.get(src.name)
+            if parts is not None and isinstance(val, torch.Tensor):
+                rename[node.name] = parts[idx]
+            continue
+        if target in ("to", "to.dtype", "to.dtype_layout", "to.device", "_to_copy") and _is_noop_to(node):
+            rename[node.name] = rename.get(node.args[0].name, node.args[0].name)
+            continue
+        out_names: list[str]
+        if isinstance(val, torch.Tensor):
+            out_names = [node.name]
+            values[node.name] = conv.spec(val)
+        elif isinstance(val, (tuple, list)):
+            out_names = []
+            for i, v in enumerate(val):
+                vname = f"{node.name}_{i}"
+                out_names.append(vname)
+                if isinstance(v, torch.Tensor):
+                    values[vname] = conv.spec(v)
+            tuple_outputs[node.name] = out_names
+        else:
+            out_names = []
+        inputs = tuple(
+            dict.fromkeys(
+                rename.get(a.name, a.name)
+                for a in node.all_input_nodes
+                if a.name not in sym_nodes
+            )
+        )
+        path, types = _module_info(node, strip_prefix)
+        args = conv.arg(node.args, rename, sym_nodes)
+        kw = conv.arg(dict(node.kwargs), rename, sym_nodes)
+        ops.append(
+            Op(
+                name=node.name,
+                target=target,
+                inputs=tuple(i for i in inputs if i in values),
+                outputs=tuple(out_names),
+                module_path=path,
+                module_types=types,
+                attrs={"args": args, "kwargs": kw},
+            )
+        )
+
+    return Graph(
+        ops=ops,
+        values=values,
+        inputs=input_names,
+        outputs=outputs,
+        params=params,
+        meta={},
+    )
+
+
+def _is_noop_to(node: torch.fx.Node) -> bool:
+    """A `.to` whose input and output have the same dtype and device does nothing."""
+    src = node.args[0] if node.args else None
+    if not isinstance(src, torch.fx.Node):
+        return False
+    a, b = src.meta.get("val"), node.meta.get("val")
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.dtype == b.dtype
+        and a.device == b.device
+    )
+
+
+def _tied_aliases(module: torch.nn.Module, strip_prefix: str) -> dict[str, tuple[str, ...]]:
+    """Parameter name -> other names of the same tensor (tied weights share a placeholder)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if strip_prefix and name.startswith(strip_prefix + "."):
+            name = name[len(strip_prefix) + 1 :]
+        by_id.setdefault(id(p), []).append(name)
+    out: dict[str, tuple[str, ...]] = {}
+    for names in by_id.values():
+        for n in names:
+            out[n] = tuple(x for x in names if x != n)
+    return out
+
+
+@contextlib.contextmanager
+def meta_device():
+    """Build modules on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        yield

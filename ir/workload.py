@@ -1,0 +1,74 @@
+"""The workload a plan is made for (read by passes, cost models and codegen)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from ir.errors import InputError
+
+WorkloadKind = Literal["decode", "prefill", "train"]
+Dtype = Literal["fp32", "bf16", "fp16", "fp8", "fp4"]
+WORKLOAD_KINDS: tuple[str, ...] = ("decode", "prefill", "train")
+DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16", "fp8", "fp4")
+DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5}
+
+_SUFFIX = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_tokens(text: str | int) -> int:
+    """Parse a token count with an optional binary suffix: `128k` = 131072, `1M` = 1048576."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", str(text))
+    if not m:
+        raise InputError(
+            f"token count {text!r} is not a number; expected an integer with an optional "
+            "binary suffix k, M or G (e.g. 4096, 128k, 1M)"
+        )
+    return int(m.group(1)) * _SUFFIX[m.group(2).lower()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """What the model is run for.
+
+    decode: `batch` sequences, each with `context` cached tokens, generating `seq` (usually 1)
+    new tokens per step; objective time per output token. prefill: `batch` sequences of `seq`
+    new tokens after an optional cached prefix of `context` tokens; objective time to first
+    token. train: `batch` sequences of `seq` tokens; objective step time."""
+
+    kind: WorkloadKind
+    batch: int
+    seq: int
+    context: int = 0
+    weight_dtype: Dtype = "bf16"
+    kv_dtype: Dtype = "bf16"
+    act_dtype: Dtype = "bf16"
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    ttl_slo_s: float | None = None
+    ttft_slo_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in WORKLOAD_KINDS:
+            raise InputError(f"workload {self.kind!r} is unknown; choose one of {WORKLOAD_KINDS}")
+        for name in ("batch", "seq"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.context, int) or self.context < 0:
+            raise InputError(f"context must be a non-negative integer, got {self.context!r}")
+        for name in ("weight_dtype", "kv_dtype", "act_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise InputError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)!r} is unknown; "
+                    f"choose one of {DTYPES}"
+                )
+        if self.optimizer not in ("sgd", "adamw"):
+            raise InputError(f"optimizer {self.optimizer!r} is unknown; choose sgd or adamw")
+
+    @property
+    def symbol_values(self) -> dict[str, int]:
+        """Values of the IR symbols B, T, L for this workload."""
+        return {"B": self.batch, "T": self.seq, "L": self.context}

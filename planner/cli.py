@@ -1,0 +1,64 @@
+"""The `helixplan` command line.
+
+Each subcommand is a module in `planner/commands/` exposing `NAME`, `HELP`,
+`add_arguments(parser)` and `run(args) -> int`. A `PlannerError` becomes a one-paragraph
+message on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+
+from ir.errors import PlannerError
+
+COMMANDS = ("inspect", "plan", "explain", "verify", "sweep", "calibrate")
+
+
+def _load_command(name: str):
+    try:
+        return importlib.import_module(f"planner.commands.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"planner.commands.{name}":
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helixplan",
+        description="Plan how to parallelize a PyTorch model over GPUs and emit the program.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        mod = _load_command(name)
+        if mod is None:
+            continue
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def format_error(err: PlannerError) -> str:
+    text = " ".join(str(err).split())
+    return "\n".join(textwrap.wrap(f"error: {text}", width=100))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except PlannerError as err:
+        print(format_error(err), file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Model input: a Python model file or a Hugging Face config, built on the meta device.
+
+A model file defines `build_model(**size) -> nn.Module` and
+`example_inputs(workload, batch, seq, context, ...) -> dict` (see README). `hf:PATH` names a
+transformers `config.json`; the model is built from the config with no weights and adapted
+to the forward convention for tracing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from ir.errors import InputError, ModelLoadError
+
+TRACE_BATCH, TRACE_SEQ, TRACE_CONTEXT = 3, 5, 7  # >= 2 so each stays symbolic; distinct
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "file" | "hf"
+    path: str
+    model_args: dict[str, str] = field(default_factory=dict)
+    content_hash: str = ""
+
+    @property
+    def display(self) -> str:
+        return f"hf:{self.path}" if self.kind == "hf" else self.path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "model_args": dict(sorted(self.model_args.items())),
+            "sha256": self.content_hash,
+        }
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(
+                f"--model-arg {item!r} is not KEY=VALUE; write e.g. --model-arg preset=llama3-8b"
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve_source(spec: str, model_args: dict[str, str] | None = None) -> ModelSource:
+    model_args = dict(model_args or {})
+    if spec.startswith("hf:"):
+        path = Path(spec[3:])
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise ModelLoadError(
+                f"Hugging Face config {spec!r} not found; give hf:PATH/config.json (or a "
+                "directory holding config.json) of a causal LM"
+            )
+        if model_args:
+            raise InputError(
+                "--model-arg applies to model files only; edit the config.json for hf: models"
+            )
+        return ModelSource("hf", str(path), {}, _sha256(path))
+    path = Path(spec)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"model file {spec!r} does not exist; give a Python file defining build_model() "
+            "and example_inputs(), or hf:PATH/config.json for a Hugging Face model"
+        )
+    if path.suffix != ".py":
+        raise ModelLoadError(
+            f"model file {spec!r} is not a .py file; for a Hugging Face config write hf:{spec}"
+        )
+    return ModelSource("file", str(path), model_args, _sha256(path))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_module_file(path: str) -> ModuleType:
+    name = "helixplan_user_model_" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import model file {path!r}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ModelLoadError(
+            f"importing model file {path!r} failed with {type(exc).__name__}: {exc}. Fix the "
+            "file so that `python {path}` imports cleanly"
+        ) from exc
+    for fn in ("build_model", "example_inputs"):
+        if not callable(getattr(mod, fn, None)):
+            raise ModelLoadError(
+                f"model file {path!r} defines no {fn}(); a model file must define "
+                "build_model(**size) -> nn.Module and example_inputs(workload, batch, seq, "
+                "context, model=None) -> dict (see README, 'Model input')"
+            )
+    return mod
+
+
+def _coerce(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def build_model(source: ModelSource, *, device: str | torch.device = "meta") -> torch.nn.Module:
+    """Build the model (on the meta device by default: no memory, no init)."""
+    if source.kind == "hf":
+        return _build_hf(source, device)
+    mod = load_module_file(source.path)
+    kwargs = {k: _coerce(v) for k, v in source.model_args.items()}
+    try:
+        with torch.device(device):
+            model = mod.build_model(**kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ModelLoadError(
+            f"build_model({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) in "
+            f"{source.path} rejected the size arguments: {exc}. Pass sizes the file accepts "
+            "with --model-arg KEY=VALUE"
+        ) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(
+            f"build_model() in {source.path} returned {type(model).__name__}, not an nn.Module"
+        )
+    return model.eval()
+
+
+def _build_hf(source: ModelSource, device) -> torch.nn.Module:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelLoadError(
+            "hf: models need the transformers extra: pip install 'helixplan[hf]'"
+        ) from exc
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(Path(source.path).parent))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"transformers could not read {source.path}: {exc}. Give the config.json of a "
+            "causal LM (with model_type and architectures)"
+        ) from exc
+    try:
+        with torch.device(device):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"transformers could not build a causal LM from {source.path} "
+            f"(model_type {getattr(config, 'model_type', '?')!r}): {exc}"
+        ) from exc
+    return HFAdapter(model).eval()
+
+
+class HFAdapter(torch.nn.Module):
+    """Presents a transformers causal LM under the forward convention for tracing:
+    `forward(input_ids, position_ids) -> logits` (prefill, no cache object). Module paths of
+    the wrapped model keep their names (`model.layers.0...`) once `hf.` is stripped."""
+
+    prefix = "hf"
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.hf = model
+        self.config = model.config
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+
+
+def example_kwargs(
+    source: ModelSource,
+    model: torch.nn.Module,
+    *,
+    workload: str,
+    batch: int,
+    seq: int,
+    context: int,
+    device: str | torch.device = "meta",
+) -> dict[str, Any]:
+    if source.kind == "hf":
+        vocab = int(model.config.vocab_size)
+        ids = torch.randint(0, vocab, (batch, seq), device="cpu").to(device)
+        pos = torch.arange(seq).expand(batch, seq).contiguous().to(device)
+        return {"input_ids": ids, "position_ids": pos}
+    mod = load_module_file(source.path)
+    fn = mod.example_inputs
+    params = inspect.signature(fn).parameters
+    kwargs: dict[str, Any] = {}
+    if "model" in params:
+        kwargs["model"] = model
+    if "device" in params:
+        kwargs["device"] = "cpu"  # generators live on the CPU; moved to `device` below
+    try:
+        out = fn(workload, batch, seq, context, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"example_inputs({workload!r}, {batch}, {seq}, {context}) in {source.path} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(out, dict) or "input_ids" not in out:
+        raise ModelLoadError(
+            f"example_inputs() in {source.path} must return a dict of forward's keyword "
+            f"arguments including input_ids; it returned {type(out).__name__}"
+        )
+    return torch.utils._pytree.tree_map(
+        lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, out
+    )
+
+
+def describe_hf_config(source: ModelSource) -> dict[str, Any]:
+    return json.loads(Path(source.path).read_text())
