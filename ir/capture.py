@@ -213,9 +213,22 @@ def capture(
     ep = export_module(module, kwargs, what=what)
     graph = _convert(ep, kwargs, strip_prefix=strip_prefix)
     aliases = _tied_aliases(module, strip_prefix)
-    graph.params = {
-        v: replace(p, aliases=aliases.get(p.name, ())) for v, p in graph.params.items()
-    }
+    # Tied weights: count the handle the program reads first; the others are tied to it.
+    first_use: dict[str, int] = {}
+    for i, op in enumerate(graph.ops):
+        for v in op.inputs:
+            first_use.setdefault(v, i)
+    by_name = {p.name: v for v, p in graph.params.items()}
+    params = {}
+    for v, p in graph.params.items():
+        names = aliases.get(p.name, ())
+        handles = sorted(
+            [v] + [by_name[n] for n in names if n in by_name],
+            key=lambda h: (first_use.get(h, len(graph.ops)), h),
+        )
+        tied_to = handles[0] if handles[0] != v else ""
+        params[v] = replace(p, aliases=names, tied_to=tied_to)
+    graph.params = params
     graph.meta["source"] = dict(source or {})
     graph.meta["kv_cache_traced"] = any(n.startswith("past_kv") for n in graph.inputs)
     graph.meta["capture_seconds"] = time.perf_counter() - t0

@@ -47,7 +47,8 @@ class Op:
 class ParamSpec:
     """A parameter or buffer: its fully qualified name, the value that carries it in the
     graph, its shape (always concrete) and dtype. Tied parameters share one `ParamSpec` whose
-    `aliases` lists the other names."""
+    `aliases` lists the other names; when export gives a tied weight two placeholders,
+    the later one names the first in `tied_to`."""
 
     name: str
     value: str
@@ -55,6 +56,12 @@ class ParamSpec:
     dtype: str
     is_buffer: bool = False
     aliases: tuple[str, ...] = ()
+    tied_to: str = ""
+
+    @property
+    def counts(self) -> bool:
+        """Counted in parameter totals: a parameter, and not a second handle on a tied one."""
+        return not self.is_buffer and not self.tied_to
 
     @property
     def numel(self) -> int:
@@ -152,7 +159,7 @@ class Graph:
     @property
     def param_count(self) -> int:
         """Parameters (not buffers), tied weights counted once — as `model.parameters()`."""
-        return sum(p.numel for p in self.params.values() if not p.is_buffer)
+        return sum(p.numel for p in self.params.values() if p.counts)
 
     def with_blocks(self, blocks: list[Block]) -> Graph:
         return replace(self, blocks=list(blocks))

@@ -57,6 +57,32 @@ LAYOUT_TARGETS = frozenset(
         "lift_fresh_copy",
     }
 )
+# Copies move bytes but do no arithmetic.
+COPY_TARGETS = frozenset(
+    {
+        "embedding",
+        "index.Tensor",
+        "index_select",
+        "gather",
+        "cat",
+        "stack",
+        "clone",
+        "flatten.using_ints",
+        "repeat_interleave.self_int",
+        "repeat",
+        "index_put",
+        "index_put_",
+        "scatter.src",
+        "scatter.value",
+        "copy",
+        "to.dtype",
+        "_to_copy",
+        "zeros_like",
+        "ones_like",
+        "full_like",
+        "empty_like",
+    }
+)
 MATMUL_TARGETS = frozenset({"linear", "mm", "addmm", "bmm", "baddbmm", "matmul", "einsum", "_grouped_mm"})
 
 
@@ -92,7 +118,7 @@ def op_flops(graph: Graph, op: Op, *, cache_traced: bool = True) -> sympy.Expr:
         s = kv_length(k[-2], cache_traced)
         batch_heads = sympy.Mul(*q[:-2])
         return 2 * batch_heads * q[-2] * s * (q[-1] + v[-1])
-    if t in ("embedding", "index.Tensor", "index_select", "gather", "cat", "stack", "clone"):
+    if t in COPY_TARGETS:
         return sympy.Integer(0)
     return _numel(graph, out)
 
@@ -153,7 +179,7 @@ class AnalyzeCosts:
             for op in graph.iter_ops(b.ops):
                 flops += op_flops(graph, op, cache_traced=traced)
                 nbytes += op_bytes(graph, op, cache_traced=traced)
-            params = sum(graph.params[v].numel for v in b.params if not graph.params[v].is_buffer)
+            params = sum(graph.params[v].numel for v in b.params if graph.params[v].counts)
             blocks.append(
                 replace(
                     b,

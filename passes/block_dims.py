@@ -24,6 +24,8 @@ MOVEMENT_TARGETS = frozenset(
         "clone",
         "contiguous",
         "repeat_interleave.self_int",
+        "flatten.using_ints",
+        "index.Tensor",
         "repeat",
         "slice.Tensor",
         "transpose.int",
@@ -228,12 +230,16 @@ def _latent_dims(
 def _moe_dims(graph: Graph, block: Block) -> dict[str, int]:
     ops = _ops(graph, block)
     dims: dict[str, int] = {}
-    topk = next((o for o in ops if o.target == "topk"), None)
-    if topk is not None:
+    # Group-limited routing (DeepSeek-V3) runs topk over expert groups first; the expert-level
+    # topk is the one over the widest axis.
+    topks = [o for o in ops if o.target == "topk"]
+    if topks:
+        width = {o.name: _int(graph.values[o.inputs[0]].shape[-1]) or 0 for o in topks}
+        topk = [o for o in topks if width[o.name] == max(width.values())][-1]
         args = topk.attrs.get("args", ())
         k = args[1] if len(args) > 1 else topk.attrs.get("kwargs", {}).get("k")
         dims["top_k"] = int(k)
-        dims["experts"] = _int(graph.values[topk.inputs[0]].shape[-1])
+        dims["experts"] = width[topk.name]
     router = None
     for op in ops:
         if op.target in ("linear", "mm", "matmul") and _int(

@@ -163,10 +163,10 @@ def _classify(graph: Graph, regions: list[_Region], container: str) -> list[Bloc
         if r.layer is not None:
             if r.child == "" or r.child.startswith("#"):
                 kind = "glue"
-            elif _is_attention(ops):
-                kind = "attention"
             elif _is_moe(ops):
                 kind = "moe"
+            elif _is_attention(ops):
+                kind = "attention"
             elif _is_norm(graph, ops):
                 kind = "norm"
             elif _is_mlp(ops):

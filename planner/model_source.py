@@ -158,7 +158,9 @@ def _build_hf(source: ModelSource, device) -> torch.nn.Module:
             "hf: models need the transformers extra: pip install 'helixplan[hf]'"
         ) from exc
     try:
-        config = transformers.AutoConfig.from_pretrained(str(Path(source.path).parent))
+        raw = json.loads(Path(source.path).read_text())
+        model_type = raw.pop("model_type")
+        config = transformers.AutoConfig.for_model(model_type, **raw)
     except Exception as exc:
         raise ModelLoadError(
             f"transformers could not read {source.path}: {exc}. Give the config.json of a "
@@ -213,7 +215,7 @@ def example_kwargs(
     if "model" in params:
         kwargs["model"] = model
     if "device" in params:
-        kwargs["device"] = "cpu"  # generators live on the CPU; moved to `device` below
+        kwargs["device"] = device
     try:
         out = fn(workload, batch, seq, context, **kwargs)
     except Exception as exc:

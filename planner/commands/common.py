@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from ir.workload import parse_tokens
+from ir.errors import InputError
+from ir.workload import parse_tokens as _parse_tokens
+
+
+def parse_tokens(text: str) -> int:
+    """argparse type: a token count such as 4096, 128k or 1M (exit 2 with a message)."""
+    try:
+        return _parse_tokens(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

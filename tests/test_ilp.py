@@ -1,0 +1,361 @@
+"""The strategy-choice integer program against brute force and hand-made cases with known answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+
+import pytest
+
+from ir.errors import InfeasiblePlanError
+from passes.parallelize.brute_force import brute_force, ranked_plans
+from passes.parallelize.ilp import (
+    BlockVars,
+    Edge,
+    Option,
+    Problem,
+    greedy_assignment,
+    plan_memory_bytes,
+    plan_time_s,
+    solve,
+)
+
+GiB = 2**30
+LAYOUTS = ("replicate", "shard_batch", "shard_seq")
+SOLVER_BACKENDS = ("cpsat", "scip", "highs", "auto")
+
+
+def _option(name: str, time_s: float, memory_bytes: float, layout: str = "replicate") -> Option:
+    return Option(name=name, time_s=time_s, memory_bytes=memory_bytes, layout_in=layout, layout_out=layout)
+
+
+def _random_problem(seed: int, *, share_groups: bool) -> Problem:
+    """4-6 blocks in 2-3 groups, 2-4 options, chain and skip edges; memory and SLO sometimes bind."""
+    rng = random.Random(seed)
+    groups = [f"g{i}" for i in range(rng.randint(2, 3))]
+    options = {
+        group: tuple(
+            Option(
+                name=f"{group}_o{i}",
+                time_s=rng.uniform(1e-3, 5e-3),
+                memory_bytes=float(rng.randint(1, 16) * 2**27),
+                layout_in=rng.choice(LAYOUTS),
+                layout_out=rng.choice(LAYOUTS),
+            )
+            for i in range(rng.randint(2, 4))
+        )
+        for group in groups
+    }
+    blocks = tuple(
+        BlockVars(name=f"b{i}", group=groups[i % len(groups)], options=options[groups[i % len(groups)]])
+        for i in range(rng.randint(4, 6))
+    )
+    edges = []
+    for i in range(len(blocks) - 1):
+        for j in (i + 1, i + 2):
+            if j >= len(blocks) or (j == i + 2 and rng.random() < 0.5):
+                continue
+            src, dst = blocks[i], blocks[j]
+            if rng.random() < 0.5:
+                edges.append(Edge.from_layouts(src, dst, lambda lo, li: 0.0 if lo == li else 2e-3))
+            else:
+                cost_s = {
+                    (s.name, t.name): rng.uniform(0, 3e-3)
+                    for s in src.options
+                    for t in dst.options
+                    if rng.random() < 0.7
+                }
+                edges.append(Edge(src=src.name, dst=dst.name, cost_s=cost_s))
+    smallest = sum(min(o.memory_bytes for o in b.options) for b in blocks)
+    largest = sum(max(o.memory_bytes for o in b.options) for b in blocks)
+    fixed = 2.0 * GiB
+    capacity = fixed + smallest + rng.uniform(-0.1, 0.8) * (largest - smallest)
+    budget = rng.uniform(0.005, 0.04) if rng.random() < 0.3 else None
+    return Problem(
+        blocks=blocks,
+        edges=tuple(edges),
+        memory_capacity_bytes=capacity,
+        fixed_memory_bytes=fixed,
+        time_budget_s=budget,
+        share_groups=share_groups,
+    )
+
+
+def _layered_problem(*, share_groups: bool, capacity_fraction: float, num_layers: int = 63, groups: int = 2) -> Problem:
+    """126 blocks in `groups` groups x 12 options (4 degrees x 3 layouts): more sharding saves
+    memory but adds communication time, so a tight cap forces slower, smaller options."""
+    rng = random.Random(11)
+    kinds = ("attention", "ffn", "moe")[:groups]
+    base_s = {"attention": 2e-3, "ffn": 3e-3, "moe": 4e-3}
+    weights = {"attention": 0.4e9, "ffn": 0.9e9, "moe": 1.6e9}
+    options = {
+        kind: tuple(
+            Option(
+                name=f"d{degree}_{layout}",
+                time_s=base_s[kind] * (rng.uniform(0.9, 1.2) / degree + (degree - 1) * rng.uniform(0.08, 0.16)),
+                memory_bytes=float(round(weights[kind] / degree + rng.uniform(0.05e9, 0.2e9) * (1 + i))),
+                layout_in=layout,
+                layout_out=layout,
+            )
+            for degree in (1, 2, 4, 8)
+            for i, layout in enumerate(LAYOUTS)
+        )
+        for kind in kinds
+    }
+    blocks = tuple(
+        BlockVars(name=f"layers.{layer}.{kind}", group=kind, options=options[kind])
+        for layer in range(126 // groups)
+        for kind in kinds
+    )
+
+    def reshard(lo: str, li: str) -> float:
+        return 0.0 if lo == li else 40e-6 + 10e-6 * (LAYOUTS.index(lo) + 2 * LAYOUTS.index(li))
+
+    edges = [Edge.from_layouts(a, b, reshard) for a, b in zip(blocks, blocks[1:], strict=False)]
+    edges += [
+        Edge.from_layouts(a, b, lambda lo, li: 0.5 * reshard(lo, li))
+        for a, b in zip(blocks, blocks[groups:], strict=False)
+    ]
+    fixed = 4e9
+    fastest = sum(min(b.options, key=lambda o: o.time_s).memory_bytes for b in blocks)
+    smallest = sum(min(o.memory_bytes for o in b.options) for b in blocks)
+    return Problem(
+        blocks=blocks,
+        edges=tuple(edges),
+        memory_capacity_bytes=fixed + smallest + capacity_fraction * (fastest - smallest),
+        fixed_memory_bytes=fixed,
+        share_groups=share_groups,
+    )
+
+
+def _assert_close(a: float, b: float) -> None:
+    assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15), (a, b)
+
+
+@pytest.mark.parametrize("backend", SOLVER_BACKENDS)
+@pytest.mark.parametrize("share_groups", [True, False])
+@pytest.mark.parametrize("seed", range(10))
+def test_random_problems_match_brute_force(backend: str, share_groups: bool, seed: int) -> None:
+    problem = _random_problem(seed, share_groups=share_groups)
+    try:
+        ranked = ranked_plans(problem, 3)
+    except InfeasiblePlanError:
+        with pytest.raises(InfeasiblePlanError):
+            solve(problem, backend=backend, time_limit_s=10)
+        return
+    solution = solve(problem, backend=backend, time_limit_s=10, top_k=3)
+    assert solution.status == "OPTIMAL" and solution.gap == 0.0
+    _assert_close(solution.objective_s, ranked[0][1])
+    _assert_close(solution.objective_s, plan_time_s(problem, solution.assignment))
+    assert solution.memory_bytes <= problem.memory_capacity_bytes
+    # The k-th plan found by no-good cuts is the k-th fastest plan of the enumeration.
+    assert len(solution.alternatives) == len(ranked) - 1
+    for alternative, (_, seconds) in zip(solution.alternatives, ranked[1:], strict=True):
+        _assert_close(alternative.objective_s, seconds)
+        assert alternative.memory_bytes <= problem.memory_capacity_bytes
+
+
+def test_memory_cap_forces_the_slower_smaller_option() -> None:
+    # attention: fast 6 GiB (1.0 ms) or small 2 GiB (1.5 ms); ffn: fast 8 GiB (2.0 ms) or small
+    # 3 GiB (3.0 ms). Both fast need 14 GiB; with 10 GiB only one block can stay fast, and
+    # shrinking attention (4 GiB saved for 0.5 ms) beats shrinking ffn (5 GiB for 1.0 ms).
+    attention = BlockVars(name="attention", group="attention", options=(_option("fast", 1.0e-3, 6 * GiB), _option("small", 1.5e-3, 2 * GiB)))
+    ffn = BlockVars(name="ffn", group="ffn", options=(_option("fast", 2.0e-3, 8 * GiB), _option("small", 3.0e-3, 3 * GiB)))
+    problem = Problem(blocks=(attention, ffn), edges=(), memory_capacity_bytes=10 * GiB)
+    roomy = solve(dataclasses.replace(problem, memory_capacity_bytes=100 * GiB))
+    assert roomy.assignment == {"attention": "fast", "ffn": "fast"}
+    for backend in SOLVER_BACKENDS:
+        solution = solve(problem, backend=backend)
+        assert solution.assignment == {"attention": "small", "ffn": "fast"}, backend
+        _assert_close(solution.objective_s, 3.5e-3)
+        assert solution.memory_bytes == 10 * GiB
+    assert greedy_assignment(problem) == {"attention": "small", "ffn": "fast"}
+
+
+def test_memory_that_fits_exactly_is_feasible_with_fractional_bytes() -> None:
+    # Whole and dyadic-fraction byte counts are represented exactly: 1.5 + 2.25 = 3.75 fits 3.75.
+    blocks = (
+        BlockVars(name="a", group="a", options=(_option("big", 1.0, 2.5), _option("small", 2.0, 1.5))),
+        BlockVars(name="b", group="b", options=(_option("big", 1.0, 3.0), _option("small", 2.5, 2.25))),
+    )
+    problem = Problem(blocks=blocks, edges=(), memory_capacity_bytes=3.75)
+    for backend in SOLVER_BACKENDS:
+        assert solve(problem, backend=backend).assignment == {"a": "small", "b": "small"}, backend
+
+
+def test_memory_infeasible_names_minimum_and_capacity() -> None:
+    blocks = tuple(
+        BlockVars(name=f"layers.{i}.ffn", group="ffn", options=(_option("tp1", 1e-3, 8 * GiB), _option("tp8", 2e-3, 3 * GiB)))
+        for i in range(4)
+    )
+    problem = Problem(blocks=blocks, edges=(), memory_capacity_bytes=12 * GiB, fixed_memory_bytes=2 * GiB)
+    with pytest.raises(InfeasiblePlanError) as error:
+        solve(problem)
+    message = str(error.value)
+    assert "14.000 GiB" in message and "12.000 GiB" in message and "Memory binds" in message
+
+
+def test_time_budget_below_any_plan_names_both_numbers() -> None:
+    blocks = (BlockVars(name="a", group="a", options=(_option("x", 3e-3, GiB), _option("y", 4e-3, GiB))),)
+    problem = Problem(blocks=blocks, edges=(), memory_capacity_bytes=10 * GiB, time_budget_s=2e-3)
+    with pytest.raises(InfeasiblePlanError) as error:
+        solve(problem)
+    assert "2 ms" in str(error.value) and "3 ms" in str(error.value)
+
+
+@pytest.mark.parametrize("backend", SOLVER_BACKENDS)
+def test_time_budget_that_memory_makes_infeasible_reports_the_fastest_fitting_plan(backend: str) -> None:
+    # Ignoring memory 1 ms + 2 ms = 3 ms fits a 4 ms budget; within 10 GiB the best is 3.5 ms
+    # (previous test's numbers), which misses a 3.4 ms budget. The solver must prove it.
+    attention = BlockVars(name="attention", group="attention", options=(_option("fast", 1.0e-3, 6 * GiB), _option("small", 1.5e-3, 2 * GiB)))
+    ffn = BlockVars(name="ffn", group="ffn", options=(_option("fast", 2.0e-3, 8 * GiB), _option("small", 3.0e-3, 3 * GiB)))
+    problem = Problem(blocks=(attention, ffn), edges=(), memory_capacity_bytes=10 * GiB, time_budget_s=3.4e-3)
+    with pytest.raises(InfeasiblePlanError) as error:
+        solve(problem, backend=backend)
+    message = str(error.value)
+    assert "3.4 ms" in message and "3.5 ms" in message and "proven optimal" in message
+    assert solve(dataclasses.replace(problem, time_budget_s=3.5e-3), backend=backend).objective_s <= 3.5e-3
+
+
+@pytest.mark.parametrize("backend", SOLVER_BACKENDS)
+def test_edge_costs_make_the_solver_pick_a_consistent_pair(backend: str) -> None:
+    # Alone, attention prefers shard_seq (1.0 ms) and ffn prefers replicate (2.0 ms), but going
+    # from shard_seq to replicate costs 5 ms. Best: attention replicate (1.2 ms) + ffn replicate.
+    attention = BlockVars(
+        name="attention",
+        group="attention",
+        options=(_option("seq", 1.0e-3, GiB, "shard_seq"), _option("rep", 1.2e-3, GiB, "replicate")),
+    )
+    ffn = BlockVars(
+        name="ffn",
+        group="ffn",
+        options=(_option("seq", 2.6e-3, GiB, "shard_seq"), _option("rep", 2.0e-3, GiB, "replicate")),
+    )
+    edge = Edge.from_layouts(attention, ffn, lambda lo, li: 0.0 if lo == li else 5e-3)
+    assert edge.cost_s == {("seq", "rep"): 5e-3, ("rep", "seq"): 5e-3}
+    problem = Problem(blocks=(attention, ffn), edges=(edge,), memory_capacity_bytes=10 * GiB)
+    solution = solve(problem, backend=backend)
+    assert solution.assignment == {"attention": "rep", "ffn": "rep"}
+    _assert_close(solution.objective_s, 3.2e-3)
+    no_edge = solve(dataclasses.replace(problem, edges=()), backend=backend)
+    assert no_edge.assignment == {"attention": "seq", "ffn": "rep"}
+
+
+def test_edge_costs_that_depend_on_layouts_only_become_layout_classes() -> None:
+    # 4 options x 4 options but 2 layouts each side: 8 x-variables and 2 x 2 z-variables,
+    # 2 one-option rows and 2 + 2 linearization rows and the memory row.
+    options = tuple(_option(f"o{i}", (1 + i) * 1e-3, GiB, LAYOUTS[i % 2]) for i in range(4))
+    a = BlockVars(name="a", group="a", options=options)
+    b = BlockVars(name="b", group="b", options=options)
+    edge = Edge.from_layouts(a, b, lambda lo, li: 0.0 if lo == li else 1e-3)
+    problem = Problem(blocks=(a, b), edges=(edge,), memory_capacity_bytes=10 * GiB)
+    solution = solve(problem, backend="cpsat")
+    assert (solution.num_variables, solution.num_constraints) == (12, 7)
+
+
+@pytest.mark.parametrize("backend", SOLVER_BACKENDS)
+def test_same_problem_gives_the_same_plan(backend: str) -> None:
+    # Many ties (identical options) are where a nondeterministic search would show.
+    def build() -> Problem:
+        options = tuple(_option(f"o{i}", 1e-3, GiB * (1 + i % 2), LAYOUTS[i % 3]) for i in range(6))
+        blocks = tuple(BlockVars(name=f"b{i}", group=f"g{i % 2}", options=options) for i in range(6))
+        edges = tuple(
+            Edge.from_layouts(x, y, lambda lo, li: 0.0 if lo == li else 1e-4)
+            for x, y in zip(blocks, blocks[1:], strict=False)
+        )
+        return Problem(blocks=blocks, edges=edges, memory_capacity_bytes=9.0 * GiB, share_groups=False)
+
+    first = solve(build(), backend=backend)
+    for _ in range(2):
+        again = solve(build(), backend=backend)
+        assert again.assignment == first.assignment
+        assert [a.assignment for a in again.alternatives] == [a.assignment for a in first.alternatives]
+
+
+def test_alternatives_are_distinct_and_ranked() -> None:
+    problem = _layered_problem(share_groups=True, capacity_fraction=0.5)
+    solution = solve(problem, top_k=3)
+    plans = [solution.assignment] + [a.assignment for a in solution.alternatives]
+    assert len(solution.alternatives) == 2
+    assert len({tuple(sorted(p.items())) for p in plans}) == 3
+    objectives = [solution.objective_s] + [a.objective_s for a in solution.alternatives]
+    assert objectives == sorted(objectives)
+    for rank, alternative in enumerate(solution.alternatives, start=2):
+        assert alternative.rank == rank
+        changed = {c.unit for c in alternative.changes}
+        expected = {g for g in ("attention", "ffn") if alternative.assignment[f"layers.0.{g}"] != solution.assignment[f"layers.0.{g}"]}
+        assert changed == expected and changed
+        assert all(c.num_blocks == 63 for c in alternative.changes)
+        assert f"plan #{rank}" in alternative.reason
+        _assert_close(alternative.memory_bytes, plan_memory_bytes(problem, alternative.assignment))
+
+
+def test_large_shared_problem_with_binding_memory_is_solved_optimally_and_fast() -> None:
+    problem = _layered_problem(share_groups=True, capacity_fraction=0.5, groups=3)
+    unconstrained = solve(dataclasses.replace(problem, memory_capacity_bytes=1e15), top_k=1)
+    assert unconstrained.memory_bytes > problem.memory_capacity_bytes  # the cap binds
+    started = time.perf_counter()
+    solution = solve(problem, top_k=1)
+    assert time.perf_counter() - started < 2.0
+    assert solution.status == "OPTIMAL"
+    assert solution.memory_bytes <= problem.memory_capacity_bytes
+    assert solution.objective_s > unconstrained.objective_s
+    assert len(problem.blocks) == 126 and all(len(b.options) == 12 for b in problem.blocks)
+
+
+def test_large_unshared_problem_warm_started_from_the_shared_plan() -> None:
+    shared = solve(_layered_problem(share_groups=True, capacity_fraction=0.5), top_k=1)
+    problem = _layered_problem(share_groups=False, capacity_fraction=0.5)
+    limit_s = 15.0
+    started = time.perf_counter()
+    solution = solve(problem, time_limit_s=limit_s, top_k=1)
+    assert time.perf_counter() - started < 2 * limit_s
+    assert solution.objective_s <= shared.objective_s + 1e-12
+    assert solution.memory_bytes <= problem.memory_capacity_bytes
+    assert solution.backend.startswith("auto")
+
+
+def test_greedy_fits_memory_when_possible_and_is_fastest_when_memory_is_slack() -> None:
+    problem = _layered_problem(share_groups=False, capacity_fraction=0.3)
+    greedy = greedy_assignment(problem)
+    assert plan_memory_bytes(problem, greedy) <= problem.memory_capacity_bytes
+    roomy = dataclasses.replace(problem, memory_capacity_bytes=1e15)
+    blocks = {b.name: b for b in problem.blocks}
+    fastest = {name: min(b.options, key=lambda o: o.time_s).name for name, b in blocks.items()}
+    assert greedy_assignment(roomy) == fastest
+
+
+def test_bad_hints_and_arguments_are_rejected() -> None:
+    problem = _random_problem(1, share_groups=True)
+    with pytest.raises(ValueError, match="unknown block"):
+        solve(problem, hint={"nope": "x"})
+    with pytest.raises(ValueError, match="unknown option"):
+        solve(problem, hint={"b0": "nope"})
+    with pytest.raises(ValueError, match="backend"):
+        solve(problem, backend="gurobi")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="different options"):
+        Problem(
+            blocks=(
+                BlockVars(name="a", group="g", options=(_option("x", 1, 1),)),
+                BlockVars(name="b", group="g", options=(_option("y", 1, 1),)),
+            ),
+            edges=(),
+            memory_capacity_bytes=10,
+        )
+
+
+def test_a_hint_does_not_change_the_optimum() -> None:
+    problem = _random_problem(3, share_groups=False)
+    best = brute_force(problem)
+    worst_hint = {b.name: b.options[-1].name for b in problem.blocks}
+    for backend in ("cpsat", "scip", "highs"):
+        _assert_close(solve(problem, backend=backend, hint=worst_hint).objective_s, best[1])
+
+
+def test_brute_force_refuses_huge_spaces() -> None:
+    options = tuple(_option(f"o{i}", 1e-3, 1.0) for i in range(10))
+    blocks = tuple(BlockVars(name=f"b{i}", group=f"b{i}", options=options) for i in range(7))
+    with pytest.raises(ValueError, match="brute force stops"):
+        brute_force(Problem(blocks=blocks, edges=(), memory_capacity_bytes=100.0))
