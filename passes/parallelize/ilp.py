@@ -504,6 +504,7 @@ class _CpSatBackend:
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = 1
         solver.parameters.random_seed = _SEED
+        solver.parameters.linearization_level = 2  # the whole model in the LP; see "auto"
         solver.parameters.max_time_in_seconds = time_limit_s
         started = time.perf_counter()
         status = solver.solve(self.model)

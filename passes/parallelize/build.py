@@ -1,0 +1,167 @@
+"""Build the integer program of one mesh: options per block, resharding edges, limits."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+from ir.errors import InputError
+from ir.graph import Block, Graph
+from passes.parallelize.context import PlanContext
+from passes.parallelize.ilp import BlockVars, Edge, Option, Problem
+from passes.parallelize.layouts import reshard_seconds
+from passes.parallelize.pricing import Priced, price
+from passes.parallelize.strategies import BY_NAME, STRATEGIES
+from passes.parallelize.strategy import Strategy
+
+
+@dataclass(frozen=True)
+class ForceRule:
+    """`--force 'layers.*.attention=tp(tp=4)'`: blocks matching `pattern` use `strategy`;
+    `degrees` (axis sizes) filter the mesh search; `extras` are strategy parameters."""
+
+    pattern: str
+    strategy: str
+    degrees: dict[str, int] = field(default_factory=dict)
+    extras: dict[str, int] = field(default_factory=dict)
+    text: str = ""
+
+    @staticmethod
+    def parse(text: str) -> ForceRule:
+        m = re.fullmatch(r"\s*([^=\s]+)\s*=\s*([a-z_]+)\s*(?:\((.*)\))?\s*", text)
+        if not m:
+            raise InputError(
+                f"--force {text!r} is not BLOCK_GLOB=STRATEGY[(axis=n,...)]; e.g. "
+                "--force 'layers.*.attention=tp(tp=4)'"
+            )
+        pattern, strategy, inner = m.group(1), m.group(2), m.group(3)
+        if strategy not in BY_NAME:
+            raise InputError(
+                f"--force {text!r} names strategy {strategy!r}; known strategies: "
+                f"{', '.join(BY_NAME)}"
+            )
+        degrees: dict[str, int] = {}
+        extras: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in (inner or "").split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or not value.strip().isdigit():
+                raise InputError(f"--force {text!r}: {part!r} is not NAME=INTEGER")
+            key = key.strip()
+            if key in ("dp", "cp", "kvp", "tp", "ep"):
+                degrees[key] = int(value)
+            else:
+                raise InputError(
+                    f"--force {text!r}: {key!r} is not a mesh axis (dp, cp, kvp, tp, ep) or a "
+                    f"parameter of {strategy}"
+                )
+        return ForceRule(pattern, strategy, degrees, extras, text.strip())
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+
+@dataclass
+class MeshProblem:
+    ctx: PlanContext
+    problem: Problem
+    priced: dict[tuple[str, str], Priced]
+    excluded: list[dict]
+    edge_bytes: dict[tuple[str, str], float]
+
+
+def hidden_edges(graph: Graph) -> dict[tuple[str, str], int]:
+    """(src block, dst block) -> hidden size, for every hidden-state value [B, T, H] that one
+    block produces and another reads (the residual stream and skips included)."""
+    owner = {o: b for b in graph.blocks for o in b.ops}
+    producer_block = {v: owner[o.name] for o in graph.ops for v in o.outputs}
+    edges: dict[tuple[str, str], int] = {}
+    for op in graph.ops:
+        dst = owner[op.name]
+        for v in op.inputs:
+            src = producer_block.get(v)
+            if src is None or src.name == dst.name:
+                continue
+            shape = graph.values[v].shape
+            hidden = src.dims.get("hidden") or dst.dims.get("hidden")
+            if len(shape) == 3 and hidden and shape[-1] == hidden:
+                edges[(src.name, dst.name)] = int(hidden)
+    return edges
+
+
+def candidate_strategies(block: Block) -> list[Strategy]:
+    return [s for s in STRATEGIES if block.kind in s.kinds]
+
+
+def build_problem(
+    graph: Graph,
+    ctx: PlanContext,
+    *,
+    capacity_bytes: float,
+    fixed_bytes: float,
+    force: list[ForceRule],
+    time_budget_s: float | None,
+    share_groups: bool,
+    edges: dict[tuple[str, str], int],
+) -> MeshProblem:
+    priced: dict[tuple[str, str], Priced] = {}
+    excluded: list[dict] = []
+    blocks: list[BlockVars] = []
+    group_options: dict[str, tuple[Option, ...]] = {}
+    for block in graph.blocks:
+        rules = [r for r in force if r.matches(block.name)]
+        wanted = {rules[-1].strategy} if rules else None
+        options: list[Option] = []
+        for s in candidate_strategies(block):
+            if wanted is not None and s.name not in wanted:
+                continue
+            reason = s.why_not(block, ctx)
+            if reason:
+                excluded.append({"group": block.group, "strategy": s.name, "reason": reason})
+                continue
+            p = price(block, s, ctx)
+            priced[(block.name, s.name)] = p
+            options.append(Option(
+                name=s.name,
+                time_s=p.time_s,
+                memory_bytes=p.memory_bytes,
+                layout_in=s.layout_in,
+                layout_out=s.layout_out,
+            ))
+        if not options:
+            why = "; ".join(
+                e["reason"] for e in excluded if e["group"] == block.group
+            ) or "no strategy applies"
+            forced = f" (forced to {rules[-1].text})" if rules else ""
+            raise _NoOption(f"block {block.name}{forced} has no valid strategy on mesh "
+                            f"{ctx.mesh}: {why}")
+        if share_groups and block.group in group_options:
+            opts = group_options[block.group]
+        else:
+            opts = tuple(options)
+            group_options[block.group] = opts
+        blocks.append(BlockVars(name=block.name, group=block.group, options=opts))
+    by_name = {b.name: b for b in blocks}
+    replica_rows = ctx.replica_batch() * ctx.workload.seq
+    ilp_edges = []
+    edge_bytes = {}
+    for (src, dst), hidden in sorted(edges.items()):
+        full = replica_rows * hidden * ctx.act_bytes
+        edge_bytes[(src, dst)] = full
+        ilp_edges.append(Edge.from_layouts(
+            by_name[src], by_name[dst], lambda a, b, full=full: reshard_seconds(a, b, full, ctx)
+        ))
+    problem = Problem(
+        blocks=tuple(blocks),
+        edges=tuple(ilp_edges),
+        memory_capacity_bytes=capacity_bytes,
+        fixed_memory_bytes=fixed_bytes,
+        time_budget_s=time_budget_s,
+        share_groups=share_groups,
+    )
+    dedup = {(e["group"], e["strategy"]): e for e in excluded}
+    return MeshProblem(ctx, problem, priced, list(dedup.values()), edge_bytes)
+
+
+class _NoOption(Exception):
+    """A block has no valid option on this mesh (the mesh is skipped, with this reason)."""

@@ -1,0 +1,49 @@
+"""What a strategy is priced against: workload, hardware, mesh and its placement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cost_models import CostModel, MeshPlacement
+from ir.mesh import AXIS_ORDER, Mesh
+from ir.workload import DTYPE_BYTES, Workload
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanContext:
+    workload: Workload
+    cost: CostModel
+    mesh: Mesh
+
+    @property
+    def placement(self) -> MeshPlacement:
+        return MeshPlacement(axes=tuple((a.value, self.mesh.size(a)) for a in AXIS_ORDER))
+
+    @property
+    def act_bytes(self) -> float:
+        return DTYPE_BYTES[self.workload.act_dtype]
+
+    @property
+    def weight_bytes(self) -> float:
+        return DTYPE_BYTES[self.workload.weight_dtype]
+
+    @property
+    def kv_bytes(self) -> float:
+        return DTYPE_BYTES[self.workload.kv_dtype]
+
+    @property
+    def is_decode(self) -> bool:
+        return self.workload.kind == "decode"
+
+    @property
+    def is_train(self) -> bool:
+        return self.workload.kind == "train"
+
+    def replica_batch(self) -> int:
+        """Sequences per data-parallel replica (the dp axis always splits the batch)."""
+        return self.workload.batch // self.mesh.size("dp")
+
+    def collective_s(self, kind: str, nbytes: float, axis: str) -> float:
+        if self.mesh.size(axis) == 1 or nbytes <= 0:
+            return 0.0
+        return self.cost.axis_collective(kind, nbytes, self.placement, axis)

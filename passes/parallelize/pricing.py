@@ -1,0 +1,235 @@
+"""Time and memory of one block under one strategy, from the strategy's declarations.
+
+Per GPU, per forward step of the workload. Sizes: a data-parallel replica holds
+B_rep = B / dp sequences; a strategy that splits the batch divides that by tp; one that splits
+weights divides parameters, heads, FFN width and vocabulary by tp. Kernels are priced by
+`cost_models` (roofline with size-dependent efficiency and a launch floor); collectives over
+the mesh axis they run on, with the topology's placement.
+
+Training multiplies compute by 3 (backward ≈ 2× forward), doubles each forward collective
+(its transpose runs in backward) and adds the gradient all-reduce of every weight replicated
+over an axis, overlapped with the block's backward compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cost_models import KernelWork, OverlapStage, exposed_comm_seconds, optimizer_state_bytes
+from ir.graph import Block
+from ir.tensor import evaluate
+from passes.parallelize.context import PlanContext
+from passes.parallelize.strategy import Strategy
+
+BACKWARD_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A block's price under a strategy: seconds and bytes per GPU, with breakdowns."""
+
+    time_s: float
+    compute_s: float
+    comm_s: dict[str, float] = field(default_factory=dict)
+    exposed_comm_s: float = 0.0
+    memory: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def memory_bytes(self) -> float:
+        return float(sum(self.memory.values()))
+
+
+@dataclass(frozen=True)
+class LocalSizes:
+    batch: int
+    tokens: int
+    context: int
+    weight_split: int
+    norm_token_split: int
+
+    @property
+    def rows(self) -> int:
+        """Token rows a projection processes on this GPU."""
+        return self.batch * self.tokens
+
+
+def local_sizes(strategy: Strategy, ctx: PlanContext) -> LocalSizes:
+    n = strategy.degree(ctx)
+    wl = ctx.workload
+    return LocalSizes(
+        batch=ctx.replica_batch() // (n if strategy.splits_batch else 1),
+        tokens=wl.seq,
+        context=wl.context,
+        weight_split=n if strategy.splits_weights else 1,
+        norm_token_split=n if strategy.splits_norm_tokens else 1,
+    )
+
+
+def _projection(ctx: PlanContext, rows: int, params: float, hidden: int) -> KernelWork:
+    """All of a block's weight matmuls as one GEMM-family kernel: 2·rows·params FLOPs, the
+    weights read once, activations in and out."""
+    width = params / max(hidden, 1)
+    nbytes = params * ctx.weight_bytes + rows * (hidden + width) * ctx.act_bytes
+    dtype = ctx.workload.weight_dtype if ctx.workload.weight_dtype != "fp32" else "fp32"
+    return KernelWork(kind="gemm", flops=2.0 * rows * params, nbytes=nbytes, dtype=dtype)
+
+
+def _elementwise(ctx: PlanContext, nbytes: float) -> float:
+    return ctx.cost.elementwise(nbytes) if nbytes > 0 else 0.0
+
+
+def _attention_kernel_s(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
+    d = block.dims
+    q_heads = d["q_heads"] // s.weight_split
+    act = ctx.workload.act_dtype if ctx.workload.act_dtype != "fp32" else "fp32"
+    if "kv_lora_rank" in d:
+        shape = dict(
+            q_heads=q_heads,
+            kv_heads=1,
+            head_dim=d["kv_lora_rank"] + d.get("qk_rope_head_dim", 0),
+            v_head_dim=d["kv_lora_rank"],
+            latent_kv=True,
+        )
+    else:
+        shape = dict(
+            q_heads=q_heads,
+            kv_heads=max(1, d["kv_heads"] // s.weight_split),
+            head_dim=d["head_dim"],
+            v_head_dim=d.get("v_head_dim"),
+        )
+    kv = ctx.workload.kv_dtype if ctx.workload.kv_dtype != "fp32" else "fp32"
+    if s.batch == 0:
+        return 0.0
+    if ctx.is_decode:
+        return ctx.cost.attention_decode(
+            batch=s.batch, kv_len=s.context + s.tokens, q_len=s.tokens, dtype=act, kv_dtype=kv, **shape
+        )
+    return ctx.cost.attention_prefill(
+        batch=s.batch, seq=s.tokens, cached=s.context, causal=True, dtype=act, kv_dtype=kv, **shape
+    )
+
+
+def _moe_work(block: Block, ctx: PlanContext, s: LocalSizes) -> list[KernelWork]:
+    d = block.dims
+    hidden, experts, top_k, ffn = d["hidden"], d["experts"], d["top_k"], d["ffn"]
+    per_expert = (3 if block.traits.get("gated", 1) else 2) * hidden * ffn / s.weight_split
+    rows = s.rows
+    active = min(experts, rows * top_k)
+    dtype = ctx.workload.weight_dtype
+    routed = KernelWork(
+        kind="gemm",
+        flops=2.0 * rows * top_k * per_expert,
+        nbytes=active * per_expert * ctx.weight_bytes + 2 * rows * top_k * hidden * ctx.act_bytes,
+        dtype=dtype,
+    )
+    work = [routed, _projection(ctx, rows, hidden * experts, hidden)]
+    if d.get("shared_experts"):
+        work.append(_projection(ctx, rows, d["shared_experts"] * per_expert, hidden))
+    return work
+
+
+def compute_seconds(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
+    """Forward compute of the block on one GPU."""
+    if s.batch == 0:
+        return 0.0
+    hidden = block.dims.get("hidden", 1)
+    rows, e = s.rows, ctx.act_bytes
+    if block.kind == "attention":
+        params = block.param_count / s.weight_split
+        t = ctx.cost.kernel(_projection(ctx, rows, params, hidden))
+        return t + _attention_kernel_s(block, ctx, s) + _elementwise(ctx, 6 * rows * hidden * e)
+    if block.kind == "mlp":
+        params = block.param_count / s.weight_split
+        ffn = block.dims.get("ffn", hidden) // s.weight_split
+        return ctx.cost.kernel(_projection(ctx, rows, params, hidden)) + _elementwise(
+            ctx, 3 * rows * ffn * e
+        )
+    if block.kind == "moe":
+        return sum(ctx.cost.kernel(w) for w in _moe_work(block, ctx, s)) + _elementwise(
+            ctx, 4 * rows * hidden * e
+        )
+    if block.kind == "lm_head":
+        vocab = block.dims["vocab"]
+        rows = lm_head_rows(ctx, s.batch, s.rows)
+        return ctx.cost.kernel(_projection(ctx, rows, vocab * hidden / s.weight_split, hidden))
+    if block.kind == "embedding":
+        return _elementwise(ctx, 2 * rows * hidden * e)
+    if block.kind == "norm":
+        return _elementwise(ctx, 2 * rows * hidden * e / s.norm_token_split)
+    nbytes = evaluate(block.bytes_moved, B=s.batch, T=s.tokens, L=s.context)
+    return _elementwise(ctx, float(nbytes))
+
+
+def lm_head_rows(ctx: PlanContext, batch: int, rows: int) -> int:
+    """Inference needs only each sequence's last logits (the next token); training all."""
+    return rows if ctx.is_train else batch
+
+
+def kv_cache_bytes(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
+    if block.kind != "attention" or ctx.is_train:
+        return 0.0
+    d = block.dims
+    tokens = s.context + s.tokens
+    if "kv_lora_rank" in d:
+        per_token = d["kv_lora_rank"] + d.get("qk_rope_head_dim", 0)
+    else:
+        kv_heads = max(1, d["kv_heads"] // s.weight_split)
+        per_token = kv_heads * (d["head_dim"] + d.get("v_head_dim", d["head_dim"]))
+    return s.batch * tokens * per_token * ctx.kv_bytes
+
+
+def training_activation_bytes(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
+    """Activations a block keeps for backward (no recomputation): hidden-sized tensors per
+    token row, split by tp where the strategy splits them."""
+    d = block.dims
+    hidden = d.get("hidden", 1)
+    rows, e = s.rows, ctx.act_bytes
+    if block.kind == "attention":
+        inner = (d["q_heads"] * d.get("head_dim", 1) * 3) / s.weight_split
+        return rows * (hidden / s.norm_token_split + inner) * e
+    if block.kind in ("mlp", "moe"):
+        ffn = d.get("ffn", hidden) * (d.get("top_k", 1) + d.get("shared_experts", 0))
+        return rows * (hidden / s.norm_token_split + 3 * ffn / s.weight_split) * e
+    if block.kind == "norm":
+        return rows * hidden * e / s.norm_token_split
+    if block.kind == "lm_head":
+        return rows * (hidden * e + d["vocab"] / s.weight_split * 4.0)
+    return 0.0
+
+
+def price(block: Block, strategy: Strategy, ctx: PlanContext) -> Priced:
+    """Time (objective contribution) and per-GPU memory of `block` under `strategy`."""
+    s = local_sizes(strategy, ctx)
+    forward = compute_seconds(block, ctx, s)
+    rows = ctx.replica_batch() * ctx.workload.seq if not strategy.splits_batch else s.rows
+    if block.kind == "lm_head":
+        rows = lm_head_rows(ctx, rows // ctx.workload.seq, rows)
+    comm: dict[str, float] = {}
+    for c in strategy.collectives:
+        nbytes = c.bytes_of(block, rows, ctx.act_bytes)
+        seconds = ctx.collective_s(c.kind, nbytes, c.axis)
+        if seconds:
+            comm[f"{c.kind}:{c.axis}"] = comm.get(f"{c.kind}:{c.axis}", 0.0) + seconds
+    weights = block.param_count / s.weight_split
+    memory = {"weights": weights * ctx.weight_bytes, "kv_cache": kv_cache_bytes(block, ctx, s)}
+    if not ctx.is_train:
+        exposed = sum(comm.values())
+        return Priced(forward + exposed, forward, comm, exposed, memory)
+    compute = forward * (1 + BACKWARD_FACTOR)
+    comm = {k: 2 * v for k, v in comm.items()}
+    grad_bytes = weights * ctx.weight_bytes
+    grad_sync = ctx.collective_s("all_reduce", grad_bytes, "dp")
+    if not strategy.splits_weights:
+        grad_sync += ctx.collective_s("all_reduce", grad_bytes, "tp")
+    if grad_sync:
+        comm["all_reduce:grads"] = grad_sync
+    tp_comm = sum(v for k, v in comm.items() if k != "all_reduce:grads")
+    exposed = tp_comm + exposed_comm_seconds(
+        [OverlapStage(comm_s=grad_sync, overlappable_compute_s=forward * BACKWARD_FACTOR)]
+    )
+    memory["gradients"] = grad_bytes
+    memory["optimizer"] = optimizer_state_bytes(
+        int(weights), ctx.workload.optimizer, ctx.workload.weight_dtype
+    )
+    memory["activations"] = training_activation_bytes(block, ctx, s)
+    return Priced(compute + exposed, compute, comm, exposed, memory)

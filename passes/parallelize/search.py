@@ -1,0 +1,151 @@
+"""Mesh search: solve the integer program on every factorization of the GPU count.
+
+The outer loop enumerates meshes dp × tp (outermost first; tp innermost so it lands inside a
+scale-up domain first); each mesh gets its own program (`build.build_problem`) solved by
+`ilp.solve`; the fastest feasible plan wins, ties broken by mesh order. Meshes that cannot
+run the workload (batch not divisible, a forced degree not matched, no valid strategy for a
+block, memory) are reported with their reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cost_models import CostModel, HardwareSpec
+from ir.errors import InfeasiblePlanError, InputError
+from ir.graph import Graph
+from ir.mesh import Mesh
+from ir.workload import Workload
+from passes.parallelize.build import ForceRule, MeshProblem, _NoOption, build_problem, hidden_edges
+from passes.parallelize.context import PlanContext
+from passes.parallelize.ilp import Solution, solve
+
+
+@dataclass
+class MeshOutcome:
+    mesh: Mesh
+    built: MeshProblem | None
+    solution: Solution | None
+    reason: str = ""
+    min_memory_bytes: float | None = None
+
+
+@dataclass
+class SearchResult:
+    best: MeshOutcome
+    outcomes: list[MeshOutcome]
+    capacity_bytes: float
+    fixed_bytes: float
+
+
+def mesh_candidates(gpus: int) -> list[Mesh]:
+    out = []
+    for tp in range(1, gpus + 1):
+        if gpus % tp == 0:
+            out.append(Mesh.of(dp=gpus // tp, tp=tp))
+    return out
+
+
+def workspace_bytes(graph: Graph, workload: Workload, mesh: Mesh, act_bytes: float) -> float:
+    """Transient activations of the widest block on one replica (not summed over blocks),
+    plus 1 GiB of runtime workspace."""
+    rows = workload.batch // mesh.size("dp") * workload.seq
+    widest = max(
+        [b.dims.get("ffn", 0) * max(1, b.dims.get("top_k", 1)) for b in graph.blocks]
+        + [4 * b.dims.get("hidden", 0) for b in graph.blocks]
+    )
+    return rows * widest * act_bytes * 2 + 2**30
+
+
+def search(
+    graph: Graph,
+    workload: Workload,
+    hardware: HardwareSpec,
+    gpus: int,
+    *,
+    force: list[ForceRule] | None = None,
+    share_groups: bool = True,
+    time_limit_s: float = 60.0,
+    cuda_graphs: bool = False,
+) -> SearchResult:
+    force = list(force or [])
+    for rule in force:
+        if not any(rule.matches(b.name) for b in graph.blocks):
+            raise InputError(
+                f"--force {rule.text!r} matches no block; block names look like "
+                + ", ".join(b.name for b in graph.blocks[:6])
+                + " ..."
+            )
+    cost = CostModel(hardware=hardware, cuda_graphs=cuda_graphs)
+    capacity = float(hardware.hbm_capacity_bytes)
+    edges = hidden_edges(graph)
+    slo = workload.ttl_slo_s if workload.kind == "decode" else workload.ttft_slo_s
+    outcomes: list[MeshOutcome] = []
+    for mesh in mesh_candidates(gpus):
+        reason = _mesh_reason(mesh, workload, force)
+        if reason:
+            outcomes.append(MeshOutcome(mesh, None, None, reason))
+            continue
+        ctx = PlanContext(workload=workload, cost=cost, mesh=mesh)
+        fixed = workspace_bytes(graph, workload, mesh, ctx.act_bytes)
+        try:
+            built = build_problem(
+                graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
+                time_budget_s=slo, share_groups=share_groups, edges=edges,
+            )
+        except _NoOption as exc:
+            outcomes.append(MeshOutcome(mesh, None, None, str(exc)))
+            continue
+        min_mem = fixed + sum(min(o.memory_bytes for o in b.options) for b in built.problem.blocks)
+        try:
+            solution = solve(built.problem, time_limit_s=time_limit_s, top_k=3)
+        except InfeasiblePlanError as exc:
+            outcomes.append(MeshOutcome(mesh, built, None, str(exc), min_mem))
+            continue
+        outcomes.append(MeshOutcome(mesh, built, solution, "", min_mem))
+    feasible = [o for o in outcomes if o.solution is not None]
+    if not feasible:
+        raise InfeasiblePlanError(_infeasible_message(outcomes, gpus, capacity, workload))
+    best = min(feasible, key=lambda o: (round(o.solution.objective_s, 15), outcomes.index(o)))
+    return SearchResult(best, outcomes, capacity, best.built.problem.fixed_memory_bytes)
+
+
+def _mesh_reason(mesh: Mesh, workload: Workload, force: list[ForceRule]) -> str:
+    dp = mesh.size("dp")
+    if workload.batch % dp:
+        return f"batch {workload.batch} is not divisible by dp={dp}"
+    for rule in force:
+        for axis, size in rule.degrees.items():
+            if mesh.size(axis) != size:
+                return f"--force {rule.text} needs {axis}={size}, this mesh has {axis}={mesh.size(axis)}"
+    return ""
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2**30:.1f} GiB"
+
+
+def _infeasible_message(
+    outcomes: list[MeshOutcome], gpus: int, capacity: float, workload: Workload
+) -> str:
+    with_mem = [o for o in outcomes if o.min_memory_bytes is not None]
+    if with_mem:
+        best = min(with_mem, key=lambda o: o.min_memory_bytes)
+        need = best.min_memory_bytes
+        if need > capacity:
+            more = gpus * need / capacity
+            target = 1
+            while target < more:
+                target *= 2
+            return (
+                f"the model does not fit on {gpus} GPUs under any plan: the smallest plan "
+                f"(mesh {best.mesh}) needs {_gib(need)} per GPU; {_gib(capacity)} available. "
+                f"At least ~{target} GPUs are needed at this batch ({workload.batch}) and "
+                f"context ({workload.context}); or lower --batch/--context, or use a "
+                f"smaller --kv-dtype/--weight-dtype"
+            )
+        slo_fail = [o for o in with_mem if o.reason]
+        if slo_fail:
+            return f"no plan on {gpus} GPUs meets the constraints: {slo_fail[0].reason}"
+    reasons = "; ".join(f"mesh {o.mesh}: {o.reason}" for o in outcomes[:6])
+    return f"no mesh of {gpus} GPUs can run this workload: {reasons}"

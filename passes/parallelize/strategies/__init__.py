@@ -1,0 +1,13 @@
+"""The strategy library: one module per parallelism, collected here in a fixed order."""
+
+from __future__ import annotations
+
+from passes.parallelize.strategies.dp import DP
+from passes.parallelize.strategies.replicate import REPLICATE_STRATEGY
+from passes.parallelize.strategies.tp import TP
+from passes.parallelize.strategies.tp_sp import TP_SP
+from passes.parallelize.strategies.vocab import VOCAB
+from passes.parallelize.strategy import Strategy
+
+STRATEGIES: tuple[Strategy, ...] = (REPLICATE_STRATEGY, DP, TP, TP_SP, VOCAB)
+BY_NAME: dict[str, Strategy] = {s.name: s for s in STRATEGIES}

@@ -1,0 +1,39 @@
+"""Megatron tensor parallelism: column-parallel QKV / up-projections, row-parallel output
+projection, one all-reduce of the block output. Attention heads split over tp; the KV cache
+holds this rank's KV heads only (tp must divide the KV heads: no duplication)."""
+
+from __future__ import annotations
+
+from ir.graph import Block
+from passes.parallelize.context import PlanContext
+from passes.parallelize.strategy import REPLICATE, Collective, Strategy, divides, not_latent
+
+
+def hidden_bytes(block: Block, tokens: int, elem: float) -> float:
+    return tokens * block.dims["hidden"] * elem
+
+
+def tp_requirements(block: Block, ctx: PlanContext) -> str | None:
+    """Heads (attention) or FFN width (MLP, experts) must split evenly over tp."""
+    if block.kind == "attention":
+        checks = (not_latent(), divides("q_heads", "tp"), divides("kv_heads", "tp"))
+    else:
+        checks = (divides("ffn", "tp"),)
+    for check in checks:
+        reason = check(block, ctx)
+        if reason:
+            return reason
+    return None
+
+
+TP = Strategy(
+    name="tp",
+    kinds=frozenset({"attention", "mlp", "moe"}),
+    axis="tp",
+    summary="heads / FFN columns split over tp; all-reduce after the row-parallel projection",
+    layout_in=REPLICATE,
+    layout_out=REPLICATE,
+    splits_weights=True,
+    collectives=(Collective("all_reduce", "tp", "block output", hidden_bytes),),
+    requirements=(tp_requirements,),
+)

@@ -1,0 +1,200 @@
+"""The planning pipeline as a function: model source + hardware + workload -> Plan."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cost_models import HardwareSpec, load_hardware
+from ir.errors import InputError
+from ir.graph import Graph
+from ir.plan import BlockPlan, Plan
+from ir.workload import Workload
+from passes.parallelize.build import ForceRule
+from passes.parallelize.search import MeshOutcome, SearchResult, search
+from passes.parallelize.strategies import BY_NAME
+from planner.frontend import LoadedModel, load_graph
+from planner.model_source import ModelSource
+
+
+@dataclass
+class PlanRun:
+    """A plan plus what only the report shows (wall times, the search's outcomes)."""
+
+    plan: Plan
+    graph: Graph
+    result: SearchResult
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_hardware(name_or_path: str) -> HardwareSpec:
+    return load_hardware(name_or_path)
+
+
+def make_plan(
+    source: ModelSource | LoadedModel,
+    *,
+    hardware: str | HardwareSpec,
+    gpus: int,
+    workload: Workload,
+    force: list[str] | None = None,
+    per_layer: bool = False,
+    time_limit_s: float = 60.0,
+    cuda_graphs: bool = False,
+) -> PlanRun:
+    if not isinstance(gpus, int) or gpus < 1:
+        raise InputError(f"--gpus must be a positive integer, got {gpus!r}")
+    t0 = time.perf_counter()
+    loaded = source if isinstance(source, LoadedModel) else load_graph(source)
+    t1 = time.perf_counter()
+    hw = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
+    rules = [ForceRule.parse(f) for f in force or []]
+    result = search(
+        loaded.graph, workload, hw, gpus, force=rules, share_groups=not per_layer,
+        time_limit_s=time_limit_s, cuda_graphs=cuda_graphs,
+    )
+    t2 = time.perf_counter()
+    plan = assemble_plan(loaded, hw, workload, result, rules)
+    seconds = dict(loaded.seconds)
+    seconds.update({"load": t1 - t0, "search": t2 - t1, "assemble": time.perf_counter() - t2})
+    return PlanRun(plan=plan, graph=loaded.graph, result=result, seconds=seconds)
+
+
+def _rank_map(outcome: MeshOutcome, hw: HardwareSpec) -> list[dict]:
+    mesh = outcome.mesh
+    out = []
+    for rank in range(mesh.world_size):
+        out.append({
+            "rank": rank,
+            "coords": mesh.coords(rank),
+            "gpu": rank,
+            "domain": rank // hw.scaleup_domain_gpus,
+            "local_gpu": rank % hw.scaleup_domain_gpus,
+        })
+    return out
+
+
+def _mesh_label(outcome: MeshOutcome) -> str:
+    return str(outcome.mesh)
+
+
+def assemble_plan(
+    loaded: LoadedModel, hw: HardwareSpec, workload: Workload, result: SearchResult,
+    rules: list[ForceRule],
+) -> Plan:
+    best = result.best
+    built, sol = best.built, best.solution
+    ctx = built.ctx
+    blocks: list[BlockPlan] = []
+    compute = 0.0
+    per_collective: dict[str, float] = {}
+    memory: dict[str, float] = {}
+    for b in loaded.graph.blocks:
+        name = sol.assignment[b.name]
+        strategy = BY_NAME[name]
+        priced = built.priced[(b.name, name)]
+        compute += priced.compute_s
+        for k, v in priced.comm_s.items():
+            per_collective[k] = per_collective.get(k, 0.0) + v
+        for k, v in priced.memory.items():
+            memory[k] = memory.get(k, 0.0) + v
+        degrees = {strategy.axis: strategy.degree(ctx)} if strategy.axis else {}
+        blocks.append(BlockPlan(
+            name=b.name, kind=b.kind, group=b.group, strategy=name, degrees=degrees,
+            extras={}, layout_in=strategy.layout_in, layout_out=strategy.layout_out,
+            dims=dict(b.dims), predicted_s=priced.time_s, compute_s=priced.compute_s,
+            comm_s=dict(priced.comm_s), memory_bytes=priced.memory_bytes,
+        ))
+    edge_s = sol.objective_s - sum(bp.predicted_s for bp in blocks)
+    if edge_s > 1e-15:
+        per_collective["reshard:tp"] = edge_s
+    memory["workspace"] = result.fixed_bytes
+    exposed = sol.objective_s - compute
+    alternatives = [
+        {
+            "mesh": best.mesh.to_dict(),
+            "seconds": a.objective_s,
+            "memory_bytes": a.memory_bytes,
+            "changes": [
+                {"group": c.unit, "blocks": c.num_blocks, "from": c.optimum_option, "to": c.option}
+                for c in a.changes
+            ],
+            "why": a.reason,
+        }
+        for a in sol.alternatives
+    ]
+    for o in result.outcomes:
+        if o is best:
+            continue
+        if o.solution is not None:
+            alternatives.append({
+                "mesh": o.mesh.to_dict(),
+                "seconds": o.solution.objective_s,
+                "memory_bytes": o.solution.memory_bytes,
+                "changes": _strategy_summary(o),
+                "why": f"best plan on mesh {o.mesh}",
+            })
+    alternatives.sort(key=lambda a: a["seconds"])
+    excluded = [dict(e, mesh=str(best.mesh)) for e in built.excluded]
+    excluded += [
+        {"mesh": str(o.mesh), "reason": o.reason} for o in result.outcomes if o.solution is None
+    ]
+    return Plan(
+        model=dict(loaded.source.to_dict()),
+        hardware=hw.to_dict(),
+        workload=asdict(workload),
+        mesh=best.mesh.to_dict(),
+        rank_map=_rank_map(best, hw),
+        blocks=blocks,
+        predicted={
+            "objective": {"decode": "ttl", "prefill": "ttft", "train": "step_time"}[workload.kind],
+            "seconds": sol.objective_s,
+            "compute_s": compute,
+            "exposed_comm_s": exposed,
+            "per_collective_s": dict(sorted(per_collective.items())),
+            "tokens_per_s_per_gpu": _throughput(workload, sol.objective_s, best.mesh.world_size),
+        },
+        memory={
+            "per_gpu_bytes": sol.memory_bytes,
+            "capacity_bytes": result.capacity_bytes,
+            "breakdown": dict(sorted(memory.items())),
+        },
+        solver={
+            "status": sol.status,
+            "objective_s": sol.objective_s,
+            "gap": sol.gap,
+            "backend": sol.backend,
+            "num_variables": sol.num_variables,
+            "num_constraints": sol.num_constraints,
+            "meshes_tried": len(result.outcomes),
+            "forced": [r.text for r in rules],
+        },
+        alternatives=alternatives[:8],
+        excluded=excluded,
+    )
+
+
+def _strategy_summary(o: MeshOutcome) -> list[dict]:
+    counts: dict[tuple[str, str], int] = {}
+    for block in o.built.problem.blocks:
+        key = (block.group, o.solution.assignment[block.name])
+        counts[key] = counts.get(key, 0) + 1
+    return [{"group": g, "blocks": n, "to": s} for (g, s), n in sorted(counts.items())]
+
+
+def _throughput(workload: Workload, seconds: float, gpus: int) -> float:
+    if seconds <= 0:
+        return 0.0
+    tokens = workload.batch * (workload.seq if workload.kind != "decode" else 1)
+    return tokens / seconds / gpus
+
+
+def write_outputs(run: PlanRun, out: str | Path) -> dict[str, Path]:
+    from planner.report import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"plan": run.plan.save(out / "plan.json")}
+    paths["report"] = write_report(run, out / "report.md")
+    return paths
