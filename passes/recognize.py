@@ -230,7 +230,7 @@ def _name_blocks(graph: Graph, drafts) -> list[Block]:
     used_params: set[str] = set()
     names_seen: dict[str, int] = {}
     producers_block: dict[str, int] = {}
-    for idx, (_, kind, _, ops, _) in enumerate(drafts):
+    for idx, (_, _kind, _, ops, _) in enumerate(drafts):
         for o in ops:
             for v in o.outputs:
                 producers_block[v] = idx

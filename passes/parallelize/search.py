@@ -46,15 +46,20 @@ def mesh_candidates(gpus: int) -> list[Mesh]:
     return out
 
 
-def workspace_bytes(graph: Graph, workload: Workload, mesh: Mesh, act_bytes: float) -> float:
+RUNTIME_RESERVE_BYTES = 2**30
+
+
+def workspace_bytes(
+    graph: Graph, workload: Workload, mesh: Mesh, act_bytes: float, reserve_bytes: float
+) -> float:
     """Transient activations of the widest block on one replica (not summed over blocks),
-    plus 1 GiB of runtime workspace."""
+    plus a runtime reserve (CUDA context, allocator slack; 1 GiB by default)."""
     rows = workload.batch // mesh.size("dp") * workload.seq
     widest = max(
         [b.dims.get("ffn", 0) * max(1, b.dims.get("top_k", 1)) for b in graph.blocks]
         + [4 * b.dims.get("hidden", 0) for b in graph.blocks]
     )
-    return rows * widest * act_bytes * 2 + 2**30
+    return rows * widest * act_bytes * 2 + reserve_bytes
 
 
 def search(
@@ -67,6 +72,7 @@ def search(
     share_groups: bool = True,
     time_limit_s: float = 60.0,
     cuda_graphs: bool = False,
+    reserve_bytes: float = RUNTIME_RESERVE_BYTES,
 ) -> SearchResult:
     force = list(force or [])
     for rule in force:
@@ -87,7 +93,7 @@ def search(
             outcomes.append(MeshOutcome(mesh, None, None, reason))
             continue
         ctx = PlanContext(workload=workload, cost=cost, mesh=mesh)
-        fixed = workspace_bytes(graph, workload, mesh, ctx.act_bytes)
+        fixed = workspace_bytes(graph, workload, mesh, ctx.act_bytes, reserve_bytes)
         try:
             built = build_problem(
                 graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
