@@ -28,7 +28,9 @@ SOLVER_BACKENDS = ("cpsat", "scip", "highs", "auto")
 
 
 def _option(name: str, time_s: float, memory_bytes: float, layout: str = "replicate") -> Option:
-    return Option(name=name, time_s=time_s, memory_bytes=memory_bytes, layout_in=layout, layout_out=layout)
+    return Option(
+        name=name, time_s=time_s, memory_bytes=memory_bytes, layout_in=layout, layout_out=layout
+    )
 
 
 def _random_problem(seed: int, *, share_groups: bool) -> Problem:
@@ -49,7 +51,9 @@ def _random_problem(seed: int, *, share_groups: bool) -> Problem:
         for group in groups
     }
     blocks = tuple(
-        BlockVars(name=f"b{i}", group=groups[i % len(groups)], options=options[groups[i % len(groups)]])
+        BlockVars(
+            name=f"b{i}", group=groups[i % len(groups)], options=options[groups[i % len(groups)]]
+        )
         for i in range(rng.randint(4, 6))
     )
     edges = []
@@ -83,7 +87,9 @@ def _random_problem(seed: int, *, share_groups: bool) -> Problem:
     )
 
 
-def _layered_problem(*, share_groups: bool, capacity_fraction: float, num_layers: int = 63, groups: int = 2) -> Problem:
+def _layered_problem(
+    *, share_groups: bool, capacity_fraction: float, num_layers: int = 63, groups: int = 2
+) -> Problem:
     """126 blocks in `groups` groups x 12 options (4 degrees x 3 layouts): more sharding saves
     memory but adds communication time, so a tight cap forces slower, smaller options."""
     rng = random.Random(11)
@@ -94,8 +100,11 @@ def _layered_problem(*, share_groups: bool, capacity_fraction: float, num_layers
         kind: tuple(
             Option(
                 name=f"d{degree}_{layout}",
-                time_s=base_s[kind] * (rng.uniform(0.9, 1.2) / degree + (degree - 1) * rng.uniform(0.08, 0.16)),
-                memory_bytes=float(round(weights[kind] / degree + rng.uniform(0.05e9, 0.2e9) * (1 + i))),
+                time_s=base_s[kind]
+                * (rng.uniform(0.9, 1.2) / degree + (degree - 1) * rng.uniform(0.08, 0.16)),
+                memory_bytes=float(
+                    round(weights[kind] / degree + rng.uniform(0.05e9, 0.2e9) * (1 + i))
+                ),
                 layout_in=layout,
                 layout_out=layout,
             )
@@ -161,8 +170,16 @@ def test_memory_cap_forces_the_slower_smaller_option() -> None:
     # attention: fast 6 GiB (1.0 ms) or small 2 GiB (1.5 ms); ffn: fast 8 GiB (2.0 ms) or small
     # 3 GiB (3.0 ms). Both fast need 14 GiB; with 10 GiB only one block can stay fast, and
     # shrinking attention (4 GiB saved for 0.5 ms) beats shrinking ffn (5 GiB for 1.0 ms).
-    attention = BlockVars(name="attention", group="attention", options=(_option("fast", 1.0e-3, 6 * GiB), _option("small", 1.5e-3, 2 * GiB)))
-    ffn = BlockVars(name="ffn", group="ffn", options=(_option("fast", 2.0e-3, 8 * GiB), _option("small", 3.0e-3, 3 * GiB)))
+    attention = BlockVars(
+        name="attention",
+        group="attention",
+        options=(_option("fast", 1.0e-3, 6 * GiB), _option("small", 1.5e-3, 2 * GiB)),
+    )
+    ffn = BlockVars(
+        name="ffn",
+        group="ffn",
+        options=(_option("fast", 2.0e-3, 8 * GiB), _option("small", 3.0e-3, 3 * GiB)),
+    )
     problem = Problem(blocks=(attention, ffn), edges=(), memory_capacity_bytes=10 * GiB)
     roomy = solve(dataclasses.replace(problem, memory_capacity_bytes=100 * GiB))
     assert roomy.assignment == {"attention": "fast", "ffn": "fast"}
@@ -177,8 +194,12 @@ def test_memory_cap_forces_the_slower_smaller_option() -> None:
 def test_memory_that_fits_exactly_is_feasible_with_fractional_bytes() -> None:
     # Whole and dyadic-fraction byte counts are represented exactly: 1.5 + 2.25 = 3.75 fits 3.75.
     blocks = (
-        BlockVars(name="a", group="a", options=(_option("big", 1.0, 2.5), _option("small", 2.0, 1.5))),
-        BlockVars(name="b", group="b", options=(_option("big", 1.0, 3.0), _option("small", 2.5, 2.25))),
+        BlockVars(
+            name="a", group="a", options=(_option("big", 1.0, 2.5), _option("small", 2.0, 1.5))
+        ),
+        BlockVars(
+            name="b", group="b", options=(_option("big", 1.0, 3.0), _option("small", 2.5, 2.25))
+        ),
     )
     problem = Problem(blocks=blocks, edges=(), memory_capacity_bytes=3.75)
     for backend in SOLVER_BACKENDS:
@@ -187,10 +208,16 @@ def test_memory_that_fits_exactly_is_feasible_with_fractional_bytes() -> None:
 
 def test_memory_infeasible_names_minimum_and_capacity() -> None:
     blocks = tuple(
-        BlockVars(name=f"layers.{i}.ffn", group="ffn", options=(_option("tp1", 1e-3, 8 * GiB), _option("tp8", 2e-3, 3 * GiB)))
+        BlockVars(
+            name=f"layers.{i}.ffn",
+            group="ffn",
+            options=(_option("tp1", 1e-3, 8 * GiB), _option("tp8", 2e-3, 3 * GiB)),
+        )
         for i in range(4)
     )
-    problem = Problem(blocks=blocks, edges=(), memory_capacity_bytes=12 * GiB, fixed_memory_bytes=2 * GiB)
+    problem = Problem(
+        blocks=blocks, edges=(), memory_capacity_bytes=12 * GiB, fixed_memory_bytes=2 * GiB
+    )
     with pytest.raises(InfeasiblePlanError) as error:
         solve(problem)
     message = str(error.value)
@@ -198,7 +225,9 @@ def test_memory_infeasible_names_minimum_and_capacity() -> None:
 
 
 def test_time_budget_below_any_plan_names_both_numbers() -> None:
-    blocks = (BlockVars(name="a", group="a", options=(_option("x", 3e-3, GiB), _option("y", 4e-3, GiB))),)
+    blocks = (
+        BlockVars(name="a", group="a", options=(_option("x", 3e-3, GiB), _option("y", 4e-3, GiB))),
+    )
     problem = Problem(blocks=blocks, edges=(), memory_capacity_bytes=10 * GiB, time_budget_s=2e-3)
     with pytest.raises(InfeasiblePlanError) as error:
         solve(problem)
@@ -206,17 +235,32 @@ def test_time_budget_below_any_plan_names_both_numbers() -> None:
 
 
 @pytest.mark.parametrize("backend", SOLVER_BACKENDS)
-def test_time_budget_that_memory_makes_infeasible_reports_the_fastest_fitting_plan(backend: str) -> None:
+def test_time_budget_that_memory_makes_infeasible_reports_the_fastest_fitting_plan(
+    backend: str,
+) -> None:
     # Ignoring memory 1 ms + 2 ms = 3 ms fits a 4 ms budget; within 10 GiB the best is 3.5 ms
     # (previous test's numbers), which misses a 3.4 ms budget. The solver must prove it.
-    attention = BlockVars(name="attention", group="attention", options=(_option("fast", 1.0e-3, 6 * GiB), _option("small", 1.5e-3, 2 * GiB)))
-    ffn = BlockVars(name="ffn", group="ffn", options=(_option("fast", 2.0e-3, 8 * GiB), _option("small", 3.0e-3, 3 * GiB)))
-    problem = Problem(blocks=(attention, ffn), edges=(), memory_capacity_bytes=10 * GiB, time_budget_s=3.4e-3)
+    attention = BlockVars(
+        name="attention",
+        group="attention",
+        options=(_option("fast", 1.0e-3, 6 * GiB), _option("small", 1.5e-3, 2 * GiB)),
+    )
+    ffn = BlockVars(
+        name="ffn",
+        group="ffn",
+        options=(_option("fast", 2.0e-3, 8 * GiB), _option("small", 3.0e-3, 3 * GiB)),
+    )
+    problem = Problem(
+        blocks=(attention, ffn), edges=(), memory_capacity_bytes=10 * GiB, time_budget_s=3.4e-3
+    )
     with pytest.raises(InfeasiblePlanError) as error:
         solve(problem, backend=backend)
     message = str(error.value)
     assert "3.4 ms" in message and "3.5 ms" in message and "proven optimal" in message
-    assert solve(dataclasses.replace(problem, time_budget_s=3.5e-3), backend=backend).objective_s <= 3.5e-3
+    assert (
+        solve(dataclasses.replace(problem, time_budget_s=3.5e-3), backend=backend).objective_s
+        <= 3.5e-3
+    )
 
 
 @pytest.mark.parametrize("backend", SOLVER_BACKENDS)
@@ -226,12 +270,18 @@ def test_edge_costs_make_the_solver_pick_a_consistent_pair(backend: str) -> None
     attention = BlockVars(
         name="attention",
         group="attention",
-        options=(_option("seq", 1.0e-3, GiB, "shard_seq"), _option("rep", 1.2e-3, GiB, "replicate")),
+        options=(
+            _option("seq", 1.0e-3, GiB, "shard_seq"),
+            _option("rep", 1.2e-3, GiB, "replicate"),
+        ),
     )
     ffn = BlockVars(
         name="ffn",
         group="ffn",
-        options=(_option("seq", 2.6e-3, GiB, "shard_seq"), _option("rep", 2.0e-3, GiB, "replicate")),
+        options=(
+            _option("seq", 2.6e-3, GiB, "shard_seq"),
+            _option("rep", 2.0e-3, GiB, "replicate"),
+        ),
     )
     edge = Edge.from_layouts(attention, ffn, lambda lo, li: 0.0 if lo == li else 5e-3)
     assert edge.cost_s == {("seq", "rep"): 5e-3, ("rep", "seq"): 5e-3}
@@ -260,18 +310,24 @@ def test_same_problem_gives_the_same_plan(backend: str) -> None:
     # Many ties (identical options) are where a nondeterministic search would show.
     def build() -> Problem:
         options = tuple(_option(f"o{i}", 1e-3, GiB * (1 + i % 2), LAYOUTS[i % 3]) for i in range(6))
-        blocks = tuple(BlockVars(name=f"b{i}", group=f"g{i % 2}", options=options) for i in range(6))
+        blocks = tuple(
+            BlockVars(name=f"b{i}", group=f"g{i % 2}", options=options) for i in range(6)
+        )
         edges = tuple(
             Edge.from_layouts(x, y, lambda lo, li: 0.0 if lo == li else 1e-4)
             for x, y in zip(blocks, blocks[1:], strict=False)
         )
-        return Problem(blocks=blocks, edges=edges, memory_capacity_bytes=9.0 * GiB, share_groups=False)
+        return Problem(
+            blocks=blocks, edges=edges, memory_capacity_bytes=9.0 * GiB, share_groups=False
+        )
 
     first = solve(build(), backend=backend)
     for _ in range(2):
         again = solve(build(), backend=backend)
         assert again.assignment == first.assignment
-        assert [a.assignment for a in again.alternatives] == [a.assignment for a in first.alternatives]
+        assert [a.assignment for a in again.alternatives] == [
+            a.assignment for a in first.alternatives
+        ]
 
 
 def test_alternatives_are_distinct_and_ranked() -> None:
@@ -285,7 +341,11 @@ def test_alternatives_are_distinct_and_ranked() -> None:
     for rank, alternative in enumerate(solution.alternatives, start=2):
         assert alternative.rank == rank
         changed = {c.unit for c in alternative.changes}
-        expected = {g for g in ("attention", "ffn") if alternative.assignment[f"layers.0.{g}"] != solution.assignment[f"layers.0.{g}"]}
+        expected = {
+            g
+            for g in ("attention", "ffn")
+            if alternative.assignment[f"layers.0.{g}"] != solution.assignment[f"layers.0.{g}"]
+        }
         assert changed == expected and changed
         assert all(c.num_blocks == 63 for c in alternative.changes)
         assert f"plan #{rank}" in alternative.reason
@@ -305,16 +365,27 @@ def test_large_shared_problem_with_binding_memory_is_solved_optimally_and_fast()
     assert len(problem.blocks) == 126 and all(len(b.options) == 12 for b in problem.blocks)
 
 
-def test_large_unshared_problem_warm_started_from_the_shared_plan() -> None:
-    shared = solve(_layered_problem(share_groups=True, capacity_fraction=0.5), top_k=1)
-    problem = _layered_problem(share_groups=False, capacity_fraction=0.5)
-    limit_s = 15.0
+@pytest.mark.parametrize(("capacity_fraction", "limit_s"), [(0.3, 30.0), (0.5, 3.0)])
+def test_large_unshared_problem_warm_started_from_the_shared_plan(
+    capacity_fraction: float, limit_s: float
+) -> None:
+    # 0.3 is proven in about a second; 0.5 takes CP-SAT ~20 s, so a 3 s limit exercises the
+    # time-limit path: a FEASIBLE plan with a gap, never worse than the shared warm start.
+    shared = solve(
+        _layered_problem(share_groups=True, capacity_fraction=capacity_fraction), top_k=1
+    )
+    problem = _layered_problem(share_groups=False, capacity_fraction=capacity_fraction)
     started = time.perf_counter()
     solution = solve(problem, time_limit_s=limit_s, top_k=1)
     assert time.perf_counter() - started < 2 * limit_s
-    assert solution.objective_s <= shared.objective_s + 1e-12
+    assert solution.objective_s <= shared.objective_s
     assert solution.memory_bytes <= problem.memory_capacity_bytes
-    assert solution.backend.startswith("auto")
+    assert "shared plan as warm start" in solution.backend
+    if solution.status == "OPTIMAL":
+        assert solution.gap == 0.0 and solution.objective_s < shared.objective_s - 1e-6
+    else:
+        assert 0.0 < solution.gap < 0.05
+    assert solution.status == "OPTIMAL" or capacity_fraction == 0.5
 
 
 def test_greedy_fits_memory_when_possible_and_is_fastest_when_memory_is_slack() -> None:

@@ -83,7 +83,7 @@ def test_memory_cap_forces_weight_sharding(load):
     chosen = capped.best.solution.assignment
     assert capped.best.solution.memory_bytes <= 12 * 2**30
     assert str(capped.best.mesh) == "tp=2"
-    assert chosen["layers.0.mlp"] == "tp" and chosen["layers.0.attention"] == "tp"
+    assert chosen["layers.0.mlp"] == "tp"  # the 14 GB of MLP weights must split
     # With room the optimum is the replicated one, faster and over the cap: the cap binds.
     roomy_choice = roomy.best.solution.assignment
     assert {roomy_choice["layers.0.mlp"], roomy_choice["layers.0.attention"]} <= {"dp", "replicate"}

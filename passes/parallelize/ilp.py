@@ -83,7 +83,8 @@ incumbent on a slower machine).
 "auto" uses CP-SAT throughout. The group-shared problem is tiny (one unit per group) and
 is proven in ~0.03 s. Without sharing it solves the shared problem first and passes that plan
 (feasible for the per-block problem, so the result is never worse) as the hint of the
-per-block solve. Measured on 126 blocks x 12 options (2 or 3 groups, chain plus residual
+per-block solve; otherwise the hint is the caller's or the greedy plan (`greedy_assignment`).
+Measured on 126 blocks x 12 options (2 or 3 groups, chain plus residual
 edges, 32 instances from memory-slack to tight; one core, 60 s limit): CP-SAT at
 linearization_level 2 proved 31 of 32, median 0.3 s, worst 15 s; SCIP proved the same 31,
 median 0.5 s, worst 41 s; HiGHS was slowest (up to 44 s, and 60 s without proof on cases the
@@ -342,8 +343,17 @@ def _reduce(problem: Problem) -> _Reduced:
         members.setdefault(block.group if problem.share_groups else block.name, []).append(block)
     keys = list(members)
     unit_of_block = {b.name: u for u, key in enumerate(keys) for b in members[key]}
-    cost = [[sum(b.options[s].time_s for b in members[k]) for s in range(len(members[k][0].options))] for k in keys]
-    memory = [[sum(b.options[s].memory_bytes for b in members[k]) for s in range(len(members[k][0].options))] for k in keys]
+    cost = [
+        [sum(b.options[s].time_s for b in members[k]) for s in range(len(members[k][0].options))]
+        for k in keys
+    ]
+    memory = [
+        [
+            sum(b.options[s].memory_bytes for b in members[k])
+            for s in range(len(members[k][0].options))
+        ]
+        for k in keys
+    ]
     option_index = [{name: s for s, name in enumerate(_option_names(members[k][0]))} for k in keys]
 
     matrices: dict[tuple[int, int], list[list[float]]] = {}
@@ -376,7 +386,13 @@ def _reduce(problem: Problem) -> _Reduced:
             couplings.append(_Coupling(u, v, src_class, dst_class, class_cost))
 
     units = tuple(
-        _Unit(k, tuple(b.name for b in members[k]), _option_names(members[k][0]), tuple(cost[u]), tuple(memory[u]))
+        _Unit(
+            k,
+            tuple(b.name for b in members[k]),
+            _option_names(members[k][0]),
+            tuple(cost[u]),
+            tuple(memory[u]),
+        )
         for u, k in enumerate(keys)
     )
     return _Reduced(
@@ -417,7 +433,11 @@ class _IntegerScale:
         total = max(sum(max(unit.memory_bytes) for unit in reduced.units), 1.0)
         k_max = math.floor(math.log2(_MAX_EXACT_INTEGER / total))
         k = next(
-            (k for k in range(min(0, k_max), k_max + 1) if all((w * 2.0**k).is_integer() for w in values)),
+            (
+                k
+                for k in range(min(0, k_max), k_max + 1)
+                if all((w * 2.0**k).is_integer() for w in values)
+            ),
             k_max,
         )
         return cls(_time_step_s(reduced), 2.0**-k)
@@ -517,10 +537,16 @@ class _CpSatBackend:
         seconds = time.perf_counter() - started
         if status == cp_model.MODEL_INVALID:
             raise RuntimeError(f"CP-SAT rejected the model: {self.model.validate()}")
-        name = {cp_model.OPTIMAL: "OPTIMAL", cp_model.FEASIBLE: "FEASIBLE", cp_model.INFEASIBLE: "INFEASIBLE"}.get(status, "UNKNOWN")
+        name = {
+            cp_model.OPTIMAL: "OPTIMAL",
+            cp_model.FEASIBLE: "FEASIBLE",
+            cp_model.INFEASIBLE: "INFEASIBLE",
+        }.get(status, "UNKNOWN")
         if name in ("INFEASIBLE", "UNKNOWN"):
             return _Outcome(name, None, math.inf, solver.best_objective_bound, seconds)
-        return _Outcome(name, solver.value, solver.objective_value, solver.best_objective_bound, seconds)
+        return _Outcome(
+            name, solver.value, solver.objective_value, solver.best_objective_bound, seconds
+        )
 
 
 class _MathOptBackend:
@@ -578,15 +604,26 @@ class _MathOptBackend:
         result = mathopt.solve(self.model, solver_type, params=params, model_params=model_params)
         seconds = time.perf_counter() - started
         reason = result.termination.reason
-        if reason in (mathopt.TerminationReason.INFEASIBLE, mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED):
+        if reason in (
+            mathopt.TerminationReason.INFEASIBLE,
+            mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED,
+        ):
             return _Outcome("INFEASIBLE", None, math.inf, -math.inf, seconds)
         if not result.has_primal_feasible_solution():
             if reason != mathopt.TerminationReason.NO_SOLUTION_FOUND:
-                raise RuntimeError(f"{self.name} stopped with {reason.name}: {result.termination.detail}")
+                raise RuntimeError(
+                    f"{self.name} stopped with {reason.name}: {result.termination.detail}"
+                )
             return _Outcome("UNKNOWN", None, math.inf, result.best_objective_bound(), seconds)
         values = result.variable_values()
         status = "OPTIMAL" if reason == mathopt.TerminationReason.OPTIMAL else "FEASIBLE"
-        return _Outcome(status, values.__getitem__, result.objective_value(), result.best_objective_bound(), seconds)
+        return _Outcome(
+            status,
+            values.__getitem__,
+            result.objective_value(),
+            result.best_objective_bound(),
+            seconds,
+        )
 
 
 def _new_backend(reduced: _Reduced, name: str) -> _CpSatBackend | _MathOptBackend:
@@ -605,13 +642,21 @@ def _new_backend(reduced: _Reduced, name: str) -> _CpSatBackend | _MathOptBacken
 class _Formulation:
     """The integer program of the module docstring, built on one backend."""
 
-    def __init__(self, reduced: _Reduced, backend_name: str, *, with_time_budget: bool = True) -> None:
+    def __init__(
+        self, reduced: _Reduced, backend_name: str, *, with_time_budget: bool = True
+    ) -> None:
         self.reduced = reduced
         self.backend = _new_backend(reduced, backend_name)
         self.scale = self.backend.scale
-        self.x = [[self.backend.new_binary(f"x[{u.name}|{s}]") for s in u.option_names] for u in reduced.units]
+        self.x = [
+            [self.backend.new_binary(f"x[{u.name}|{s}]") for s in u.option_names]
+            for u in reduced.units
+        ]
         self.z = [
-            [[self.backend.new_fraction(f"z[{p}|{a},{g}]") for g in range(len(row))] for a, row in enumerate(c.cost_s)]
+            [
+                [self.backend.new_fraction(f"z[{p}|{a},{g}]") for g in range(len(row))]
+                for a, row in enumerate(c.cost_s)
+            ]
             for p, c in enumerate(reduced.couplings)
         ]
         self._add_one_option_per_block()
@@ -631,10 +676,18 @@ class _Formulation:
         for p, coupling in enumerate(self.reduced.couplings):
             z = self.z[p]
             for a in range(len(z)):
-                members = [(self.x[coupling.src][s], -1) for s, c in enumerate(coupling.src_class) if c == a]
+                members = [
+                    (self.x[coupling.src][s], -1)
+                    for s, c in enumerate(coupling.src_class)
+                    if c == a
+                ]
                 self.backend.add_equal([(var, 1) for var in z[a]] + members, 0)
             for g in range(len(z[0])):
-                members = [(self.x[coupling.dst][t], -1) for t, c in enumerate(coupling.dst_class) if c == g]
+                members = [
+                    (self.x[coupling.dst][t], -1)
+                    for t, c in enumerate(coupling.dst_class)
+                    if c == g
+                ]
                 self.backend.add_equal([(z[a][g], 1) for a in range(len(z))] + members, 0)
 
     def _add_memory_capacity(self) -> None:
@@ -669,7 +722,9 @@ class _Formulation:
 
     def hint_values(self, choice: Sequence[int]) -> dict[Any, float]:
         """A complete solution for `choice`: x one-hot, z the product of the classes."""
-        values = {x: float(s == choice[u]) for u, x_u in enumerate(self.x) for s, x in enumerate(x_u)}
+        values = {
+            x: float(s == choice[u]) for u, x_u in enumerate(self.x) for s, x in enumerate(x_u)
+        }
         for p, coupling in enumerate(self.reduced.couplings):
             a_chosen = coupling.src_class[choice[coupling.src]]
             g_chosen = coupling.dst_class[choice[coupling.dst]]
@@ -678,14 +733,20 @@ class _Formulation:
                     values[z] = float(a == a_chosen and g == g_chosen)
         return values
 
-    def solve(self, time_limit_s: float, hint: Sequence[int] | None) -> tuple[_Outcome, list[int] | None]:
-        outcome = self.backend.solve(time_limit_s, self.hint_values(hint) if hint is not None else None)
+    def solve(
+        self, time_limit_s: float, hint: Sequence[int] | None
+    ) -> tuple[_Outcome, list[int] | None]:
+        outcome = self.backend.solve(
+            time_limit_s, self.hint_values(hint) if hint is not None else None
+        )
         return outcome, self.read_choice(outcome)
 
     def read_choice(self, outcome: _Outcome) -> list[int] | None:
         if outcome.values is None:
             return None
-        return [max(range(len(x_u)), key=lambda s, x_u=x_u: outcome.values(x_u[s])) for x_u in self.x]
+        return [
+            max(range(len(x_u)), key=lambda s, x_u=x_u: outcome.values(x_u[s])) for x_u in self.x
+        ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -706,8 +767,13 @@ def greedy_assignment(problem: Problem) -> dict[str, str]:
 
 def _greedy_choice(reduced: _Reduced) -> list[int]:
     units = reduced.units
-    choice = [min(range(len(u.cost_s)), key=lambda s, u=u: (u.cost_s[s], u.memory_bytes[s])) for u in units]
-    excess = sum(u.memory_bytes[choice[i]] for i, u in enumerate(units)) - reduced.memory_limit_bytes
+    choice = [
+        min(range(len(u.cost_s)), key=lambda s, u=u: (u.cost_s[s], u.memory_bytes[s]))
+        for u in units
+    ]
+    excess = (
+        sum(u.memory_bytes[choice[i]] for i, u in enumerate(units)) - reduced.memory_limit_bytes
+    )
 
     def best_move(u: int) -> tuple[tuple[float, float], int] | None:
         unit, current = units[u], choice[u]
@@ -744,7 +810,9 @@ def _choice_from_hint(reduced: _Reduced, hint: Mapping[str, str]) -> list[int]:
         if option not in unit.option_names:
             raise ValueError(f"hint gives block {block!r} unknown option {option!r}")
         if given.setdefault(u, option) != option:
-            raise ValueError(f"hint gives group {unit.name!r} two options: {given[u]!r} and {option!r}")
+            raise ValueError(
+                f"hint gives group {unit.name!r} two options: {given[u]!r} and {option!r}"
+            )
         choice[u] = unit.option_names.index(option)
     return choice
 
@@ -807,8 +875,12 @@ def solve(
         )
     assignment = reduced.assignment(choice)
     bound_s = outcome.bound * formulation.scale.time_step_s
-    gap = 0.0 if status == "OPTIMAL" else max(0.0, (objective_s - bound_s) / max(objective_s, 1e-300))
-    alternatives = _runner_ups(problem, reduced, formulation, choice, objective_s, top_k, time_limit_s)
+    gap = (
+        0.0 if status == "OPTIMAL" else max(0.0, (objective_s - bound_s) / max(objective_s, 1e-300))
+    )
+    alternatives = _runner_ups(
+        problem, reduced, formulation, choice, objective_s, top_k, time_limit_s
+    )
     return Solution(
         assignment=assignment,
         objective_s=objective_s,
@@ -856,7 +928,12 @@ def _runner_ups(
         assignment = reduced.assignment(choice)
         objective_s = plan_time_s(problem, assignment)
         changes = tuple(
-            OptionChange(unit=u.name, num_blocks=len(u.blocks), optimum_option=u.option_names[best[i]], option=u.option_names[choice[i]])
+            OptionChange(
+                unit=u.name,
+                num_blocks=len(u.blocks),
+                optimum_option=u.option_names[best[i]],
+                option=u.option_names[choice[i]],
+            )
             for i, u in enumerate(reduced.units)
             if choice[i] != best[i]
         )
@@ -875,11 +952,14 @@ def _runner_ups(
     return tuple(found)
 
 
-def _runner_up_reason(rank: int, objective_s: float, best_s: float, changes: Sequence[OptionChange]) -> str:
+def _runner_up_reason(
+    rank: int, objective_s: float, best_s: float, changes: Sequence[OptionChange]
+) -> str:
     slower = objective_s - best_s
     percent = 100.0 * slower / best_s if best_s > 0 else 0.0
     moved = "; ".join(
-        f"{c.unit}: {c.optimum_option} -> {c.option}" + (f" ({c.num_blocks} blocks)" if c.num_blocks > 1 else "")
+        f"{c.unit}: {c.optimum_option} -> {c.option}"
+        + (f" ({c.num_blocks} blocks)" if c.num_blocks > 1 else "")
         for c in changes[:4]
     )
     more = f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
@@ -902,11 +982,15 @@ def _check_simple_bounds(problem: Problem) -> None:
                 f"Block {block.name!r} has no candidate strategy, so no plan exists. "
                 "Check the GPU count and mesh: every strategy of this block was ruled out."
             )
-    min_memory = problem.fixed_memory_bytes + sum(min(o.memory_bytes for o in b.options) for b in problem.blocks)
+    min_memory = problem.fixed_memory_bytes + sum(
+        min(o.memory_bytes for o in b.options) for b in problem.blocks
+    )
     if min_memory > problem.memory_capacity_bytes:
         per_group: dict[str, float] = {}
         for b in problem.blocks:
-            per_group[b.group] = per_group.get(b.group, 0.0) + min(o.memory_bytes for o in b.options)
+            per_group[b.group] = per_group.get(b.group, 0.0) + min(
+                o.memory_bytes for o in b.options
+            )
         largest = sorted(per_group.items(), key=lambda item: -item[1])[:3]
         listing = ", ".join(f"{group} {_fmt_bytes(num)}" for group, num in largest)
         raise InfeasiblePlanError(
@@ -936,7 +1020,9 @@ def _time_lower_bound_s(problem: Problem) -> float:
     return total
 
 
-def _time_budget_error(problem: Problem, reduced: _Reduced, backend_name: str, time_limit_s: float) -> InfeasiblePlanError:
+def _time_budget_error(
+    problem: Problem, reduced: _Reduced, backend_name: str, time_limit_s: float
+) -> InfeasiblePlanError:
     """Explain an infeasible solve: memory fits on its own, so the time budget binds."""
     assert problem.time_budget_s is not None  # memory alone always fits past _check_simple_bounds
     unbudgeted = _Formulation(reduced, backend_name, with_time_budget=False)
@@ -945,7 +1031,11 @@ def _time_budget_error(problem: Problem, reduced: _Reduced, backend_name: str, t
         fastest = "no plan could be found to compare with"
     else:
         fastest_s = plan_time_s(problem, reduced.assignment(choice))
-        proof = "proven optimal" if outcome.status == "OPTIMAL" else f"best found in {time_limit_s:g} s, lower bound {_fmt_s(outcome.bound * unbudgeted.scale.time_step_s)}"
+        proof = (
+            "proven optimal"
+            if outcome.status == "OPTIMAL"
+            else f"best found in {time_limit_s:g} s, lower bound {_fmt_s(outcome.bound * unbudgeted.scale.time_step_s)}"
+        )
         fastest = f"the fastest plan that fits in memory takes {_fmt_s(fastest_s)} ({proof})"
     return InfeasiblePlanError(
         f"The time budget binds: it is {_fmt_s(problem.time_budget_s)}, but {fastest}; without the "
