@@ -17,6 +17,9 @@ $(VENV_STAMP): pyproject.toml
 
 demo: venv
 	$(PY) -m planner inspect examples/llama.py --batch 8 --seq 1 --context 4k
+	$(PY) -m planner plan examples/llama.py --model-arg preset=llama3-8b --hardware h100-sxm \
+		--gpus 8 --workload decode --batch 32 --context 8k --out build/demo
+	$(PY) -m planner explain build/demo/plan.json
 
 test: venv
 	$(PY) -m ruff check .
@@ -27,6 +30,7 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/inspect_time.py
+	$(PY) benchmarks/plan_time.py
 
 clean:
 	rm -rf .venv build .pytest_cache

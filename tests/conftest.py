@@ -23,3 +23,11 @@ def loaded(spec: str, **model_args: str):
 @pytest.fixture
 def load():
     return loaded
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_trace_cache(tmp_path_factory):
+    """Tests use their own trace cache, so a stale user cache cannot hide a bug."""
+    import os
+
+    os.environ["HELIXPLAN_CACHE_DIR"] = str(tmp_path_factory.mktemp("trace-cache"))

@@ -42,9 +42,9 @@ def _brute_force_best(graph, workload, hw, gpus, reserve=0.0):
             options[b.group] = b.options
         names = sorted(groups)
         for combo in itertools.product(*(options[g] for g in names)):
-            assignment = {blk: opt.name for g, opt in zip(names, combo) for blk in groups[g]}
+            assignment = {blk: opt.name for g, opt in zip(names, combo, strict=True) for blk in groups[g]}
             mem = fixed + sum(
-                opt.memory_bytes * len(groups[g]) for g, opt in zip(names, combo)
+                opt.memory_bytes * len(groups[g]) for g, opt in zip(names, combo, strict=True)
             )
             if mem > hw.hbm_capacity_bytes:
                 continue
@@ -151,6 +151,7 @@ def test_plan_cli_is_deterministic_and_explains(tmp_path):
     ]
     a = _cli(*args, "--out", str(tmp_path / "a"))
     b = _cli(*args, "--out", str(tmp_path / "b"))
+    assert b.returncode == 0, b.stderr
     assert a.returncode == 0, a.stderr
     assert (tmp_path / "a" / "plan.json").read_bytes() == (tmp_path / "b" / "plan.json").read_bytes()
     plan = json.loads((tmp_path / "a" / "plan.json").read_text())

@@ -1,0 +1,53 @@
+"""Wall time of `helixplan plan` on 64 GPUs: cold (fresh process, empty trace cache) and warm
+(the same command again, the trace cached), for decode and train, with the ILP's size.
+
+For scale: meta-pytorch/autoparallel took 218 s wall (95 s in its solver) to plan Llama-3-8B
+training on an 8x8 mesh on this kind of 2-core machine. Target: under 15 s cold and 3 s warm
+for Llama-3-8B."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+
+from _common import run_cli
+
+MODELS = [
+    ("llama3-8b", ["examples/llama.py", "--model-arg", "preset=llama3-8b"]),
+    ("llama3.1-405b", ["examples/llama.py", "--model-arg", "preset=llama3.1-405b"]),
+    ("deepseek-v3", ["examples/deepseek.py", "--model-arg", "preset=deepseek-v3"]),
+]
+WORKLOADS = [
+    ("decode", ["--workload", "decode", "--batch", "64", "--context", "32k"]),
+    ("train", ["--workload", "train", "--batch", "64", "--seq", "4k"]),
+]
+
+
+def main() -> None:
+    only = sys.argv[1:]
+    rows = []
+    for model, margs in MODELS:
+        if only and model not in only:
+            continue
+        with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
+            for wname, wargs in WORKLOADS:
+                args = ["plan", *margs, "--gpus", "64", *wargs, "--out", out, "--json"]
+                cold, text = run_cli(args, cache_dir=cache)
+                warm, _ = run_cli(args, cache_dir=cache)
+                plan = json.loads(text)
+                s = plan["solver"]
+                row = {
+                    "model": model, "workload": wname, "cold_s": round(cold, 2),
+                    "warm_s": round(warm, 2), "mesh": plan["mesh"], "status": s["status"],
+                    "ilp_variables": s["num_variables"], "ilp_constraints": s["num_constraints"],
+                    "meshes": s["meshes_tried"], "predicted_s": plan["predicted"]["seconds"],
+                }
+                rows.append(row)
+                print(f"{model:14s} {wname:6s} cold {cold:6.2f} s  warm {warm:5.2f} s  "
+                      f"{s['status']} {s['num_variables']} vars  mesh {plan['mesh']}", flush=True)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
