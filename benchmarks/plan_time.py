@@ -30,8 +30,8 @@ def main() -> None:
     for model, margs in MODELS:
         if only and model not in only:
             continue
-        with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
-            for wname, wargs in WORKLOADS:
+        for wname, wargs in WORKLOADS:
+            with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
                 args = ["plan", *margs, "--gpus", "64", *wargs, "--out", out, "--json"]
                 cold, text = run_cli(args, cache_dir=cache)
                 warm, _ = run_cli(args, cache_dir=cache)

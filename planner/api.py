@@ -61,6 +61,57 @@ def make_plan(
     return PlanRun(plan=plan, graph=loaded.graph, result=result, seconds=seconds)
 
 
+def make_plan_max_batch(
+    source: ModelSource | LoadedModel,
+    *,
+    hardware: str | HardwareSpec,
+    gpus: int,
+    workload: Workload,
+    max_batch: int = 1 << 16,
+    **kwargs,
+) -> PlanRun:
+    """The largest batch whose optimal plan meets the workload's SLO (and fits memory): the
+    most tokens/s per GPU at that latency. Doubling finds a bracket, bisection the edge."""
+    from dataclasses import replace
+
+    from ir.errors import InfeasiblePlanError
+
+    loaded = source if isinstance(source, LoadedModel) else load_graph(source)
+
+    def attempt(batch: int) -> PlanRun | None:
+        try:
+            return make_plan(loaded, hardware=hardware, gpus=gpus,
+                             workload=replace(workload, batch=batch), **kwargs)
+        except InfeasiblePlanError:
+            return None
+
+    best = attempt(1)
+    if best is None:
+        slo = workload.ttl_slo_s or workload.ttft_slo_s
+        raise InfeasiblePlanError(
+            f"even batch 1 misses the SLO of {slo * 1e3:.3g} ms (or does not fit) on {gpus} "
+            "GPUs; relax the SLO or add GPUs"
+        )
+    low, high = 1, None
+    batch = 2
+    while batch <= max_batch:
+        run = attempt(batch)
+        if run is None:
+            high = batch
+            break
+        best, low = run, batch
+        batch *= 2
+    if high is not None:
+        while high - low > 1:
+            mid = (low + high) // 2
+            run = attempt(mid)
+            if run is None:
+                high = mid
+            else:
+                best, low = run, mid
+    return best
+
+
 def _rank_map(outcome: MeshOutcome, hw: HardwareSpec) -> list[dict]:
     mesh = outcome.mesh
     out = []

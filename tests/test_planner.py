@@ -174,3 +174,21 @@ def test_infeasible_is_a_clear_error():
     assert r.returncode == 2
     assert "GiB per GPU" in r.stderr and "GPUs are needed" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_slo_without_batch_finds_largest_batch(load):
+    from dataclasses import replace
+
+    from planner.api import make_plan, make_plan_max_batch
+    from planner.model_source import resolve_source
+
+    loaded = load(str(EXAMPLES / "llama.py"), preset="llama3-8b")
+    assert loaded.source == resolve_source(str(EXAMPLES / "llama.py"), {"preset": "llama3-8b"})
+    wl = Workload(kind="decode", batch=1, seq=1, context=8192, ttl_slo_s=0.006)
+    run = make_plan_max_batch(loaded, hardware="h100-sxm", gpus=4, workload=wl)
+    b = run.plan.workload["batch"]
+    assert b > 1 and run.plan.predicted["seconds"] <= 0.006
+    with pytest.raises(InfeasiblePlanError):
+        make_plan(loaded, hardware="h100-sxm", gpus=4, workload=replace(wl, batch=b + 1))
+    with pytest.raises(InfeasiblePlanError, match="SLO"):
+        make_plan_max_batch(loaded, hardware="h100-sxm", gpus=4, workload=replace(wl, ttl_slo_s=1e-6))

@@ -75,12 +75,19 @@ def run(args: argparse.Namespace) -> int:
     from planner.api import make_plan, write_outputs
     from planner.report import plan_table
 
+    from planner.api import make_plan_max_batch
+
     workload = workload_from_args(args)
     source = resolve_source(args.model, parse_model_args(args.model_arg))
-    run_ = make_plan(
-        source, hardware=args.hardware, gpus=args.gpus, workload=workload, force=args.force,
+    options = dict(
+        hardware=args.hardware, gpus=args.gpus, workload=workload, force=args.force,
         per_layer=args.per_layer, time_limit_s=args.time_limit, cuda_graphs=args.cuda_graphs,
     )
+    has_slo = args.ttl_slo is not None or args.ttft_slo is not None
+    if has_slo and args.batch is None:
+        run_ = make_plan_max_batch(source, **options)
+    else:
+        run_ = make_plan(source, **options)
     paths = write_outputs(run_, args.out)
     if args.json:
         sys.stdout.write(run_.plan.to_json())
