@@ -168,7 +168,7 @@ def test_plan_cli_is_deterministic_and_explains(tmp_path):
 
 def test_infeasible_is_a_clear_error():
     r = _cli(
-        "plan", str(EXAMPLES / "llama.py"), "--model-arg", "preset=llama3-70b", "--gpus", "1",
+        "plan", str(EXAMPLES / "llama.py"), "--model-arg", "preset=llama3-8b", "--gpus", "2",
         "--batch", "64", "--context", "128k", "--out", "/tmp/helixplan-infeasible",
     )
     assert r.returncode == 2

@@ -80,18 +80,18 @@ Problem, so the same Problem gives the same model and, with these deterministic 
 same assignment on every run (a solve cut short by the wall-clock limit may stop at another
 incumbent on a slower machine).
 
-"auto" uses CP-SAT throughout. The group-shared problem is tiny (one unit per group) and
-is proven in ~0.03 s. Without sharing it solves the shared problem first and passes that plan
-(feasible for the per-block problem, so the result is never worse) as the hint of the
+"auto" uses CP-SAT throughout. The group-shared problem is tiny (one unit per group) and is
+proven in ~0.03 s. Without sharing, "auto" solves the shared problem first and passes that
+plan (feasible for the per-block problem, so the result is never worse) as the hint of the
 per-block solve; otherwise the hint is the caller's or the greedy plan (`greedy_assignment`).
-Measured on 126 blocks x 12 options (2 or 3 groups, chain plus residual
-edges, 32 instances from memory-slack to tight; one core, 60 s limit): CP-SAT at
+Measured on 126 blocks x 12 options (2 or 3 groups, chain plus residual edges, 32 instances
+from memory-slack to tight; one core of a loaded 2-core machine, 60 s limit): CP-SAT at
 linearization_level 2 proved 31 of 32, median 0.3 s, worst 15 s; SCIP proved the same 31,
-median 0.5 s, worst 41 s; HiGHS was slowest (up to 44 s, and 60 s without proof on cases the
-others closed in 2-4 s). CP-SAT at its single-worker default (linearization_level 1) did not
-prove even the memory-slack case in 60 s (gap 2%), which is why level 2 is set. A tight cap
-makes the per-block problem a multiple-choice knapsack over many near-identical layers; that,
-not the edges, is what can leave a gap at the limit.
+median 0.5 s, worst 41 s; HiGHS proved 28, median 0.4 s, worst 31 s, and stopped without
+proof on three tight cases CP-SAT closed in 0.5-15 s. CP-SAT at its single-worker default
+(linearization_level 1) did not prove even the memory-slack case in 60 s (gap 2%), which is
+why level 2 is set. A tight cap makes the per-block problem a multiple-choice knapsack over
+many near-identical layers; that, not the edges, is what can leave a gap at the limit.
 """
 
 from __future__ import annotations
@@ -965,7 +965,8 @@ def _runner_up_reason(
     more = f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
     return (
         f"plan #{rank}: best plan left after cutting off the {rank - 1} better one(s); "
-        f"{_fmt_s(slower)} ({percent:.2f}%) slower than the optimum; differs in {moved}{more}"
+        f"{_fmt_s(abs(slower))} ({abs(percent):.2f}%) {'slower' if slower >= 0 else 'faster'} "
+        f"than the plan returned; differs in {moved}{more}"
     )
 
 
@@ -1024,24 +1025,25 @@ def _time_budget_error(
     problem: Problem, reduced: _Reduced, backend_name: str, time_limit_s: float
 ) -> InfeasiblePlanError:
     """Explain an infeasible solve: memory fits on its own, so the time budget binds."""
-    assert problem.time_budget_s is not None  # memory alone always fits past _check_simple_bounds
+    budget_s = problem.time_budget_s if problem.time_budget_s is not None else math.inf
     unbudgeted = _Formulation(reduced, backend_name, with_time_budget=False)
     outcome, choice = unbudgeted.solve(time_limit_s, _greedy_choice(reduced))
     if choice is None:
-        fastest = "no plan could be found to compare with"
+        fastest = "no plan that fits in memory was found to compare with"
     else:
         fastest_s = plan_time_s(problem, reduced.assignment(choice))
+        bound_s = outcome.bound * unbudgeted.scale.time_step_s
         proof = (
             "proven optimal"
             if outcome.status == "OPTIMAL"
-            else f"best found in {time_limit_s:g} s, lower bound {_fmt_s(outcome.bound * unbudgeted.scale.time_step_s)}"
+            else f"best found in {time_limit_s:g} s; lower bound {_fmt_s(bound_s)}"
         )
         fastest = f"the fastest plan that fits in memory takes {_fmt_s(fastest_s)} ({proof})"
     return InfeasiblePlanError(
-        f"The time budget binds: it is {_fmt_s(problem.time_budget_s)}, but {fastest}; without the "
-        f"memory cap the blocks alone could take {_fmt_s(_time_lower_bound_s(problem))}, so the "
-        f"{_fmt_bytes(problem.memory_capacity_bytes)} per GPU forces slower options. Raise the "
-        "budget, or use more GPUs or GPUs with more memory."
+        f"The time budget binds: it is {_fmt_s(budget_s)}, but {fastest}. Ignoring memory and "
+        f"resharding the blocks alone would take {_fmt_s(_time_lower_bound_s(problem))}, so the "
+        f"memory cap of {_fmt_bytes(problem.memory_capacity_bytes)} per GPU and resharding make "
+        "up the rest. Raise the budget, or use more GPUs or GPUs with more memory."
     )
 
 

@@ -114,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
         )
     console.print(table)
     secs = loaded.seconds
-    console.print(
-        f"traced in {secs['capture']:.1f}s, passes {secs['passes']:.2f}s "
-        "(FLOPs/bytes are per block instance, one forward step)"
+    how = (
+        f"traced in {secs['capture']:.1f}s, passes {secs['passes']:.2f}s"
+        if "capture" in secs
+        else f"from the trace cache in {secs.get('cache_load', 0.0):.2f}s"
     )
+    console.print(f"{how} (FLOPs/bytes are per block instance, one forward step)")
     return 0
