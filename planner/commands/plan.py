@@ -72,10 +72,8 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.api import make_plan, write_outputs
+    from planner.api import make_plan, make_plan_max_batch, write_outputs
     from planner.report import plan_table
-
-    from planner.api import make_plan_max_batch
 
     workload = workload_from_args(args)
     source = resolve_source(args.model, parse_model_args(args.model_arg))
