@@ -75,6 +75,22 @@ class Mesh:
             rank = rank * size + coords.get(axis.value, 0)
         return rank
 
+    def groups_over(self, axes: tuple[MeshAxis | str, ...]) -> list[list[int]]:
+        """Rank groups spanning several axes at once (e.g. kvp×tp as one TP group): ranks
+        that differ only in those axes' coordinates, ordered row-major within the group."""
+        chosen = [MeshAxis(a) for a in axes]
+        others = [(a, s) for a, s in self.sizes if a not in chosen]
+        inner = [(a, s) for a, s in self.sizes if a in chosen]
+        out = []
+        for fixed in product(*(range(s) for _, s in others)):
+            coords = {a.value: c for (a, _), c in zip(others, fixed, strict=True)}
+            group = []
+            for local in product(*(range(s) for _, s in inner)):
+                local_coords = {a.value: c for (a, _), c in zip(inner, local, strict=True)}
+                group.append(self.rank_of({**coords, **local_coords}))
+            out.append(group)
+        return out
+
     def groups(self, axis: MeshAxis | str) -> list[list[int]]:
         """Rank groups along one axis: ranks that differ only in that axis's coordinate."""
         axis = MeshAxis(axis)

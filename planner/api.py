@@ -13,7 +13,7 @@ from ir.plan import BlockPlan, Plan
 from ir.workload import Workload
 from passes.parallelize.build import ForceRule
 from passes.parallelize.search import MeshOutcome, SearchResult, search
-from passes.parallelize.strategies import BY_NAME
+from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
 from planner.frontend import LoadedModel, load_graph
 from planner.model_source import ModelSource
 
@@ -42,6 +42,7 @@ def make_plan(
     per_layer: bool = False,
     time_limit_s: float = 60.0,
     cuda_graphs: bool = False,
+    strategies: frozenset[str] | None = None,
 ) -> PlanRun:
     if not isinstance(gpus, int) or gpus < 1:
         raise InputError(f"--gpus must be a positive integer, got {gpus!r}")
@@ -53,6 +54,7 @@ def make_plan(
     result = search(
         loaded.graph, workload, hw, gpus, force=rules, share_groups=not per_layer,
         time_limit_s=time_limit_s, cuda_graphs=cuda_graphs,
+        strategies=strategies if strategies is not None else DEFAULT_STRATEGIES,
     )
     t2 = time.perf_counter()
     plan = assemble_plan(loaded, hw, workload, result, rules)
@@ -142,18 +144,19 @@ def assemble_plan(
     per_collective: dict[str, float] = {}
     memory: dict[str, float] = {}
     for b in loaded.graph.blocks:
-        name = sol.assignment[b.name]
+        option = sol.assignment[b.name]
+        name, extras = built.meaning[option]
         strategy = BY_NAME[name]
-        priced = built.priced[(b.name, name)]
+        priced = built.priced[(b.name, option)]
         compute += priced.compute_s
         for k, v in priced.comm_s.items():
             per_collective[k] = per_collective.get(k, 0.0) + v
         for k, v in priced.memory.items():
             memory[k] = memory.get(k, 0.0) + v
-        degrees = {strategy.axis: strategy.degree(ctx)} if strategy.axis else {}
+        degrees = strategy.degrees(ctx)
         blocks.append(BlockPlan(
             name=b.name, kind=b.kind, group=b.group, strategy=name, degrees=degrees,
-            extras={}, layout_in=strategy.layout_in, layout_out=strategy.layout_out,
+            extras=dict(extras), layout_in=strategy.layout_in, layout_out=strategy.layout_out,
             dims=dict(b.dims), predicted_s=priced.time_s, compute_s=priced.compute_s,
             comm_s=dict(priced.comm_s), memory_bytes=priced.memory_bytes,
         ))

@@ -17,6 +17,7 @@ from passes.parallelize.build import ForceRule, build_problem, hidden_edges
 from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import plan_time_s
 from passes.parallelize.search import mesh_candidates, search, workspace_bytes
+from passes.parallelize.strategies import DEFAULT_STRATEGIES
 from tests.conftest import EXAMPLES, ROOT
 
 H100 = load_hardware("h100-sxm")
@@ -33,7 +34,7 @@ def _brute_force_best(graph, workload, hw, gpus, reserve=0.0):
         fixed = workspace_bytes(graph, workload, mesh, ctx.act_bytes, reserve)
         built = build_problem(
             graph, ctx, capacity_bytes=hw.hbm_capacity_bytes, fixed_bytes=fixed, force=[],
-            time_budget_s=None, share_groups=True, edges=edges,
+            time_budget_s=None, share_groups=True, edges=edges, allowed=DEFAULT_STRATEGIES,
         )
         groups: dict[str, list[str]] = {}
         options: dict[str, list] = {}

@@ -15,6 +15,8 @@ from passes.parallelize.pricing import Priced, price
 from passes.parallelize.strategies import BY_NAME, STRATEGIES
 from passes.parallelize.strategy import Strategy
 
+EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {"helix": ("hopb",)}
+
 
 @dataclass(frozen=True)
 class ForceRule:
@@ -48,12 +50,17 @@ class ForceRule:
             if not sep or not value.strip().isdigit():
                 raise InputError(f"--force {text!r}: {part!r} is not NAME=INTEGER")
             key = key.strip()
+            if key == "tpa":  # Helix names its attention TP `tpa`; it is the mesh's tp axis
+                key = "tp"
             if key in ("dp", "cp", "kvp", "tp", "ep"):
                 degrees[key] = int(value)
+            elif key in EXTRA_PARAMETERS.get(strategy, ()):
+                extras[key] = int(value)
             else:
+                known = ", ".join(EXTRA_PARAMETERS.get(strategy, ())) or "none"
                 raise InputError(
                     f"--force {text!r}: {key!r} is not a mesh axis (dp, cp, kvp, tp, ep) or a "
-                    f"parameter of {strategy}"
+                    f"parameter of {strategy} (its parameters: {known})"
                 )
         return ForceRule(pattern, strategy, degrees, extras, text.strip())
 
@@ -63,11 +70,15 @@ class ForceRule:
 
 @dataclass
 class MeshProblem:
+    """One mesh's program plus, per (block, option name), its price and what the option is
+    (strategy name and extra parameters)."""
+
     ctx: PlanContext
     problem: Problem
     priced: dict[tuple[str, str], Priced]
     excluded: list[dict]
     edge_bytes: dict[tuple[str, str], float]
+    meaning: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
 
 
 def hidden_edges(graph: Graph) -> dict[tuple[str, str], int]:
@@ -89,8 +100,8 @@ def hidden_edges(graph: Graph) -> dict[tuple[str, str], int]:
     return edges
 
 
-def candidate_strategies(block: Block) -> list[Strategy]:
-    return [s for s in STRATEGIES if block.kind in s.kinds]
+def candidate_strategies(block: Block, allowed: frozenset[str]) -> list[Strategy]:
+    return [s for s in STRATEGIES if block.kind in s.kinds and s.name in allowed]
 
 
 def build_problem(
@@ -103,8 +114,10 @@ def build_problem(
     time_budget_s: float | None,
     share_groups: bool,
     edges: dict[tuple[str, str], int],
+    allowed: frozenset[str],
 ) -> MeshProblem:
     priced: dict[tuple[str, str], Priced] = {}
+    meaning: dict[str, tuple[str, dict[str, int]]] = {}
     excluded: list[dict] = []
     blocks: list[BlockVars] = []
     group_options: dict[str, tuple[Option, ...]] = {}
@@ -112,22 +125,28 @@ def build_problem(
         rules = [r for r in force if r.matches(block.name)]
         wanted = {rules[-1].strategy} if rules else None
         options: list[Option] = []
-        for s in candidate_strategies(block):
+        pool = allowed | wanted if wanted else allowed
+        for s in candidate_strategies(block, pool):
             if wanted is not None and s.name not in wanted:
                 continue
             reason = s.why_not(block, ctx)
             if reason:
                 excluded.append({"group": block.group, "strategy": s.name, "reason": reason})
                 continue
-            p = price(block, s, ctx)
-            priced[(block.name, s.name)] = p
-            options.append(Option(
-                name=s.name,
-                time_s=p.time_s,
-                memory_bytes=p.memory_bytes,
-                layout_in=s.layout_in,
-                layout_out=s.layout_out,
-            ))
+            for extras in s.options(block, ctx):
+                if rules and any(extras.get(k) != v for k, v in rules[-1].extras.items()):
+                    continue
+                p = price(block, s, ctx, **extras)
+                name = s.option_name(extras)
+                priced[(block.name, name)] = p
+                meaning[name] = (s.name, extras)
+                options.append(Option(
+                    name=name,
+                    time_s=p.time_s,
+                    memory_bytes=p.memory_bytes,
+                    layout_in=s.layout_in,
+                    layout_out=s.layout_out,
+                ))
         if not options:
             why = "; ".join(
                 e["reason"] for e in excluded if e["group"] == block.group
@@ -160,7 +179,7 @@ def build_problem(
         share_groups=share_groups,
     )
     dedup = {(e["group"], e["strategy"]): e for e in excluded}
-    return MeshProblem(ctx, problem, priced, list(dedup.values()), edge_bytes)
+    return MeshProblem(ctx, problem, priced, list(dedup.values()), edge_bytes, meaning)
 
 
 class _NoOption(Exception):

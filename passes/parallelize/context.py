@@ -43,7 +43,19 @@ class PlanContext:
         """Sequences per data-parallel replica (the dp axis always splits the batch)."""
         return self.workload.batch // self.mesh.size("dp")
 
-    def collective_s(self, kind: str, nbytes: float, axis: str) -> float:
-        if self.mesh.size(axis) == 1 or nbytes <= 0:
+    def group_size(self, axes: str | tuple[str, ...]) -> int:
+        axes = (axes,) if isinstance(axes, str) else axes
+        n = 1
+        for a in axes:
+            n *= self.mesh.size(a)
+        return n
+
+    def collective_s(self, kind: str, nbytes: float, axes: str | tuple[str, ...]) -> float:
+        """A collective run at once by every group spanning `axes` (one axis, or several
+        adjacent ones acting as one group); the slowest group sets the time."""
+        axes = (axes,) if isinstance(axes, str) else axes
+        if self.group_size(axes) == 1 or nbytes <= 0:
             return 0.0
-        return self.cost.axis_collective(kind, nbytes, self.placement, axis)
+        if len(axes) == 1:
+            return self.cost.axis_collective(kind, nbytes, self.placement, axes[0])
+        return max(self.cost.collective(kind, nbytes, g) for g in self.mesh.groups_over(axes))

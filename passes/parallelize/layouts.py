@@ -1,4 +1,4 @@
-"""Resharding the residual stream between two blocks' layouts (over the tp axis).
+"""Resharding the residual stream between two blocks' layouts (over the model group).
 
 Moving to a finer layout is a local slice (free); gathering a split stream back is an
 all-gather; switching the split dim (tokens ↔ batch) is an all-to-all of the local part.
@@ -8,7 +8,7 @@ Training pays the transposed collective in backward as well.
 from __future__ import annotations
 
 from passes.parallelize.context import PlanContext
-from passes.parallelize.strategy import REPLICATE, SHARD_BATCH, SHARD_SEQ
+from passes.parallelize.strategy import MODEL_AXES, REPLICATE, SHARD_BATCH, SHARD_SEQ
 
 
 def reshard_kind(src: str, dst: str) -> str | None:
@@ -27,7 +27,7 @@ def reshard_seconds(src: str, dst: str, full_bytes: float, ctx: PlanContext) -> 
     kind = reshard_kind(src, dst)
     if kind is None:
         return 0.0
-    n = ctx.mesh.size("tp")
+    n = ctx.group_size(MODEL_AXES)
     nbytes = full_bytes if kind == "all_gather" else full_bytes / n
-    seconds = ctx.collective_s(kind, nbytes, "tp")
+    seconds = ctx.collective_s(kind, nbytes, MODEL_AXES)
     return 2 * seconds if ctx.is_train else seconds

@@ -19,7 +19,7 @@ from cost_models import KernelWork, OverlapStage, exposed_comm_seconds, optimize
 from ir.graph import Block
 from ir.tensor import evaluate
 from passes.parallelize.context import PlanContext
-from passes.parallelize.strategy import Strategy
+from passes.parallelize.strategy import MODEL_AXES, Strategy
 
 BACKWARD_FACTOR = 2.0
 
@@ -197,8 +197,11 @@ def training_activation_bytes(block: Block, ctx: PlanContext, s: LocalSizes) -> 
     return 0.0
 
 
-def price(block: Block, strategy: Strategy, ctx: PlanContext) -> Priced:
-    """Time (objective contribution) and per-GPU memory of `block` under `strategy`."""
+def price(block: Block, strategy: Strategy, ctx: PlanContext, **extras: int) -> Priced:
+    """Time (objective contribution) and per-GPU memory of `block` under `strategy` (with the
+    strategy's extra parameters, e.g. Helix's `hopb` batch slices)."""
+    if strategy.price is not None:
+        return strategy.price(block, ctx, **extras)
     s = local_sizes(strategy, ctx)
     forward = compute_seconds(block, ctx, s)
     rows = ctx.replica_batch() * ctx.workload.seq if not strategy.splits_batch else s.rows
@@ -207,9 +210,10 @@ def price(block: Block, strategy: Strategy, ctx: PlanContext) -> Priced:
     comm: dict[str, float] = {}
     for c in strategy.collectives:
         nbytes = c.bytes_of(block, rows, ctx.act_bytes)
-        seconds = ctx.collective_s(c.kind, nbytes, c.axis)
+        seconds = ctx.collective_s(c.kind, nbytes, c.axes)
+        key = f"{c.kind}:{'×'.join(a for a in c.axes if ctx.mesh.size(a) > 1)}"
         if seconds:
-            comm[f"{c.kind}:{c.axis}"] = comm.get(f"{c.kind}:{c.axis}", 0.0) + seconds
+            comm[key] = comm.get(key, 0.0) + seconds
     weights = block.param_count / s.weight_split
     memory = {"weights": weights * ctx.weight_bytes, "kv_cache": kv_cache_bytes(block, ctx, s)}
     if not ctx.is_train:
@@ -220,7 +224,7 @@ def price(block: Block, strategy: Strategy, ctx: PlanContext) -> Priced:
     grad_bytes = weights * ctx.weight_bytes
     grad_sync = ctx.collective_s("all_reduce", grad_bytes, "dp")
     if not strategy.splits_weights:
-        grad_sync += ctx.collective_s("all_reduce", grad_bytes, "tp")
+        grad_sync += ctx.collective_s("all_reduce", grad_bytes, MODEL_AXES)
     if grad_sync:
         comm["all_reduce:grads"] = grad_sync
     tp_comm = sum(v for k, v in comm.items() if k != "all_reduce:grads")

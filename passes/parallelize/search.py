@@ -19,6 +19,7 @@ from ir.workload import Workload
 from passes.parallelize.build import ForceRule, MeshProblem, _NoOption, build_problem, hidden_edges
 from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import Solution, solve
+from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
 
 
 @dataclass
@@ -38,11 +39,16 @@ class SearchResult:
     fixed_bytes: float
 
 
-def mesh_candidates(gpus: int) -> list[Mesh]:
+def mesh_candidates(gpus: int, *, kvp: bool = False) -> list[Mesh]:
+    """Factorizations dp × tp of the GPU count (dp × kvp × tp when Helix is allowed)."""
     out = []
     for tp in range(1, gpus + 1):
-        if gpus % tp == 0:
-            out.append(Mesh.of(dp=gpus // tp, tp=tp))
+        if gpus % tp:
+            continue
+        rest = gpus // tp
+        for k in range(1, rest + 1) if kvp else (1,):
+            if rest % k == 0:
+                out.append(Mesh.of(dp=rest // k, kvp=k, tp=tp))
     return out
 
 
@@ -73,8 +79,13 @@ def search(
     time_limit_s: float = 60.0,
     cuda_graphs: bool = False,
     reserve_bytes: float = RUNTIME_RESERVE_BYTES,
+    strategies: frozenset[str] = DEFAULT_STRATEGIES,
 ) -> SearchResult:
     force = list(force or [])
+    unknown = sorted(set(strategies) - set(BY_NAME))
+    if unknown:
+        raise InputError(f"unknown strategies {unknown}; known: {', '.join(BY_NAME)}")
+    allowed = frozenset(strategies) | {r.strategy for r in force}
     for rule in force:
         if not any(rule.matches(b.name) for b in graph.blocks):
             raise InputError(
@@ -87,7 +98,8 @@ def search(
     edges = hidden_edges(graph)
     slo = workload.ttl_slo_s if workload.kind == "decode" else workload.ttft_slo_s
     outcomes: list[MeshOutcome] = []
-    for mesh in mesh_candidates(gpus):
+    helix = "helix" in allowed and workload.kind == "decode"
+    for mesh in mesh_candidates(gpus, kvp=helix):
         reason = _mesh_reason(mesh, workload, force)
         if reason:
             outcomes.append(MeshOutcome(mesh, None, None, reason))
@@ -97,7 +109,7 @@ def search(
         try:
             built = build_problem(
                 graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
-                time_budget_s=slo, share_groups=share_groups, edges=edges,
+                time_budget_s=slo, share_groups=share_groups, edges=edges, allowed=allowed,
             )
         except _NoOption as exc:
             outcomes.append(MeshOutcome(mesh, None, None, str(exc)))
@@ -153,5 +165,7 @@ def _infeasible_message(
         slo_fail = [o for o in with_mem if o.reason]
         if slo_fail:
             return f"no plan on {gpus} GPUs meets the constraints: {slo_fail[0].reason}"
-    reasons = "; ".join(f"mesh {o.mesh}: {o.reason}" for o in outcomes[:6])
+    # Meshes ruled out by a block's own limits say more than those a forced degree skipped.
+    ranked = sorted(outcomes, key=lambda o: o.reason.startswith("--force"))
+    reasons = "; ".join(f"mesh {o.mesh}: {o.reason}" for o in ranked[:6])
     return f"no mesh of {gpus} GPUs can run this workload: {reasons}"

@@ -24,15 +24,20 @@ SHARD_BATCH = "shard_batch"
 LAYOUTS = (REPLICATE, SHARD_SEQ, SHARD_BATCH)
 
 
+# The model-parallel group: the axes a tensor-parallel block spreads over. Without Helix the
+# kvp axis has size 1 and this is the tp axis; with Helix the FFN reuses all kvp×tp GPUs.
+MODEL_AXES: tuple[str, ...] = ("kvp", "tp")
+
+
 @dataclass(frozen=True)
 class Collective:
-    """One collective the block issues per forward pass over `axis`. `bytes_of` gives the
+    """One collective the block issues per forward pass over `axes`. `bytes_of` gives the
     per-rank buffer in the cost model's convention (all-reduce: the buffer; all-gather: the
     output; reduce-scatter: the input; all-to-all: the send buffer) from the block's token
     count on this replica and the activation dtype size."""
 
     kind: str
-    axis: str
+    axes: tuple[str, ...]
     what: str
     bytes_of: Callable[[Block, int, float], float]
 
@@ -42,9 +47,14 @@ Requirement = Callable[[Block, PlanContext], "str | None"]
 
 @dataclass(frozen=True)
 class Strategy:
+    """`axes`: the mesh axes the strategy spreads a block over (one group of their product);
+    empty for replicate. `price` replaces the generic pricing for strategies whose work does
+    not follow from the split flags (Helix). `default` strategies are offered unless the user
+    narrows the set; the others only on request (not yet verified end to end)."""
+
     name: str
     kinds: frozenset[str]
-    axis: str | None
+    axes: tuple[str, ...]
     summary: str
     layout_in: str = REPLICATE
     layout_out: str = REPLICATE
@@ -53,16 +63,35 @@ class Strategy:
     splits_norm_tokens: bool = False
     collectives: tuple[Collective, ...] = ()
     requirements: tuple[Requirement, ...] = field(default_factory=tuple)
+    price: Callable | None = None
+    variants: Callable[[Block, PlanContext], list[dict[str, int]]] | None = None
+    default: bool = True
+    workloads: frozenset[str] = frozenset({"decode", "prefill", "train"})
+
+    def options(self, block: Block, ctx: PlanContext) -> list[dict[str, int]]:
+        """The strategy's extra-parameter choices the ILP picks among ({} when none)."""
+        return self.variants(block, ctx) if self.variants else [{}]
+
+    def option_name(self, extras: dict[str, int]) -> str:
+        if not extras:
+            return self.name
+        return self.name + "[" + ",".join(f"{k}={v}" for k, v in extras.items()) + "]"
 
     def degree(self, ctx: PlanContext) -> int:
-        return ctx.mesh.size(self.axis) if self.axis else 1
+        return ctx.group_size(self.axes) if self.axes else 1
+
+    def degrees(self, ctx: PlanContext) -> dict[str, int]:
+        """Axis sizes the strategy uses, for plan.json (size-1 axes omitted)."""
+        return {a: ctx.mesh.size(a) for a in self.axes if ctx.mesh.size(a) > 1}
 
     def why_not(self, block: Block, ctx: PlanContext) -> str | None:
         """None when the strategy applies to the block on this mesh; else the reason."""
         if block.kind not in self.kinds:
             return f"{self.name} does not apply to {block.kind} blocks"
-        if self.axis and ctx.mesh.size(self.axis) == 1 and self.name != "replicate":
-            return f"the mesh has no {self.axis} axis (size 1)"
+        if ctx.workload.kind not in self.workloads:
+            return f"{self.name} applies to {', '.join(sorted(self.workloads))} workloads"
+        if self.axes and self.degree(ctx) == 1:
+            return f"the mesh has no {'×'.join(self.axes)} parallelism (size 1)"
         for req in self.requirements:
             reason = req(block, ctx)
             if reason:
@@ -70,40 +99,45 @@ class Strategy:
         return None
 
 
-def divides(dim: str, axis: str) -> Requirement:
-    """The block's `dim` must be a multiple of the axis size."""
+def _label(axes: tuple[str, ...], ctx: PlanContext) -> str:
+    used = [a for a in axes if ctx.mesh.size(a) > 1] or list(axes[-1:])
+    return "×".join(used) + f"={ctx.group_size(axes)}"
+
+
+def divides(dim: str, axes: tuple[str, ...] = MODEL_AXES) -> Requirement:
+    """The block's `dim` must be a multiple of the group size over `axes`."""
 
     def check(block: Block, ctx: PlanContext) -> str | None:
-        n = ctx.mesh.size(axis)
+        n = ctx.group_size(axes)
         value = block.dims.get(dim)
         if value is None:
             return f"the block has no {dim} dim to split"
         if value % n:
-            return f"{dim}={value} is not divisible by {axis}={n}"
+            return f"{dim}={value} is not divisible by {_label(axes, ctx)}"
         return None
 
     return check
 
 
-def batch_divides(axis: str) -> Requirement:
+def batch_divides(axes: tuple[str, ...] = MODEL_AXES) -> Requirement:
     def check(block: Block, ctx: PlanContext) -> str | None:
-        n = ctx.mesh.size(axis)
+        n = ctx.group_size(axes)
         b = ctx.replica_batch()
         if b % n:
-            return f"batch per replica {b} is not divisible by {axis}={n}"
+            return f"batch per replica {b} is not divisible by {_label(axes, ctx)}"
         return None
 
     return check
 
 
-def tokens_divide(axis: str) -> Requirement:
+def tokens_divide(axes: tuple[str, ...] = MODEL_AXES) -> Requirement:
     def check(block: Block, ctx: PlanContext) -> str | None:
-        n = ctx.mesh.size(axis)
+        n = ctx.group_size(axes)
         t = ctx.workload.seq
         if t % n:
             return (
-                f"sequence parallel splits the {t} new tokens per step over {axis}={n}; "
-                f"{t} is not divisible (decode has 1 new token)"
+                f"sequence parallel splits the {t} new tokens per step over "
+                f"{_label(axes, ctx)}; {t} is not divisible (decode has 1 new token)"
             )
         return None
 

@@ -33,6 +33,11 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, gpus_required: bool = True
         "--force", action="append", default=[], metavar="BLOCK_GLOB=STRATEGY",
         help="pin matching blocks, e.g. 'layers.*.attention=tp(tp=4)' (repeatable)",
     )
+    p.add_argument(
+        "--strategies", default=None, metavar="LIST",
+        help="strategies the planner may use, comma-separated (default: the verified set); "
+        "'+helix' adds to the default set",
+    )
     p.add_argument("--per-layer", action="store_true", help="let identical layers differ")
     p.add_argument("--cuda-graphs", action="store_true", help="price kernels replayed in a CUDA graph")
     p.add_argument("--time-limit", type=float, default=60.0, help="solver limit per mesh (s)")
@@ -71,6 +76,24 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
     )
 
 
+def strategies_from_args(text: str | None) -> frozenset[str] | None:
+    from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
+
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    chosen = set(DEFAULT_STRATEGIES) if all(t.startswith("+") for t in items) else set()
+    for item in items:
+        name = item.lstrip("+")
+        if name not in BY_NAME:
+            raise InputError(
+                f"--strategies names {name!r}; known strategies: {', '.join(BY_NAME)}"
+            )
+        chosen.add(name)
+    chosen.add("replicate")
+    return frozenset(chosen)
+
+
 def run(args: argparse.Namespace) -> int:
     from planner.api import make_plan, make_plan_max_batch, write_outputs
     from planner.report import plan_table
@@ -80,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(
         hardware=args.hardware, gpus=args.gpus, workload=workload, force=args.force,
         per_layer=args.per_layer, time_limit_s=args.time_limit, cuda_graphs=args.cuda_graphs,
+        strategies=strategies_from_args(args.strategies),
     )
     has_slo = args.ttl_slo is not None or args.ttft_slo is not None
     if has_slo and args.batch is None:

@@ -5,7 +5,7 @@ from passes.parallelize.strategy import REPLICATE, Strategy
 REPLICATE_STRATEGY = Strategy(
     name="replicate",
     kinds=frozenset({"embedding", "attention", "mlp", "moe", "norm", "lm_head", "other"}),
-    axis=None,
+    axes=(),
     summary="whole block on every rank (weights and KV duplicated over tp)",
     layout_in=REPLICATE,
     layout_out=REPLICATE,

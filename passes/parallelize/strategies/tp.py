@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from ir.graph import Block
 from passes.parallelize.context import PlanContext
-from passes.parallelize.strategy import REPLICATE, Collective, Strategy, divides, not_latent
+from passes.parallelize.strategy import (
+    MODEL_AXES,
+    REPLICATE,
+    Collective,
+    Strategy,
+    divides,
+    not_latent,
+)
 
 
 def hidden_bytes(block: Block, tokens: int, elem: float) -> float:
@@ -16,9 +23,9 @@ def hidden_bytes(block: Block, tokens: int, elem: float) -> float:
 def tp_requirements(block: Block, ctx: PlanContext) -> str | None:
     """Heads (attention) or FFN width (MLP, experts) must split evenly over tp."""
     if block.kind == "attention":
-        checks = (not_latent(), divides("q_heads", "tp"), divides("kv_heads", "tp"))
+        checks = (not_latent(), divides("q_heads"), divides("kv_heads"))
     else:
-        checks = (divides("ffn", "tp"),)
+        checks = (divides("ffn"),)
     for check in checks:
         reason = check(block, ctx)
         if reason:
@@ -29,11 +36,11 @@ def tp_requirements(block: Block, ctx: PlanContext) -> str | None:
 TP = Strategy(
     name="tp",
     kinds=frozenset({"attention", "mlp", "moe"}),
-    axis="tp",
+    axes=MODEL_AXES,
     summary="heads / FFN columns split over tp; all-reduce after the row-parallel projection",
     layout_in=REPLICATE,
     layout_out=REPLICATE,
     splits_weights=True,
-    collectives=(Collective("all_reduce", "tp", "block output", hidden_bytes),),
+    collectives=(Collective("all_reduce", MODEL_AXES, "block output", hidden_bytes),),
     requirements=(tp_requirements,),
 )

@@ -6,7 +6,7 @@ max, sum-exp and target logit instead, see the training issue)."""
 from __future__ import annotations
 
 from ir.graph import Block
-from passes.parallelize.strategy import REPLICATE, Collective, Strategy, divides
+from passes.parallelize.strategy import MODEL_AXES, REPLICATE, Collective, Strategy, divides
 
 
 def _embedding_bytes(block: Block, tokens: int, elem: float) -> float:
@@ -20,14 +20,14 @@ def _logits_bytes(block: Block, tokens: int, elem: float) -> float:
 VOCAB = Strategy(
     name="vocab",
     kinds=frozenset({"embedding", "lm_head"}),
-    axis="tp",
+    axes=MODEL_AXES,
     summary="vocabulary rows split over tp; all-reduce (embedding) / all-gather logits (head)",
     layout_in=REPLICATE,
     layout_out=REPLICATE,
     splits_weights=True,
     collectives=(
-        Collective("all_reduce", "tp", "embedding output", _embedding_bytes),
-        Collective("all_gather", "tp", "logits", _logits_bytes),
+        Collective("all_reduce", MODEL_AXES, "embedding output", _embedding_bytes),
+        Collective("all_gather", MODEL_AXES, "logits", _logits_bytes),
     ),
-    requirements=(divides("vocab", "tp"),),
+    requirements=(divides("vocab"),),
 )

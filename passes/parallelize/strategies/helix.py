@@ -1,0 +1,157 @@
+"""Helix: KV-parallel attention for long-context decode, with the FFN as TP over all GPUs.
+
+Attention runs on N = KVP × TPA GPUs (mesh axes kvp and tp). The KV cache is split along the
+sequence over the KVP ranks; each rank computes Q/K/V for its TPA head slice for the whole
+batch and attends over its KV slice, producing partial outputs plus softmax statistics
+(max, sum). One all-to-all over kvp regroups the partials by head; a log-sum-exp rescale
+makes attention exact. The output projection (and the FFN after it, as plain `tp` over
+kvp×tp) then uses all N GPUs, ending in an all-reduce. TPA divides the KV heads, so no KV
+head is duplicated; for latent attention (MLA) K is effectively 1, so TPA = 1 and KVP = N.
+
+HOP-B cuts the batch into `hopb` slices so the all-to-all of one slice overlaps the
+attention of the next; each slice pays its own kernel launches and collective latency.
+
+Cost terms per GPU: the KV read is B·⌈(L+T)/KVP⌉·(K/TPA)·(d_k+d_v) elements — it shrinks
+with every GPU; the QKV weights are read /TPA and the output projection /N; the all-to-all
+moves B·T·(Q/TPA)·(d_v + 2) elements per rank, independent of L; the all-reduce B·T·H.
+"""
+
+from __future__ import annotations
+
+import math
+
+from cost_models import KernelWork, sliced_overlap
+from ir.graph import Block
+from passes.parallelize.context import PlanContext
+from passes.parallelize.pricing import Priced
+from passes.parallelize.strategy import MODEL_AXES, REPLICATE, Strategy
+
+HOPB_CHOICES = (1, 2, 4, 8)
+
+
+def _split_params(block: Block) -> tuple[float, float]:
+    """(params before the all-to-all, params after it): QKV (and, for MLA, the query and
+    latent projections plus the key absorption) vs the per-head value up-projection and the
+    output projection, which Helix splits over all N GPUs."""
+    d = block.dims
+    value_dim = d.get("v_head_dim", d.get("head_dim", 0))
+    after = d["q_heads"] * value_dim * d["hidden"]
+    if "kv_lora_rank" in d:
+        after += d["q_heads"] * value_dim * d["kv_lora_rank"]
+    before = max(0.0, block.param_count - after)
+    return before, float(after)
+
+
+def helix_requirements(block: Block, ctx: PlanContext) -> str | None:
+    kvp, tpa = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    d = block.dims
+    if kvp == 1:
+        return "helix needs a kvp axis (size 1 on this mesh)"
+    if "kv_lora_rank" in d:
+        if tpa != 1:
+            return f"latent attention has one shared KV head, so helix needs tpa=1 (mesh tp={tpa})"
+    else:
+        if d["kv_heads"] % tpa:
+            return f"kv_heads={d['kv_heads']} is not divisible by tpa={tpa} (KV would duplicate)"
+    n = kvp * tpa
+    if d["q_heads"] % n:
+        return f"q_heads={d['q_heads']} is not divisible by kvp×tpa={n} (output projection)"
+    return None
+
+
+def _attention_s(block: Block, ctx: PlanContext, batch: int) -> float:
+    d = block.dims
+    kvp, tpa = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    wl = ctx.workload
+    kv_len = math.ceil((wl.context + wl.seq) / kvp)
+    if "kv_lora_rank" in d:
+        shape = dict(
+            q_heads=d["q_heads"], kv_heads=1,
+            head_dim=d["kv_lora_rank"] + d.get("qk_rope_head_dim", 0),
+            v_head_dim=d["kv_lora_rank"], latent_kv=True,
+        )
+    else:
+        shape = dict(
+            q_heads=d["q_heads"] // tpa, kv_heads=d["kv_heads"] // tpa,
+            head_dim=d["head_dim"], v_head_dim=d.get("v_head_dim"),
+        )
+    act = wl.act_dtype if wl.act_dtype != "fp32" else "fp32"
+    return ctx.cost.attention_decode(
+        batch=batch, kv_len=kv_len, q_len=wl.seq, dtype=act, kv_dtype=wl.kv_dtype, **shape
+    )
+
+
+def _partials_bytes(block: Block, ctx: PlanContext, batch: int) -> float:
+    d = block.dims
+    tpa = ctx.mesh.size("tp")
+    value_dim = d["kv_lora_rank"] if "kv_lora_rank" in d else d.get("v_head_dim", d["head_dim"])
+    heads = d["q_heads"] // tpa
+    return batch * ctx.workload.seq * heads * (value_dim + 2) * ctx.act_bytes
+
+
+def price_helix(block: Block, ctx: PlanContext, *, hopb: int = 1) -> Priced:
+    wl = ctx.workload
+    kvp, tpa = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    n = kvp * tpa
+    batch = ctx.replica_batch()
+    rows = batch * wl.seq
+    hidden = block.dims["hidden"]
+    before, after = _split_params(block)
+    w = ctx.weight_bytes
+
+    def gemm(params: float) -> float:
+        width = params / hidden
+        return ctx.cost.kernel(KernelWork(
+            kind="gemm", flops=2.0 * rows * params,
+            nbytes=params * w + rows * (hidden + width) * ctx.act_bytes,
+            dtype=wl.weight_dtype,
+        ))
+
+    qkv_s = gemm(before / tpa)
+    post_s = gemm(after / n)
+    slice_batch = math.ceil(batch / hopb)
+    attn_slice_s = _attention_s(block, ctx, slice_batch)
+    a2a_slice_s = ctx.collective_s("all_to_all", _partials_bytes(block, ctx, slice_batch), ("kvp",))
+    timeline = sliced_overlap([attn_slice_s] * hopb, [a2a_slice_s] * hopb)
+    combine_s = ctx.cost.elementwise(
+        rows * (block.dims["q_heads"] // n) * kvp * (block.dims.get("v_head_dim", 128) + 2)
+        * ctx.act_bytes
+    )
+    all_reduce_s = ctx.collective_s("all_reduce", rows * hidden * ctx.act_bytes, MODEL_AXES)
+    compute = qkv_s + timeline.compute_s + combine_s + post_s
+    exposed = timeline.exposed_comm_s + all_reduce_s
+    comm = {
+        "all_to_all:kvp": a2a_slice_s * hopb,
+        f"all_reduce:{'×'.join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)}": all_reduce_s,
+    }
+    d = block.dims
+    if "kv_lora_rank" in d:
+        per_token = d["kv_lora_rank"] + d.get("qk_rope_head_dim", 0)
+    else:
+        per_token = d["kv_heads"] // tpa * (d["head_dim"] + d.get("v_head_dim", d["head_dim"]))
+    kv_tokens = math.ceil((wl.context + wl.seq) / kvp)
+    memory = {
+        "weights": (before / tpa + after / n) * w,
+        "kv_cache": batch * kv_tokens * per_token * ctx.kv_bytes,
+    }
+    return Priced(compute + exposed, compute, {k: v for k, v in comm.items() if v}, exposed, memory)
+
+
+def helix_variants(block: Block, ctx: PlanContext) -> list[dict[str, int]]:
+    batch = ctx.replica_batch()
+    return [{"hopb": h} for h in HOPB_CHOICES if h <= batch]
+
+
+HELIX = Strategy(
+    name="helix",
+    kinds=frozenset({"attention"}),
+    axes=("kvp", "tp"),
+    summary="KV split over kvp, heads over tpa; all-to-all + LSE combine; output proj TP over N",
+    layout_in=REPLICATE,
+    layout_out=REPLICATE,
+    requirements=(helix_requirements,),
+    price=price_helix,
+    default=False,
+    workloads=frozenset({"decode"}),
+    variants=helix_variants,
+)
