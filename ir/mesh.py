@@ -44,8 +44,11 @@ class Mesh:
         return Mesh(tuple((a, int(sizes.get(a.value, 1))) for a in AXIS_ORDER))
 
     def size(self, axis: MeshAxis | str) -> int:
-        axis = MeshAxis(axis)
-        return dict(self.sizes)[axis]
+        name = axis.value if isinstance(axis, MeshAxis) else axis
+        for a, s in self.sizes:
+            if a.value == name:
+                return s
+        raise InputError(f"unknown mesh axis {axis!r}; axes are {[a.value for a in AXIS_ORDER]}")
 
     @property
     def world_size(self) -> int:

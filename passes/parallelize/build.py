@@ -121,6 +121,8 @@ def build_problem(
     excluded: list[dict] = []
     blocks: list[BlockVars] = []
     group_options: dict[str, tuple[Option, ...]] = {}
+    group_prices: dict[tuple[str, str], Priced] = {}  # identical blocks price identically
+    group_reasons: dict[tuple[str, str], str | None] = {}
     for block in graph.blocks:
         rules = [r for r in force if r.matches(block.name)]
         wanted = {rules[-1].strategy} if rules else None
@@ -129,15 +131,20 @@ def build_problem(
         for s in candidate_strategies(block, pool):
             if wanted is not None and s.name not in wanted:
                 continue
-            reason = s.why_not(block, ctx)
+            key = (block.group, s.name)
+            if key not in group_reasons:
+                group_reasons[key] = s.why_not(block, ctx)
+            reason = group_reasons[key]
             if reason:
                 excluded.append({"group": block.group, "strategy": s.name, "reason": reason})
                 continue
             for extras in s.options(block, ctx):
                 if rules and any(extras.get(k) != v for k, v in rules[-1].extras.items()):
                     continue
-                p = price(block, s, ctx, **extras)
                 name = s.option_name(extras)
+                p = group_prices.get((block.group, name))
+                if p is None:
+                    p = group_prices[(block.group, name)] = price(block, s, ctx, **extras)
                 priced[(block.name, name)] = p
                 meaning[name] = (s.name, extras)
                 options.append(Option(
@@ -164,12 +171,16 @@ def build_problem(
     replica_rows = ctx.replica_batch() * ctx.workload.seq
     ilp_edges = []
     edge_bytes = {}
+    costs: dict[tuple, dict] = {}  # edges between the same option lists and sizes cost the same
     for (src, dst), hidden in sorted(edges.items()):
         full = replica_rows * hidden * ctx.act_bytes
         edge_bytes[(src, dst)] = full
-        ilp_edges.append(Edge.from_layouts(
-            by_name[src], by_name[dst], lambda a, b, full=full: reshard_seconds(a, b, full, ctx)
-        ))
+        key = (by_name[src].options, by_name[dst].options, full)
+        if key not in costs:
+            costs[key] = Edge.from_layouts(
+                by_name[src], by_name[dst], lambda a, b, full=full: reshard_seconds(a, b, full, ctx)
+            ).cost_s
+        ilp_edges.append(Edge(src=src, dst=dst, cost_s=costs[key]))
     problem = Problem(
         blocks=tuple(blocks),
         edges=tuple(ilp_edges),

@@ -80,6 +80,7 @@ def search(
     cuda_graphs: bool = False,
     reserve_bytes: float = RUNTIME_RESERVE_BYTES,
     strategies: frozenset[str] = DEFAULT_STRATEGIES,
+    top_k: int = 3,
 ) -> SearchResult:
     force = list(force or [])
     unknown = sorted(set(strategies) - set(BY_NAME))
@@ -116,7 +117,7 @@ def search(
             continue
         min_mem = fixed + sum(min(o.memory_bytes for o in b.options) for b in built.problem.blocks)
         try:
-            solution = solve(built.problem, time_limit_s=time_limit_s, top_k=3)
+            solution = solve(built.problem, time_limit_s=time_limit_s, top_k=top_k)
         except InfeasiblePlanError as exc:
             outcomes.append(MeshOutcome(mesh, built, None, str(exc), min_mem))
             continue
@@ -124,7 +125,11 @@ def search(
     feasible = [o for o in outcomes if o.solution is not None]
     if not feasible:
         raise InfeasiblePlanError(_infeasible_message(outcomes, gpus, capacity, workload))
-    best = min(feasible, key=lambda o: (round(o.solution.objective_s, 15), outcomes.index(o)))
+    # Ties go to the simpler mesh: a kvp axis whose plan uses no Helix equals a plain tp mesh.
+    best = min(
+        feasible,
+        key=lambda o: (float(f"{o.solution.objective_s:.9g}"), o.mesh.size("kvp"), outcomes.index(o)),
+    )
     return SearchResult(best, outcomes, capacity, best.built.problem.fixed_memory_bytes)
 
 
