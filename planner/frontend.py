@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ir.capture import capture
+from ir.errors import CaptureError
 from ir.graph import Graph
+from passes.manager import PassRunner
 from passes.pipeline import analyze
+from passes.unroll import NotUnrollable, UnrollLayers
 from planner.model_source import (
     TRACE_BATCH,
     TRACE_CONTEXT,
@@ -23,6 +28,9 @@ from planner.model_source import (
     build_model,
     example_kwargs,
 )
+from planner.truncate import Truncation, plan_truncation, truncate_inputs, truncated
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,13 +58,26 @@ def _code_fingerprint() -> str:
             if "parallelize" in f.parts or "lower" in f.parts:
                 continue
             h.update(f.read_bytes())
-    mod = root / "planner" / "model_source.py"
-    h.update(mod.read_bytes())
+    for name in ("model_source.py", "truncate.py", "frontend.py"):
+        h.update((root / "planner" / name).read_bytes())
     return h.hexdigest()[:16]
 
 
+def trace_all_layers() -> bool:
+    """`HELIXPLAN_TRACE_ALL_LAYERS=1` traces every layer instead of one of each run."""
+    return os.environ.get("HELIXPLAN_TRACE_ALL_LAYERS", "").lower() in ("1", "true", "yes", "on")
+
+
 def _cache_key(source: ModelSource) -> str:
-    text = repr((source.kind, source.content_hash, sorted(source.model_args.items()), _code_fingerprint()))
+    text = repr(
+        (
+            source.kind,
+            source.content_hash,
+            sorted(source.model_args.items()),
+            _code_fingerprint(),
+            trace_all_layers(),
+        )
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -85,9 +106,17 @@ def load_graph(source: ModelSource, *, use_cache: bool = True) -> LoadedModel:
     return loaded
 
 
-def trace_graph(source: ModelSource) -> LoadedModel:
+def trace_graph(source: ModelSource, *, dedup: bool | None = None) -> LoadedModel:
     """Trace once with symbolic B, T and L (decode-shaped inputs with a KV cache for model
-    files; prefill-shaped for hf: models, whose attention then attends over T + L)."""
+    files; prefill-shaped for hf: models, whose attention then attends over T + L).
+
+    With `dedup` (the default unless `HELIXPLAN_TRACE_ALL_LAYERS` is set), runs of identical
+    layers are traced through their first two layers only and the analyzed IR is unrolled to
+    full depth (`planner.truncate`, `passes.unroll`): the result is the graph a full trace
+    gives, at the cost of a few layers. When the model does not allow it, every layer is
+    traced and the reason logged."""
+    if dedup is None:
+        dedup = not trace_all_layers()
     t0 = time.perf_counter()
     model = build_model(source)
     t1 = time.perf_counter()
@@ -95,11 +124,62 @@ def trace_graph(source: ModelSource) -> LoadedModel:
     kwargs = example_kwargs(
         source, model, workload="decode", batch=TRACE_BATCH, seq=TRACE_SEQ, context=context
     )
+    seconds = {"build": t1 - t0}
+    choice = plan_truncation(model) if dedup else "layer dedup is off"
+    if isinstance(choice, Truncation):
+        try:
+            graph = _trace_truncated(source, model, kwargs, choice, seconds)
+            return LoadedModel(source=source, graph=graph, seconds=seconds)
+        except (NotUnrollable, CaptureError) as err:
+            log.warning(
+                "helixplan: tracing all %d layers of %s; tracing %d of them and unrolling "
+                "did not work: %s",
+                choice.num_layers, source.display, len(choice.kept), " ".join(str(err).split()),
+            )
+            seconds = {"build": t1 - t0}
+    else:
+        log.debug("helixplan: tracing every layer of %s: %s", source.display, choice)
+    graph = _trace(source, model, kwargs, seconds)
+    return LoadedModel(source=source, graph=graph, seconds=seconds)
+
+
+def _trace(
+    source: ModelSource, model: torch.nn.Module, kwargs: dict[str, Any], seconds: dict[str, float]
+) -> Graph:
+    """Capture and analyze; adds capture, passes and per-pass times to `seconds`."""
+    t0 = time.perf_counter()
     strip = HFAdapter.prefix if isinstance(model, HFAdapter) else ""
     graph = capture(model, kwargs, what=source.display, strip_prefix=strip, source=source.to_dict())
-    t2 = time.perf_counter()
+    t1 = time.perf_counter()
     graph, runner = analyze(graph)
-    t3 = time.perf_counter()
-    seconds = {"build": t1 - t0, "capture": t2 - t1, "passes": t3 - t2}
+    seconds.update({"capture": t1 - t0, "passes": time.perf_counter() - t1})
     seconds.update({f"pass:{t.name}": t.seconds for t in runner.timings})
-    return LoadedModel(source=source, graph=graph, seconds=seconds)
+    return graph
+
+
+def _trace_truncated(
+    source: ModelSource,
+    model: torch.nn.Module,
+    kwargs: dict[str, Any],
+    truncation: Truncation,
+    seconds: dict[str, float],
+) -> Graph:
+    """Trace the kept layers only, then unroll the analyzed graph to every layer."""
+    short_kwargs, per_layer = truncate_inputs(kwargs, truncation)
+    with truncated(model, truncation):
+        graph = _trace(source, model, short_kwargs, seconds)
+    container = truncation.container
+    if isinstance(model, HFAdapter):
+        container = container.removeprefix(HFAdapter.prefix + ".")
+    unroll = UnrollLayers(
+        container=container,
+        num_layers=truncation.num_layers,
+        kept=truncation.kept,
+        per_layer_inputs=per_layer,
+    )
+    t0 = time.perf_counter()
+    graph = PassRunner([unroll]).run(graph)
+    seconds["unroll"] = time.perf_counter() - t0
+    seconds["passes"] += seconds["unroll"]
+    seconds[f"pass:{unroll.name}"] = seconds["unroll"]
+    return graph

@@ -122,7 +122,11 @@ def _plot(points: list[SweepPoint], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    for helix, color, label in ((False, "tab:blue", "best without Helix"), (True, "tab:red", "best with Helix")):
+    styles = (
+        (True, "tab:red", "best with Helix", "-", 2.5),
+        (False, "tab:blue", "best without Helix", "--", 1.5),
+    )
+    for helix, color, label, line, width in styles:
         pts = [p for p in points if p.helix == helix]
         if not pts:
             continue
@@ -130,7 +134,7 @@ def _plot(points: list[SweepPoint], path: Path, title: str) -> None:
                    s=10, color=color, alpha=0.3)
         front = pareto_front(pts)
         ax.plot([p.tokens_per_s_per_user for p in front], [p.tokens_per_s_per_gpu for p in front],
-                marker="o", color=color, label=label)
+                marker="o", color=color, label=label, linestyle=line, linewidth=width)
     ax.set_xlabel("interactivity: tokens/s per user (1 / TTL)")
     ax.set_ylabel("throughput: tokens/s per GPU")
     ax.set_title(title, fontsize=9)

@@ -129,6 +129,7 @@ class ParamUse:
 
     key: str
     local_name: str
+    local: str = ""
 
 
 @dataclass(frozen=True)
