@@ -16,10 +16,13 @@ $(VENV_STAMP): pyproject.toml
 	touch $(VENV_STAMP)
 
 demo: venv
-	$(PY) -m planner inspect examples/llama.py --batch 8 --seq 1 --context 4k
+	$(PY) -m planner inspect examples/llama.py --model-arg preset=llama3-8b --batch 32 --context 8k
 	$(PY) -m planner plan examples/llama.py --model-arg preset=llama3-8b --hardware h100-sxm \
-		--gpus 8 --workload decode --batch 32 --context 8k --out build/demo
-	$(PY) -m planner explain build/demo/plan.json
+		--gpus 8 --workload decode --batch 32 --context 8k --out build/demo-llama3-8b
+	$(PY) -m planner explain build/demo-llama3-8b/plan.json
+	$(PY) -m planner plan examples/llama.py --gpus 4 --workload decode --batch 8 --context 64 \
+		--force 'layers.*.attention=tp(tp=2)' --out build/demo-tiny
+	$(PY) -m planner verify build/demo-tiny --nproc 4 --steps 4
 
 test: venv
 	$(PY) -m ruff check .

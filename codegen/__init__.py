@@ -6,7 +6,7 @@
 (program -> context), `codegen.emit` (steps -> Python lines), `codegen.render` (jinja2
 templates in codegen/templates).
 
-Codegen reads the per-rank program's data types (passes/lower/program.py, which imports only
+Codegen reads the per-rank program's data types (ir/rank_program.py, which imports only
 `ir/`) and `ir/`; it runs no pass itself.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from codegen.build import build_context
 from codegen.render import render_program, write_program
 from ir.plan import Plan
-from passes.lower.program import RankProgram
+from ir.rank_program import RankProgram
 
 
 def generate(program: RankProgram, plan: Plan, out_dir: str | Path) -> Path:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cost_models import HardwareSpec, load_hardware
-from ir.errors import InputError
+from ir.errors import InputError, PlannerError
 from ir.graph import Graph
 from ir.plan import BlockPlan, Plan
 from ir.workload import Workload
@@ -43,7 +43,10 @@ def make_plan(
     time_limit_s: float = 60.0,
     cuda_graphs: bool = False,
     strategies: frozenset[str] | None = None,
+    verified_only: bool = True,
 ) -> PlanRun:
+    """Plan `source` for `gpus` GPUs. By default only strategies whose generated program is
+    verified are offered (`verified_only=False` plans with every applicable strategy)."""
     if not isinstance(gpus, int) or gpus < 1:
         raise InputError(f"--gpus must be a positive integer, got {gpus!r}")
     t0 = time.perf_counter()
@@ -55,6 +58,7 @@ def make_plan(
         loaded.graph, workload, hw, gpus, force=rules, share_groups=not per_layer,
         time_limit_s=time_limit_s, cuda_graphs=cuda_graphs,
         strategies=strategies if strategies is not None else DEFAULT_STRATEGIES,
+        verified_only=verified_only,
     )
     t2 = time.perf_counter()
     plan = assemble_plan(loaded, hw, workload, result, rules)
@@ -244,11 +248,25 @@ def _throughput(workload: Workload, seconds: float, gpus: int) -> float:
     return tokens / seconds / gpus
 
 
-def write_outputs(run: PlanRun, out: str | Path) -> dict[str, Path]:
+def write_outputs(
+    run: PlanRun, out: str | Path, *, write_program: bool = True, unverified_ok: bool = False
+) -> dict[str, Path]:
+    """plan.json, report.md and (when the plan can be lowered) run_plan.py in `out`."""
     from planner.report import write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"plan": run.plan.save(out / "plan.json")}
     paths["report"] = write_report(run, out / "report.md")
+    if write_program:
+        from planner.verify_runner import write_run_plan
+
+        try:
+            paths["program"] = write_run_plan(run.graph, run.plan, out)
+        except PlannerError as err:
+            if not unverified_ok:
+                raise
+            (out / "run_plan.py").unlink(missing_ok=True)
+            with (out / "report.md").open("a") as f:
+                f.write(f"\n## No program\n\nrun_plan.py was not written: {err}\n")
     return paths

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ir.capture import capture
-from ir.errors import CaptureError
+from ir.errors import CaptureError, IRVerificationError
 from ir.graph import Graph
 from passes.manager import PassRunner
 from passes.pipeline import analyze
@@ -112,9 +112,9 @@ def trace_graph(source: ModelSource, *, dedup: bool | None = None) -> LoadedMode
 
     With `dedup` (the default unless `HELIXPLAN_TRACE_ALL_LAYERS` is set), runs of identical
     layers are traced through their first two layers only and the analyzed IR is unrolled to
-    full depth (`planner.truncate`, `passes.unroll`): the result is the graph a full trace
-    gives, at the cost of a few layers. When the model does not allow it, every layer is
-    traced and the reason logged."""
+    full depth (`planner.truncate`, `passes.unroll`): the graph a full trace gives (op names
+    aside where export emits extra shape arithmetic in early layers), at the cost of a few
+    layers. When the model does not allow it, every layer is traced and the reason logged."""
     if dedup is None:
         dedup = not trace_all_layers()
     t0 = time.perf_counter()
@@ -126,20 +126,23 @@ def trace_graph(source: ModelSource, *, dedup: bool | None = None) -> LoadedMode
     )
     seconds = {"build": t1 - t0}
     choice = plan_truncation(model) if dedup else "layer dedup is off"
+    failed = ""
     if isinstance(choice, Truncation):
         try:
             graph = _trace_truncated(source, model, kwargs, choice, seconds)
             return LoadedModel(source=source, graph=graph, seconds=seconds)
         except (NotUnrollable, CaptureError) as err:
-            log.warning(
-                "helixplan: tracing all %d layers of %s; tracing %d of them and unrolling "
-                "did not work: %s",
-                choice.num_layers, source.display, len(choice.kept), " ".join(str(err).split()),
-            )
+            failed = " ".join(str(err).split())
             seconds = {"build": t1 - t0}
-    else:
-        log.debug("helixplan: tracing every layer of %s: %s", source.display, choice)
     graph = _trace(source, model, kwargs, seconds)
+    if failed:
+        log.warning(
+            "helixplan: traced all %d layers of %s, since tracing %d of them and unrolling "
+            "did not work: %s",
+            choice.num_layers, source.display, len(choice.kept), failed,
+        )
+    else:
+        log.debug("helixplan: traced every layer of %s: %s", source.display, choice)
     return LoadedModel(source=source, graph=graph, seconds=seconds)
 
 
@@ -178,8 +181,13 @@ def _trace_truncated(
         per_layer_inputs=per_layer,
     )
     t0 = time.perf_counter()
-    graph = PassRunner([unroll]).run(graph)
-    seconds["unroll"] = time.perf_counter() - t0
-    seconds["passes"] += seconds["unroll"]
-    seconds[f"pass:{unroll.name}"] = seconds["unroll"]
+    try:
+        graph = PassRunner([unroll]).run(graph)
+    except IRVerificationError as err:
+        raise IRVerificationError(
+            f"{err}. This is a helixplan bug; HELIXPLAN_TRACE_ALL_LAYERS=1 traces every layer "
+            "instead of unrolling"
+        ) from err
+    seconds[f"pass:{unroll.name}"] = time.perf_counter() - t0
+    seconds["passes"] += seconds[f"pass:{unroll.name}"]
     return graph

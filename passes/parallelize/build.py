@@ -12,8 +12,9 @@ from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import BlockVars, Edge, Option, Problem
 from passes.parallelize.layouts import reshard_seconds
 from passes.parallelize.pricing import Priced, price
-from passes.parallelize.strategies import BY_NAME, STRATEGIES
+from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES, STRATEGIES
 from passes.parallelize.strategy import Strategy
+from passes.parallelize.verified import unverified_reason
 
 EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {"helix": ("hopb",)}
 
@@ -115,7 +116,11 @@ def build_problem(
     share_groups: bool,
     edges: dict[tuple[str, str], int],
     allowed: frozenset[str],
+    verified_only: bool = False,
 ) -> MeshProblem:
+    """Options per block (strategies in `allowed`, valid on this mesh; with `verified_only`,
+    default strategies only where their program is verified — a strategy the user named in
+    --strategies or --force is theirs to try), resharding edges and limits."""
     priced: dict[tuple[str, str], Priced] = {}
     meaning: dict[str, tuple[str, dict[str, int]]] = {}
     excluded: list[dict] = []
@@ -133,7 +138,12 @@ def build_problem(
                 continue
             key = (block.group, s.name)
             if key not in group_reasons:
-                group_reasons[key] = s.why_not(block, ctx)
+                group_reasons[key] = s.why_not(block, ctx) or (
+                    unverified_reason(s.name, block)
+                    if verified_only and s.name in DEFAULT_STRATEGIES
+                    and not (wanted and s.name in wanted)
+                    else None
+                )
             reason = group_reasons[key]
             if reason:
                 excluded.append({"group": block.group, "strategy": s.name, "reason": reason})

@@ -20,6 +20,7 @@ from passes.parallelize.build import ForceRule, MeshProblem, _NoOption, build_pr
 from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import Solution, solve
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
+from passes.parallelize.verified import batch_split_reason
 
 
 @dataclass
@@ -81,6 +82,7 @@ def search(
     reserve_bytes: float = RUNTIME_RESERVE_BYTES,
     strategies: frozenset[str] = DEFAULT_STRATEGIES,
     top_k: int = 3,
+    verified_only: bool = False,
 ) -> SearchResult:
     force = list(force or [])
     unknown = sorted(set(strategies) - set(BY_NAME))
@@ -100,8 +102,11 @@ def search(
     slo = workload.ttl_slo_s if workload.kind == "decode" else workload.ttft_slo_s
     outcomes: list[MeshOutcome] = []
     helix = "helix" in allowed and workload.kind == "decode"
+    split_reason = batch_split_reason(graph.blocks) if verified_only else None
     for mesh in mesh_candidates(gpus, kvp=helix):
         reason = _mesh_reason(mesh, workload, force)
+        if not reason and split_reason and mesh.size("dp") > 1:
+            reason = split_reason
         if reason:
             outcomes.append(MeshOutcome(mesh, None, None, reason))
             continue
@@ -111,6 +116,7 @@ def search(
             built = build_problem(
                 graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
                 time_budget_s=slo, share_groups=share_groups, edges=edges, allowed=allowed,
+                verified_only=verified_only,
             )
         except _NoOption as exc:
             outcomes.append(MeshOutcome(mesh, None, None, str(exc)))

@@ -39,6 +39,11 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, gpus_required: bool = True
         "'+helix' adds to the default set",
     )
     p.add_argument("--per-layer", action="store_true", help="let identical layers differ")
+    p.add_argument(
+        "--allow-unverified", action="store_true",
+        help="also plan with strategies whose generated program is not yet verified "
+        "(no run_plan.py is written for such a plan)",
+    )
     p.add_argument("--cuda-graphs", action="store_true", help="price kernels replayed in a CUDA graph")
     p.add_argument("--time-limit", type=float, default=60.0, help="solver limit per mesh (s)")
 
@@ -104,13 +109,14 @@ def run(args: argparse.Namespace) -> int:
         hardware=args.hardware, gpus=args.gpus, workload=workload, force=args.force,
         per_layer=args.per_layer, time_limit_s=args.time_limit, cuda_graphs=args.cuda_graphs,
         strategies=strategies_from_args(args.strategies),
+        verified_only=not args.allow_unverified,
     )
     has_slo = args.ttl_slo is not None or args.ttft_slo is not None
     if has_slo and args.batch is None:
         run_ = make_plan_max_batch(source, **options)
     else:
         run_ = make_plan(source, **options)
-    paths = write_outputs(run_, args.out)
+    paths = write_outputs(run_, args.out, unverified_ok=args.allow_unverified)
     if args.json:
         sys.stdout.write(run_.plan.to_json())
         return 0

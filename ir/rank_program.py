@@ -30,8 +30,8 @@ from typing import Any
 import sympy
 
 from ir.graph import ValueRef
+from ir.layout import Layout
 from ir.tensor import TensorSpec
-from passes.lower.layout import Layout
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,460 @@
+"""Lower (Graph, Plan) to a per-rank program: layout propagation and collective insertion.
+
+Pre: an analyzed graph (blocks recognized, every op in exactly one block) and a plan with a
+strategy for every block on a mesh whose only axes of size > 1 are `dp` and `tp`.
+Post: a `RankProgram` in which every value has a layout and a local shape and every change of
+layout is an explicit step (free slice or async collective + wait).
+
+How layouts are decided:
+* Graph inputs: split along their batch dim over `dp` (the dp axis always splits the
+  batch); replicated over `tp`, except KV caches, which the consuming attention block's
+  strategy splits (KV heads for tp, batch for dp).
+* At a block's entry its residual-stream inputs ([B, T, hidden] activations and the token
+  ids) are brought to the plan's `layout_in`; this edge conversion runs in the driver. At its
+  exit, stream outputs are brought to `layout_out` and new KV to the cache's layout.
+* Inside a block each op's rule (passes/lower/rules.py) reads its inputs' layouts and the
+  strategy's weight rule, asks for the input layouts it needs (`require`, which inserts the
+  conversion) and states its outputs' layouts. An op without a rule is accepted only on
+  fully replicated inputs; anything else is a `LoweringError` naming the op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import sympy
+
+from ir.graph import Block, Graph, Op
+from ir.layout import (
+    Layout,
+    LoweringError,
+    Placement,
+    local_shape,
+    shard,
+)
+from ir.plan import BlockPlan, Plan
+from ir.rank_program import (
+    BlockProgram,
+    CacheSpec,
+    Compute,
+    EdgeProgram,
+    LocalValue,
+    ParamUse,
+    ProgramInput,
+    ProgramOutput,
+    RankProgram,
+    Step,
+    SymbolSource,
+)
+from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
+from passes.lower.builder import (
+    B_SYM,
+    Builder,
+    dim_of,
+    identifier,
+    op_hint,
+    substitute,
+)
+from passes.lower.strategies import StrategyLowering, check_stream_layout, lowering_for
+
+
+class BlockLowering:
+    """Lowers one block: the context op rules work through."""
+
+    def __init__(self, builder: Builder, block: Block, bp: BlockPlan, strategy: StrategyLowering):
+        self.b = builder
+        self.graph = builder.graph
+        self.block = block
+        self.plan = bp
+        self.strategy = strategy
+        self.axes = builder.axes
+        self.sizes = builder.sizes
+        self.steps: list[Step] = []
+        self.primary: dict[str, str] = {}
+        self.versions: dict[tuple[str, Layout], str] = {}
+        self.inputs: list[str] = []
+        self.params: dict[str, ParamUse] = {}
+        self.param_locals: dict[str, str] = {}
+        self.extra_specs: dict[str, TensorSpec] = {}
+        self.defined: set[str] = set()
+        ops = list(self.graph.iter_ops(block.ops))
+        self.ops = ops
+        self.consumers: dict[str, list[Op]] = {}
+        for op in ops:
+            for v in op.inputs:
+                self.consumers.setdefault(v, []).append(op)
+
+    # -- queries ----------------------------------------------------------------------------
+    def spec(self, value: str) -> TensorSpec:
+        return self.extra_specs.get(value) or self.graph.values[value]
+
+    def rank(self, value: str) -> int:
+        return len(self.spec(value).shape)
+
+    def is_param(self, value: str) -> bool:
+        return value in self.graph.params
+
+    def local(self, value: str) -> str:
+        """The local value this block uses for graph value `value` (its primary version)."""
+        if value in self.primary:
+            return self.primary[value]
+        if self.is_param(value):
+            return self.param(value, self.b.replicated())
+        if value not in self.b.current:
+            raise LoweringError(
+                f"block {self.block.name!r} reads {value!r} before any block produced it"
+            )
+        local = self.b.current[value]
+        self.primary[value] = local
+        if local not in self.inputs:
+            self.inputs.append(local)
+        return local
+
+    def layout(self, value: str) -> Layout:
+        return self.b.layout(self.local(value))
+
+    def on(self, value: str, axis: str) -> Placement:
+        return self.layout(value).on(axis)
+
+    # -- changes ------------------------------------------------------------------------------
+    def param(self, value: str, layout: Layout) -> str:
+        """The local weight shard of parameter `value` in `layout` (the first layout asked
+        for becomes the block's primary version)."""
+        ws = self.b.weight(value, layout)
+        local = self.param_locals.get(ws.key)
+        if local is None:
+            local = f"w__{identifier(ws.key)}"
+            if local not in self.b.values:
+                self.b.values[local] = LocalValue(
+                    local,
+                    value,
+                    self.graph.values.get(value) or TensorSpec(tuple(sympy.Integer(d) for d in ws.shape), ws.dtype),
+                    layout,
+                    tuple(sympy.Integer(d) for d in ws.local_shape),
+                    identifier(ws.fqn),
+                )
+            self.param_locals[ws.key] = local
+            self.params[ws.key] = ParamUse(
+                key=ws.key, local_name=self._relative_fqn(ws.fqn), local=local
+            )
+        self.primary.setdefault(value, local)
+        self.versions[(value, layout)] = local
+        return local
+
+    def _relative_fqn(self, fqn: str) -> str:
+        prefix = self.param_prefix
+        return fqn[len(prefix) + 1 :] if prefix and fqn.startswith(prefix + ".") else fqn
+
+    @property
+    def param_prefix(self) -> str:
+        """The module path all of this block's weights live under (`model.layers.3.mlp`)."""
+        paths = [
+            self.graph.params[v].name.split(".")[:-1]
+            for op in self.ops
+            for v in op.inputs
+            if v in self.graph.params
+        ]
+        if not paths:
+            return ""
+        common = paths[0]
+        for p in paths[1:]:
+            n = 0
+            while n < min(len(common), len(p)) and common[n] == p[n]:
+                n += 1
+            common = common[:n]
+        return ".".join(common)
+
+    def require(self, value: str, layout: Layout) -> str:
+        src = self.local(value)
+        if self.b.layout(src) == layout:
+            return src
+        if (value, layout) in self.versions:
+            return self.versions[(value, layout)]
+        if self.is_param(value) and not any(p.is_partial for _, p in layout.placements):
+            out = self.param(value, layout)
+            self.primary[value] = src
+            return out
+        out = self.b.convert(src, layout, self.steps)
+        self.versions[(value, layout)] = out
+        return out
+
+    def define(self, value: str, layout: Layout, hint: str) -> str:
+        local = self.b.new_value(value, self.spec(value), layout, hint)
+        self.primary[value] = local
+        self.versions[(value, layout)] = local
+        self.defined.add(value)
+        return local
+
+    def emit_compute(
+        self,
+        op: Op,
+        inputs: dict[str, Layout],
+        outputs: list[tuple[str, Layout]],
+        *,
+        target: str | None = None,
+        args: Any = None,
+        kwargs: Any = None,
+        hint: str | None = None,
+    ) -> list[str]:
+        """Bring each input to its layout, define the outputs, append the Compute step.
+        `args`/`kwargs` default to the op's own, with graph values renamed to locals."""
+        mapping = {v: self.require(v, lay) for v, lay in inputs.items()}
+        args = op.attrs.get("args", ()) if args is None else args
+        kwargs = op.attrs.get("kwargs", {}) if kwargs is None else kwargs
+        hint = hint or op_hint(op)
+        outs = [self.define(v, lay, hint) for v, lay in outputs]
+        self.steps.append(
+            Compute(
+                target=target or op.target,
+                args=tuple(substitute(list(args), mapping)),
+                kwargs=substitute(dict(kwargs), mapping),
+                outputs=tuple(outs),
+                source_op=op.name,
+            )
+        )
+        return outs
+
+    def local_shape_of(self, value: str, layout: Layout) -> tuple[sympy.Expr, ...]:
+        return local_shape(self.spec(value).shape, layout, self.sizes, what=f"value {value!r}")
+
+    def fail(self, op: Op, why: str) -> LoweringError:
+        layouts = ", ".join(
+            f"{v}: {self.layout(v).describe()}" for v in op.inputs if v in self.primary or v in self.b.current
+        )
+        return LoweringError(
+            f"block {self.block.name!r} (strategy {self.plan.strategy!r}): op {op.name} "
+            f"({op.target}) {why} [inputs {layouts}]. The planner should not offer this "
+            "strategy for this block, or codegen needs a rule for the op"
+        )
+
+
+def _stream_target(
+    builder: Builder, value: str, current: Layout, layout_name: str, axis: str
+) -> Layout:
+    if axis not in builder.axes:
+        return current
+    return current.with_axis(axis, builder.stream_placement(value, layout_name))
+
+
+def _input_layout(builder: Builder, name: str) -> Layout:
+    spec = builder.graph.values[name]
+    layout = builder.replicated()
+    if "dp" in builder.axes:
+        d = dim_of(spec.shape, B_SYM)
+        if d is not None:
+            layout = layout.with_axis("dp", shard(d))
+    if "tp" in builder.axes and name.startswith("past_kv"):
+        consumer = sorted(builder.consumer_blocks.get(name, ()))
+        if consumer:
+            bp = _block_plan(builder.plan, consumer[0])
+            strat = lowering_for(bp.strategy, bp.name)
+            if strat.cache == "heads":
+                if len(spec.shape) != 4:
+                    raise LoweringError(
+                        f"cache {name!r} {spec} has no KV-head dim; strategy {bp.strategy!r} "
+                        f"of block {bp.name!r} splits KV heads (latent caches are not split by heads)"
+                    )
+                heads, n = sympy.sympify(spec.shape[1]), builder.sizes["tp"]
+                if heads.is_Integer and int(heads) % n:
+                    raise LoweringError(
+                        f"block {bp.name!r} uses {bp.strategy!r}, which splits KV heads over "
+                        f"tp={n}, but its cache {name!r} has {heads} KV heads; tp must divide "
+                        "the KV heads (duplicating KV heads is not lowered). Use tp <= "
+                        f"{heads} dividing it, or another strategy for this block"
+                    )
+                layout = layout.with_axis("tp", shard(1))
+            elif strat.cache == "batch":
+                layout = layout.with_axis("tp", shard(0))
+    return layout
+
+
+def _block_plan(plan: Plan, name: str) -> BlockPlan:
+    try:
+        return plan.block(name)
+    except KeyError:
+        raise LoweringError(
+            f"the plan has no entry for block {name!r}; plan and graph come from different "
+            "models or versions. Re-run `helixplan plan`"
+        ) from None
+
+
+def _lower_block(builder: Builder, block: Block) -> None:
+    from passes.lower.rules import rule_for
+
+    bp = _block_plan(builder.plan, block.name)
+    strategy = lowering_for(bp.strategy, block.name)
+    layout_in = check_stream_layout(bp.layout_in, block.name)
+    layout_out = check_stream_layout(bp.layout_out, block.name)
+    cx = BlockLowering(builder, block, bp, strategy)
+
+    # Entry: residual-stream inputs are converted to layout_in by the driver.
+    edge_steps: list[Step] = []
+    seen: set[str] = set()
+    produced_here = {o for p in cx.ops for o in p.outputs}
+    for op in cx.ops:
+        for v in op.inputs:
+            if v in seen or v in builder.graph.params or v in produced_here:
+                continue
+            seen.add(v)
+            if not builder.is_stream(v):
+                continue
+            src = builder.current[v]
+            target = _stream_target(builder, v, builder.layout(src), layout_in, strategy.axis)
+            key = (v, target)
+            if key not in builder.driver_versions:
+                builder.driver_versions[(v, builder.layout(src))] = src
+                builder.driver_versions[key] = builder.convert(src, target, edge_steps)
+            local = builder.driver_versions[key]
+            cx.primary[v] = local
+            cx.inputs.append(local)
+    if edge_steps:
+        builder.items.append(EdgeProgram(before_block=block.name, steps=tuple(edge_steps)))
+
+    for op in cx.ops:
+        rule_for(op)(cx, op)
+
+    # Exit: values used later leave in the layout the plan and the caches expect.
+    cache_of_output = {new: cache for cache, new in builder.cache_pairs}
+    logits = builder.graph.outputs[0] if builder.graph.outputs else None
+    outputs: list[str] = []
+    for value in sorted(cx.defined, key=lambda v: _def_index(cx, v)):
+        if value in cx.extra_specs:
+            continue
+        later = builder.consumer_blocks.get(value, set()) - {block.name}
+        is_output = value in builder.graph.outputs
+        if not later and not is_output:
+            continue
+        current = cx.layout(value)
+        if value in cache_of_output:
+            target = builder.layout(builder.current[cache_of_output[value]])
+        elif value == logits or builder.is_stream(value):
+            target = _stream_target(builder, value, current, layout_out, strategy.axis)
+        else:
+            target = current
+        local = cx.require(value, target)
+        builder.current[value] = local
+        outputs.append(local)
+    builder.items.append(
+        BlockProgram(
+            name=block.name,
+            kind=block.kind,
+            group=block.group,
+            strategy=bp.strategy,
+            layout_in=layout_in,
+            layout_out=layout_out,
+            inputs=tuple(cx.inputs),
+            params=tuple(cx.params.values()),
+            outputs=tuple(outputs),
+            steps=tuple(cx.steps),
+        )
+    )
+
+
+def _def_index(cx: BlockLowering, value: str) -> int:
+    for i, op in enumerate(cx.ops):
+        if value in op.outputs:
+            return i
+    return len(cx.ops)
+
+
+def lower_program(graph: Graph, plan: Plan) -> RankProgram:
+    if not graph.blocks:
+        raise LoweringError("the graph has no blocks; run the analysis passes before lowering")
+    builder = Builder(graph, plan)
+    inputs: list[ProgramInput] = []
+    for name in graph.inputs:
+        layout = _input_layout(builder, name)
+        local = builder.new_value(name, graph.values[name], layout, identifier(name))
+        builder.current[name] = local
+        role = "cache" if name.startswith("past_kv") else ("tokens" if builder.is_stream(name) else "other")
+        inputs.append(ProgramInput(name=name, local=local, role=role))
+    for block in graph.blocks:
+        _lower_block(builder, block)
+    outputs = []
+    cache_outputs = {new for _, new in builder.cache_pairs}
+    for i, name in enumerate(graph.outputs):
+        if name not in builder.current:
+            raise LoweringError(f"graph output {name!r} is produced by no block")
+        role = "logits" if i == 0 else ("cache" if name in cache_outputs else "other")
+        outputs.append(ProgramOutput(name=name, local=builder.current[name], role=role))
+    caches = []
+    for cache, new in builder.cache_pairs:
+        in_layout = builder.values[builder.current[cache]].layout
+        out_layout = builder.values[builder.current[new]].layout
+        if in_layout != out_layout:
+            raise LoweringError(
+                f"new KV {new!r} ends as {out_layout.describe()} but cache {cache!r} is "
+                f"{in_layout.describe()}; they must match to append locally"
+            )
+        length_dim = dim_of(graph.values[cache].shape, WORKLOAD_SYMBOLS["L"])
+        if length_dim is None:
+            raise LoweringError(f"cache input {cache!r} {graph.values[cache]} has no L dim")
+        caches.append(CacheSpec(input=cache, output=new, length_dim=length_dim))
+    symbols = _symbol_sources(builder, inputs)
+    return RankProgram(
+        mesh=dict(builder.mesh),
+        axes=builder.axes,
+        values=dict(builder.values),
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        items=tuple(builder.items),
+        weights=tuple(builder.weights.values()),
+        caches=tuple(caches),
+        symbols=symbols,
+        meta={"source": dict(graph.meta.get("source") or {})},
+    )
+
+
+def _symbol_sources(builder: Builder, inputs: list[ProgramInput]) -> tuple[SymbolSource, ...]:
+    used: set[str] = set()
+    for v in builder.values.values():
+        for d in v.local_shape:
+            used |= {s.name for s in sympy.sympify(d).free_symbols}
+    for step in (s for item in builder.items for s in item.steps):
+        if isinstance(step, Compute):
+            used |= _free_symbols((step.args, step.kwargs))
+    out = []
+    for sym in sorted(used):
+        symbol = WORKLOAD_SYMBOLS.get(sym)
+        if symbol is None:
+            raise LoweringError(f"a shape depends on symbol {sym!r}, which is not B, T or L")
+        for pin in inputs:
+            spec = builder.graph.values[pin.name]
+            d = next((i for i, s in enumerate(spec.shape) if sympy.sympify(s) == symbol), None)
+            if d is None:
+                continue
+            layout = builder.values[pin.local].layout
+            factor = 1
+            for a in layout.axes_sharding(d):
+                factor *= builder.sizes[a]
+            out.append(SymbolSource(symbol=sym, input=pin.name, dim=d, factor=factor))
+            break
+        else:
+            raise LoweringError(f"no graph input has a dim of size {sym}; cannot bind it at run time")
+    return tuple(out)
+
+
+def _free_symbols(x: Any) -> set[str]:
+    if isinstance(x, sympy.Basic):
+        return {s.name for s in x.free_symbols}
+    if isinstance(x, (list, tuple)):
+        return set().union(*(_free_symbols(v) for v in x)) if x else set()
+    if isinstance(x, dict):
+        return _free_symbols(list(x.values()))
+    return set()
+
+
+@dataclass(frozen=True)
+class LowerToRanks:
+    """Pass: (Graph, Plan) -> RankProgram (layouts propagated, collectives explicit, not yet
+    scheduled). Pre: blocks recognized; every block named in `plan`. Post: every value has a
+    layout and local shape; every layout change is a step."""
+
+    name: ClassVar[str] = "lower-to-ranks"
+    plan: Plan
+
+    def run(self, graph: Graph) -> RankProgram:
+        return lower_program(graph, self.plan)
+
+

@@ -1,0 +1,390 @@
+"""Layout rules: for each op, the input layouts it needs and the output layouts it makes.
+
+A rule works one mesh axis at a time (placements on different axes are independent) and
+hands `BlockLowering.emit_compute` the layout each input must have — the lowering inserts
+the conversion — and each output's layout. Rules prefer what is free: a replicated operand
+meeting a sharded one is sliced locally; a Partial operand meeting a sharded one is
+reduce-scattered; otherwise a Partial is all-reduced and an unusable shard is all-gathered.
+
+Ops: pointwise (with broadcasting), factories, linear (column / row parallel by weight
+placement; a row-parallel bias is added once, after the reduction), embedding (vocab-split
+rows: masked local lookup, Partial), norms, softmax, scaled_dot_product_attention (batch or
+head splits), view/reshape/flatten/unsqueeze/squeeze (shard follows the outermost merged or
+split dim), expand, transpose/permute, slice/select/chunk/split/unbind, cat/stack and
+reductions. An op without a rule runs only on fully replicated inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy
+
+from ir.graph import Op, ValueRef
+from ir.layout import PARTIAL, REPLICATE, Layout, Placement, shard
+from ir.rank_program import AxisRank
+from passes.lower.builder import same, tensor_refs
+from passes.lower.lower import BlockLowering
+
+Rule = Callable[[BlockLowering, Op], None]
+RULES: dict[str, Rule] = {}
+
+INT64_MAX = 2**63 - 1
+
+
+def rule(*targets: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for t in targets:
+            RULES[t] = fn
+        return fn
+
+    return register
+
+
+def rule_for(op: Op) -> Rule:
+    from passes.lower import views  # noqa: F401  (registers the movement rules)
+
+    return RULES.get(op.target, unknown_op)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def arg(op: Op, index: int, name: str, default=None):
+    args = op.attrs.get("args", ())
+    if index < len(args):
+        return args[index]
+    return op.attrs.get("kwargs", {}).get(name, default)
+
+
+def norm_dim(d: int, rank: int) -> int:
+    return d + rank if d < 0 else d
+
+
+def covers(cx: BlockLowering, value: str, out_shape: tuple, out_dim: int) -> int | None:
+    """The dim of `value` that lines up with `out_dim` of a broadcast result, when it is a
+    real (non-broadcast) dim; else None."""
+    shape = cx.spec(value).shape
+    d = out_dim - (len(out_shape) - len(shape))
+    if d < 0:
+        return None
+    size, out_size = sympy.sympify(shape[d]), sympy.sympify(out_shape[out_dim])
+    if out_size == 1 or not same(size, out_size):
+        return None
+    return d
+
+
+def reduce_target(cx: BlockLowering, value: str, axis: str) -> Placement:
+    """Where a Partial `value` should land: the shard its first pointwise consumer pairs it
+    with (reduce-scatter, as sequence parallelism does), else Replicate (all-reduce)."""
+    out_shape = cx.spec(value).shape
+    for consumer in cx.consumers.get(value, ()):
+        if consumer.target not in POINTWISE:
+            continue
+        for other in consumer.inputs:
+            if other == value or cx.is_param(other):
+                continue
+            p = cx.on(other, axis)
+            if not p.is_shard:
+                continue
+            o_rank, c_rank = cx.rank(other), len(cx.spec(consumer.outputs[0]).shape)
+            out_dim = p.dim + c_rank - o_rank
+            d = out_dim - (c_rank - len(out_shape))
+            if d >= 0 and same(out_shape[d], cx.spec(other).shape[p.dim]):
+                return shard(d)
+    return REPLICATE
+
+
+def unify(
+    cx: BlockLowering,
+    values: list[str],
+    out_shape: tuple,
+    axis: str,
+    *,
+    partial_ok: bool = False,
+    blocked_dims: frozenset[int] = frozenset(),
+) -> tuple[dict[str, Placement], Placement]:
+    """Placements on `axis` for operands broadcast to `out_shape`, and the result's: the
+    first operand's shard wins (others sliced, re-sharded or reduce-scattered to match);
+    with no shard, Partials are all-reduced (or kept when `partial_ok` and all are
+    Partial). Shards on `blocked_dims` (output dims) are gathered."""
+    n = len(out_shape)
+    pl = {v: cx.on(v, axis) for v in values}
+    if partial_ok and values and all(p.is_partial for p in pl.values()):
+        return dict(pl), PARTIAL
+    out_dim = None
+    for v, p in pl.items():
+        if p.is_shard:
+            d = p.dim + n - cx.rank(v)
+            if d not in blocked_dims and covers(cx, v, out_shape, d) is not None:
+                out_dim = d
+                break
+    want: dict[str, Placement] = {}
+    for v in values:
+        d = covers(cx, v, out_shape, out_dim) if out_dim is not None else None
+        want[v] = shard(d) if d is not None else REPLICATE
+    return want, (shard(out_dim) if out_dim is not None else REPLICATE)
+
+
+def with_axes(cx: BlockLowering, value: str, per_axis: dict[str, Placement]) -> Layout:
+    layout = cx.layout(value)
+    for axis, p in per_axis.items():
+        layout = layout.with_axis(axis, p)
+    return layout
+
+
+def build(cx: BlockLowering, per_axis: dict[str, Placement]) -> Layout:
+    layout = Layout.replicated(cx.axes)
+    for axis, p in per_axis.items():
+        layout = layout.with_axis(axis, p)
+    return layout
+
+
+def operands(op: Op, cx: BlockLowering) -> list[str]:
+    """Tensor operands in argument order (parameters included)."""
+    refs = tensor_refs((op.attrs.get("args", ()), op.attrs.get("kwargs", {})))
+    return [r for r in dict.fromkeys(refs) if r in cx.graph.values or cx.is_param(r)]
+
+
+# -- pointwise ----------------------------------------------------------------------------
+
+POINTWISE = frozenset(
+    {
+        "add.Tensor", "add.Scalar", "sub.Tensor", "sub.Scalar", "rsub.Scalar", "rsub.Tensor",
+        "mul.Tensor", "mul.Scalar", "div.Tensor", "div.Scalar", "div.Tensor_mode", "neg",
+        "pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar", "reciprocal", "sqrt", "rsqrt",
+        "exp", "log", "sin", "cos", "tanh", "sigmoid", "silu", "gelu", "relu", "abs", "erf",
+        "where.self", "where.ScalarOther", "where.ScalarSelf", "masked_fill.Scalar",
+        "masked_fill.Tensor", "eq.Tensor", "eq.Scalar", "ne.Tensor", "ne.Scalar", "lt.Tensor",
+        "lt.Scalar", "le.Tensor", "le.Scalar", "gt.Tensor", "gt.Scalar", "ge.Tensor",
+        "ge.Scalar", "__and__.Tensor", "__or__.Tensor", "__xor__.Tensor", "bitwise_and.Tensor",
+        "bitwise_or.Tensor", "bitwise_not", "logical_and", "logical_or", "logical_not",
+        "maximum", "minimum", "clamp", "clamp_min", "clamp_max", "to.dtype", "_to_copy",
+        "clone", "contiguous", "alias", "detach", "type_as", "lift_fresh_copy", "softplus",
+        "square", "log1p", "expm1", "floor", "ceil", "round", "sign", "mul_.Tensor",
+    }
+)
+# Sums of Partials stay Partial; everything else reduces first.
+PARTIAL_LINEAR = frozenset({"add.Tensor", "sub.Tensor"})
+
+
+@rule(*POINTWISE)
+def pointwise(cx: BlockLowering, op: Op) -> None:
+    out = op.outputs[0]
+    out_shape = cx.spec(out).shape
+    values = operands(op, cx)
+    args = op.attrs.get("args", ())
+    tensor_only = all(isinstance(a, ValueRef) for a in args) and not op.attrs.get("kwargs")
+    want = {v: {} for v in values}
+    out_pl: dict[str, Placement] = {}
+    for axis in cx.axes:
+        partial_ok = op.target in PARTIAL_LINEAR and tensor_only
+        placed, result = unify(cx, values, out_shape, axis, partial_ok=partial_ok)
+        for v in values:
+            want[v][axis] = placed[v]
+        out_pl[axis] = result
+    cx.emit_compute(
+        op,
+        {v: with_axes(cx, v, want[v]) for v in values},
+        [(out, build(cx, out_pl))],
+    )
+
+
+FACTORIES = frozenset(
+    {
+        "arange", "arange.start", "arange.start_step", "full", "zeros", "ones", "empty",
+        "empty.memory_format", "scalar_tensor", "randn", "rand", "tensor",
+    }
+)
+
+
+@rule(*FACTORIES)
+def factory(cx: BlockLowering, op: Op) -> None:
+    cx.emit_compute(op, {}, [(v, Layout.replicated(cx.axes)) for v in op.outputs])
+
+
+def unknown_op(cx: BlockLowering, op: Op) -> None:
+    values = operands(op, cx)
+    for v in values:
+        if not cx.layout(v).is_replicated:
+            raise cx.fail(op, "has no layout rule and an input is split or partial")
+    cx.emit_compute(op, {v: cx.layout(v) for v in values}, [(v, Layout.replicated(cx.axes)) for v in op.outputs if v in cx.graph.values])
+
+
+# -- linear, embedding --------------------------------------------------------------------
+
+
+@rule("linear")
+def linear(cx: BlockLowering, op: Op) -> None:
+    x, w = arg(op, 0, "input").name, arg(op, 1, "weight").name
+    b_ref = arg(op, 2, "bias")
+    b = b_ref.name if isinstance(b_ref, ValueRef) else None
+    out = op.outputs[0]
+    x_rank, out_rank = cx.rank(x), cx.rank(out)
+    want_x, want_w, want_b, out_pl = {}, {}, {}, {}
+    row_parallel_axes = []
+    for axis in cx.axes:
+        px = cx.on(x, axis)
+        pw = REPLICATE
+        if axis == cx.strategy.axis:
+            pw = cx.strategy.weight_placement(
+                cx.graph,
+                cx.block,
+                op,
+                w,
+                input_split_last=px.is_shard and px.dim == x_rank - 1,
+                axis_size=cx.sizes[axis],
+            )
+        want_w[axis] = pw
+        if pw.is_shard and pw.dim == 0:  # column parallel
+            want_x[axis], want_b[axis], out_pl[axis] = REPLICATE, shard(0), shard(out_rank - 1)
+        elif pw.is_shard and pw.dim == 1:  # row parallel
+            want_x[axis], want_b[axis], out_pl[axis] = shard(x_rank - 1), REPLICATE, PARTIAL
+            row_parallel_axes.append(axis)
+        else:
+            keep = px.is_shard and px.dim < x_rank - 1
+            want_x[axis] = px if keep else REPLICATE
+            want_b[axis], out_pl[axis] = REPLICATE, (px if keep else REPLICATE)
+    if cx.is_param(w):
+        cx.param(w, build(cx, want_w))
+    if b is not None and cx.is_param(b):
+        cx.param(b, build(cx, want_b))
+    inputs = {x: with_axes(cx, x, want_x), w: build(cx, want_w)}
+    if b is None or not row_parallel_axes:
+        if b is not None:
+            inputs[b] = build(cx, want_b)
+        cx.emit_compute(op, inputs, [(out, build(cx, out_pl))])
+        return
+    # Row parallel with bias: the bias is added once, after the reduction.
+    partial = f"{out}.nobias"
+    cx.extra_specs[partial] = cx.spec(out)
+    args = list(op.attrs.get("args", ()))[:2]
+    cx.emit_compute(op, inputs, [(partial, build(cx, out_pl))], args=args, kwargs={})
+    reduced = dict(out_pl)
+    for axis in row_parallel_axes:
+        reduced[axis] = reduce_target(cx, out, axis)
+    cx.emit_compute(
+        op,
+        {partial: build(cx, reduced), b: build(cx, want_b)},
+        [(out, build(cx, reduced))],
+        target="add.Tensor",
+        args=[ValueRef(partial), ValueRef(b)],
+        kwargs={},
+        hint=None,
+    )
+
+
+@rule("embedding")
+def embedding(cx: BlockLowering, op: Op) -> None:
+    w, ids = arg(op, 0, "weight").name, arg(op, 1, "indices").name
+    out = op.outputs[0]
+    want_w, want_ids, out_pl = {}, {}, {}
+    split_axis = None
+    for axis in cx.axes:
+        pids = cx.on(ids, axis)
+        pw = REPLICATE
+        if axis == cx.strategy.axis:
+            pw = cx.strategy.weight_placement(
+                cx.graph, cx.block, op, w, input_split_last=False, axis_size=cx.sizes[axis]
+            )
+        want_w[axis] = pw
+        if pw.is_shard:
+            if pw.dim != 0:
+                raise cx.fail(op, f"cannot split an embedding table along dim {pw.dim}")
+            split_axis = axis
+            want_ids[axis], out_pl[axis] = REPLICATE, PARTIAL
+        else:
+            want_ids[axis] = REPLICATE if pids.is_partial else pids
+            out_pl[axis] = want_ids[axis]
+    cx.param(w, build(cx, want_w))
+    inputs = {ids: with_axes(cx, ids, want_ids), w: build(cx, want_w)}
+    if split_axis is None:
+        cx.emit_compute(op, inputs, [(out, build(cx, out_pl))])
+        return
+    cx.emit_compute(
+        op,
+        inputs,
+        [(out, build(cx, out_pl))],
+        target="vocab_embedding",
+        args=[ValueRef(ids), ValueRef(w), AxisRank(split_axis)],
+        kwargs={},
+    )
+
+
+# -- normalization, softmax, reductions ---------------------------------------------------
+
+
+@rule("rms_norm", "layer_norm", "native_layer_norm")
+def norm(cx: BlockLowering, op: Op) -> None:
+    x = arg(op, 0, "input").name
+    k = len(arg(op, 1, "normalized_shape"))
+    rank = cx.rank(x)
+    want: dict[str, Placement] = {}
+    for axis in cx.axes:
+        p = cx.on(x, axis)
+        want[axis] = p if p.is_shard and p.dim < rank - k else REPLICATE
+    inputs = {x: with_axes(cx, x, want)}
+    for v in operands(op, cx)[1:]:
+        inputs[v] = Layout.replicated(cx.axes)
+        if cx.is_param(v):
+            cx.param(v, inputs[v])
+    outs = [(v, build(cx, want)) for v in op.outputs[:1]]
+    cx.emit_compute(op, inputs, outs)
+
+
+@rule("_softmax", "softmax.int", "_log_softmax", "log_softmax.int")
+def softmax(cx: BlockLowering, op: Op) -> None:
+    x = arg(op, 0, "self").name
+    dim = norm_dim(arg(op, 1, "dim"), cx.rank(x))
+    want = {}
+    for axis in cx.axes:
+        p = cx.on(x, axis)
+        want[axis] = p if p.is_shard and p.dim != dim else REPLICATE
+    cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(op.outputs[0], build(cx, want))])
+
+
+@rule("sum.dim_IntList", "mean.dim", "amax", "amin", "var.correction", "std.correction")
+def reduction(cx: BlockLowering, op: Op) -> None:
+    x = arg(op, 0, "self").name
+    rank = cx.rank(x)
+    dims = arg(op, 1, "dim")
+    dims = list(range(rank)) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+    dims = [norm_dim(d, rank) for d in dims]
+    if op.target.startswith(("var", "std")):
+        keep = bool(op.attrs.get("kwargs", {}).get("keepdim", False))
+    else:
+        keep = bool(arg(op, 2, "keepdim", False))
+    want, out_pl = {}, {}
+    for axis in cx.axes:
+        p = cx.on(x, axis)
+        if p.is_shard and p.dim not in dims:
+            want[axis] = p
+            out_pl[axis] = p if keep else shard(p.dim - sum(1 for d in dims if d < p.dim))
+        else:
+            want[axis] = out_pl[axis] = REPLICATE
+    cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(op.outputs[0], build(cx, out_pl))])
+
+
+# -- attention ----------------------------------------------------------------------------
+
+
+@rule("scaled_dot_product_attention")
+def sdpa(cx: BlockLowering, op: Op) -> None:
+    q, k, v = (arg(op, i, n).name for i, n in enumerate(("query", "key", "value")))
+    mask_ref = arg(op, 3, "attn_mask")
+    mask = mask_ref.name if isinstance(mask_ref, ValueRef) else None
+    out = op.outputs[0]
+    out_shape = cx.spec(out).shape
+    want = {q: {}, k: {}, v: {}}
+    if mask:
+        want[mask] = {}
+    out_pl = {}
+    for axis in cx.axes:
+        pq = cx.on(q, axis)
+        split = pq if pq.is_shard and pq.dim in (0, 1) else REPLICATE
+        want[q][axis] = want[k][axis] = want[v][axis] = split
+        out_pl[axis] = split
+        if mask:
+            d = covers(cx, mask, out_shape, split.dim) if split.is_shard else None
+            want[mask][axis] = shard(d) if d is not None else REPLICATE
+    cx.emit_compute(op, {t: with_axes(cx, t, want[t]) for t in want}, [(out, build(cx, out_pl))])

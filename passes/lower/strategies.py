@@ -1,0 +1,95 @@
+"""How each planner strategy is lowered: declared data read by the generic lowering.
+
+A strategy's lowering says, for its mesh axis (`tp` for all strategies here), how weights
+are split (`weights`), where the KV cache is split (`cache`) and how the residual stream is
+laid out on entry and exit (from the plan's `layout_in`/`layout_out`). Everything else —
+activation layouts inside the block, where collectives go — follows by layout propagation.
+Adding a parallelism means adding an entry here (and, if it needs one, an op rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ir.graph import Block, Graph, Op
+from ir.layout import REPLICATE, LoweringError, Placement, shard
+
+WEIGHT_RULES = ("replicate", "megatron", "vocab_rows")
+CACHE_RULES = ("replicate", "heads", "batch")
+STREAM_LAYOUTS = ("replicate", "shard_batch", "shard_seq")
+
+
+@dataclass(frozen=True)
+class StrategyLowering:
+    """`weights`: replicate — every rank holds whole weights; megatron — a linear whose input
+    is replicated is column-parallel (weight rows split), one whose input is split along its
+    last dim is row-parallel (weight columns split, output Partial); vocab_rows — embedding
+    tables (rows dividing the axis) and the `vocab`-row projection are split by rows. `cache`: which dim of the KV
+    cache this block's ranks split (heads: the KV-head dim; batch: the batch dim)."""
+
+    name: str
+    axis: str
+    weights: str
+    cache: str
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_RULES or self.cache not in CACHE_RULES:
+            raise ValueError(f"bad strategy lowering {self}")
+
+    def weight_placement(
+        self,
+        graph: Graph,
+        block: Block,
+        op: Op,
+        weight: str,
+        *,
+        input_split_last: bool,
+        axis_size: int,
+    ) -> Placement:
+        """Placement on `self.axis` of `weight` read by `op`; `input_split_last` says the
+        op's activation arrives split along its last (contracted) dim on this axis."""
+        shape = graph.params[weight].shape if weight in graph.params else ()
+        if self.weights == "replicate" or len(shape) != 2:
+            return REPLICATE
+        if self.weights == "vocab_rows":
+            # Every lookup table of the block (token and learned-position tables alike, as
+            # the planner's memory model assumes) and the vocab-sized projection.
+            if op.target == "embedding":
+                return shard(0) if shape[0] % axis_size == 0 else REPLICATE
+            vocab = block.dims.get("vocab")
+            return shard(0) if vocab and shape[0] == vocab else REPLICATE
+        if op.target != "linear":
+            return REPLICATE
+        if input_split_last:
+            return shard(1)
+        return shard(0)
+
+
+LOWERINGS: dict[str, StrategyLowering] = {
+    s.name: s
+    for s in (
+        StrategyLowering(name="replicate", axis="tp", weights="replicate", cache="replicate"),
+        StrategyLowering(name="dp", axis="tp", weights="replicate", cache="batch"),
+        StrategyLowering(name="tp", axis="tp", weights="megatron", cache="heads"),
+        StrategyLowering(name="tp_sp", axis="tp", weights="megatron", cache="heads"),
+        StrategyLowering(name="vocab", axis="tp", weights="vocab_rows", cache="replicate"),
+    )
+}
+
+
+def lowering_for(strategy: str, block: str) -> StrategyLowering:
+    try:
+        return LOWERINGS[strategy]
+    except KeyError:
+        raise LoweringError(
+            f"block {block!r} uses strategy {strategy!r}, which codegen cannot lower yet; "
+            f"lowerable strategies: {sorted(LOWERINGS)}. Re-plan with --force to avoid it"
+        ) from None
+
+
+def check_stream_layout(name: str, block: str) -> str:
+    if name not in STREAM_LAYOUTS:
+        raise LoweringError(
+            f"block {block!r} has activation layout {name!r}; codegen knows {STREAM_LAYOUTS}"
+        )
+    return name
