@@ -185,11 +185,15 @@ class ProgramOutput:
 @dataclass(frozen=True)
 class CacheSpec:
     """A KV cache: graph input `input` is appended with graph output `output` along
-    `length_dim` (the dim whose global size is L)."""
+    `length_dim` (the dim whose global size is L). `kvp_block` > 0: a Helix cache, split
+    along L over kvp round-robin in blocks of `kvp_block` tokens (global slot g lives on kvp
+    rank (g // kvp_block) % kvp at local slot (g // (kvp_block·kvp))·kvp_block + g % kvp_block);
+    the new K/V is on every kvp rank and only the owner of a slot writes it."""
 
     input: str
     output: str
     length_dim: int
+    kvp_block: int = 0
 
 
 @dataclass(frozen=True)

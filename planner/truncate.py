@@ -47,11 +47,15 @@ class Truncation:
 
 
 def find_layer_container(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The `nn.ModuleList` with the most children (ties: the first in module order)."""
+    """The `nn.ModuleList` with the most children that is not inside another module list
+    (256 experts inside each of 61 layers do not make the experts the layers); ties: the
+    first in module order. `passes.recognize` finds the same list in the trace."""
     best: tuple[str, nn.ModuleList] | None = None
     for path, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and (best is None or len(module) > len(best[1])):
-            best = (path, module)
+        nested = any(part.isdigit() for part in path.split("."))
+        if isinstance(module, nn.ModuleList) and not nested:
+            if best is None or len(module) > len(best[1]):
+                best = (path, module)
     return best
 
 

@@ -162,6 +162,21 @@ def test_runs_keep_their_first_two_layers():
     assert "no run of more than 2" in plan_truncation(tiny)
 
 
+def test_layer_container_is_the_outermost_list():
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(8))
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(Layer() for _ in range(3))
+
+    path, layers = find_layer_container(Model())
+    assert path == "layers" and len(layers) == 3
+
+
 def test_signature_sees_attributes_but_not_the_layer_index():
     class Layer(torch.nn.Module):
         def __init__(self, index: int, window: int | None):

@@ -35,7 +35,12 @@ from ir.rank_program import (
 )
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
 
-SUPPORTED_AXES = ("dp", "tp")
+SUPPORTED_AXES = ("dp", "kvp", "tp")
+# The model-parallel group: tp-style strategies spread a block over kvp×tp as one group
+# (without Helix kvp has size 1). A collective that changes kvp and tp alike runs once over
+# the joined group `kvp_tp` (ranks ordered kvp-major, as the nested kvp/tp shards are).
+MODEL_AXES = ("kvp", "tp")
+JOINED_MODEL_AXIS = "kvp_tp"
 B_SYM, T_SYM = WORKLOAD_SYMBOLS["B"], WORKLOAD_SYMBOLS["T"]
 
 
@@ -99,12 +104,13 @@ class Builder:
         extra = sorted(a for a, n in mesh.items() if n > 1 and a not in SUPPORTED_AXES)
         if extra:
             raise LoweringError(
-                f"the plan's mesh {mesh} uses axes {extra}; codegen lowers only dp and tp "
-                "so far. Re-plan on a mesh without them"
+                f"the plan's mesh {mesh} uses axes {extra}; codegen lowers only dp, kvp and "
+                "tp so far. Re-plan on a mesh without them"
             )
         self.mesh = mesh
         self.axes = tuple(a for a in SUPPORTED_AXES if mesh.get(a, 1) > 1)
         self.sizes = {a: mesh[a] for a in self.axes}
+        self.model_axes = tuple(a for a in MODEL_AXES if a in self.axes)
         self.values: dict[str, LocalValue] = {}
         self.current: dict[str, str] = {}
         self.driver_versions: dict[tuple[str, Layout], str] = {}
@@ -143,9 +149,26 @@ class Builder:
         name = local
         hint = hint or src.hint
         pending_slices: list[tuple[str, int]] = []
+        joined_done = False
         for axis in reversed(self.axes):
             p, q = cur.on(axis), target.on(axis)
-            if p == q:
+            if p == q or (joined_done and axis in MODEL_AXES):
+                continue
+            if self._joins_model_axes(cur, target, axis):
+                # kvp and tp change alike: one collective over the whole model group.
+                joined_done = True
+                kind = _collective_kind(p, q)
+                new_layout = cur.with_axis("kvp", q).with_axis("tp", q)
+                out = self.new_value(src.source, src.spec, new_layout, _conv_hint(hint, kind))
+                steps.append(
+                    Collective(
+                        kind=kind, axis=JOINED_MODEL_AXIS, input=name, output=out,
+                        handle=f"work_{out}", src_dim=p.dim if p.is_shard else -1,
+                        dst_dim=q.dim if q.is_shard else -1,
+                    )
+                )
+                steps.append(Wait(handle=f"work_{out}", output=out))
+                name, cur = out, new_layout
                 continue
             if q.is_partial:
                 raise LoweringError(
@@ -161,10 +184,7 @@ class Builder:
                     f"value {src.source!r}: cannot change {axis} from {p} to {q} while an inner "
                     f"axis splits the same dim ({cur.describe()})"
                 )
-            if p.is_partial:
-                kind = "all_reduce" if q.is_replicate else "reduce_scatter"
-            else:
-                kind = "all_gather" if q.is_replicate else "all_to_all"
+            kind = _collective_kind(p, q)
             new_layout = cur.with_axis(axis, q)
             out = self.new_value(src.source, src.spec, new_layout, _conv_hint(hint, kind))
             handle = f"work_{out}"
@@ -193,6 +213,20 @@ class Builder:
             steps.append(LocalShard(axis=axis, dim=dim, input=name, output=out))
             name, cur = out, new_layout
         return name
+
+    def _joins_model_axes(self, cur: Layout, target: Layout, axis: str) -> bool:
+        """`axis` is tp, kvp is active, and both axes go from the same placement to the same
+        placement that needs communication, nested kvp-major on both sides."""
+        if axis != "tp" or "kvp" not in self.axes:
+            return False
+        p, q = cur.on("tp"), target.on("tp")
+        if cur.on("kvp") != p or target.on("kvp") != q or p.is_replicate or q.is_partial:
+            return False
+        return all(
+            lay.axes.index("kvp") < lay.axes.index("tp")
+            for lay, pl in ((cur, p), (target, q))
+            if pl.is_shard
+        )
 
     # -- weights ----------------------------------------------------------------------------
     def weight(self, param: str, layout: Layout) -> WeightShard:
@@ -236,6 +270,12 @@ class Builder:
         if d is None:
             raise LoweringError(f"value {value!r} {spec} has no {symbol} dim for {layout_name}")
         return shard(d)
+
+
+def _collective_kind(p: Placement, q: Placement) -> str:
+    if p.is_partial:
+        return "all_reduce" if q.is_replicate else "reduce_scatter"
+    return "all_gather" if q.is_replicate else "all_to_all"
 
 
 def _conv_hint(hint: str, kind: str) -> str:

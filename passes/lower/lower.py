@@ -27,6 +27,7 @@ import sympy
 
 from ir.graph import Block, Graph, Op
 from ir.layout import (
+    REPLICATE,
     Layout,
     LoweringError,
     Placement,
@@ -68,7 +69,10 @@ class BlockLowering:
         self.block = block
         self.plan = bp
         self.strategy = strategy
-        self.axes = builder.axes
+        # Helix nests head splits tp-major (see StrategyLowering); layouts built here follow.
+        self.axes = strategy.split_axes(builder.axes) if strategy.weights == "helix" else builder.axes
+        self.axes = tuple(a for a in builder.axes if a not in self.axes) + self.axes
+        self.split_axes = strategy.split_axes(builder.axes)
         self.sizes = builder.sizes
         self.steps: list[Step] = []
         self.primary: dict[str, str] = {}
@@ -229,12 +233,11 @@ class BlockLowering:
         )
 
 
-def _stream_target(
-    builder: Builder, value: str, current: Layout, layout_name: str, axis: str
-) -> Layout:
-    if axis not in builder.axes:
-        return current
-    return current.with_axis(axis, builder.stream_placement(value, layout_name))
+def _stream_target(builder: Builder, value: str, current: Layout, layout_name: str) -> Layout:
+    """The residual stream's layout over the model axes (kvp×tp, nested kvp-major)."""
+    for axis in builder.model_axes:
+        current = current.with_axis(axis, builder.stream_placement(value, layout_name))
+    return current
 
 
 def _input_layout(builder: Builder, name: str) -> Layout:
@@ -244,28 +247,42 @@ def _input_layout(builder: Builder, name: str) -> Layout:
         d = dim_of(spec.shape, B_SYM)
         if d is not None:
             layout = layout.with_axis("dp", shard(d))
-    if "tp" in builder.axes and name.startswith("past_kv"):
+    model = builder.model_axes
+    if model and name.startswith("past_kv"):
         consumer = sorted(builder.consumer_blocks.get(name, ()))
         if consumer:
             bp = _block_plan(builder.plan, consumer[0])
             strat = lowering_for(bp.strategy, bp.name)
-            if strat.cache == "heads":
+            if strat.cache in ("heads", "helix"):
+                # helix splits KV heads over tp only; tp-style strategies over kvp×tp
+                head_axes = ("tp",) if strat.cache == "helix" else model
+                head_axes = tuple(a for a in head_axes if a in model)
                 if len(spec.shape) != 4:
                     raise LoweringError(
                         f"cache {name!r} {spec} has no KV-head dim; strategy {bp.strategy!r} "
                         f"of block {bp.name!r} splits KV heads (latent caches are not split by heads)"
                     )
-                heads, n = sympy.sympify(spec.shape[1]), builder.sizes["tp"]
+                heads = sympy.sympify(spec.shape[1])
+                n = 1
+                for a in head_axes:
+                    n *= builder.sizes[a]
                 if heads.is_Integer and int(heads) % n:
+                    group = "×".join(f"{a}={builder.sizes[a]}" for a in head_axes)
                     raise LoweringError(
                         f"block {bp.name!r} uses {bp.strategy!r}, which splits KV heads over "
-                        f"tp={n}, but its cache {name!r} has {heads} KV heads; tp must divide "
+                        f"{group}, but its cache {name!r} has {heads} KV heads; tp must divide "
                         "the KV heads (duplicating KV heads is not lowered). Use tp <= "
                         f"{heads} dividing it, or another strategy for this block"
                     )
-                layout = layout.with_axis("tp", shard(1))
+                for a in head_axes:
+                    layout = layout.with_axis(a, shard(1))
+                if strat.cache == "helix":
+                    from passes.lower.helix import helix_cache_layout
+
+                    layout = helix_cache_layout(builder, name, layout)
             elif strat.cache == "batch":
-                layout = layout.with_axis("tp", shard(0))
+                for a in model:
+                    layout = layout.with_axis(a, shard(0))
     return layout
 
 
@@ -300,7 +317,7 @@ def _lower_block(builder: Builder, block: Block) -> None:
             if not builder.is_stream(v):
                 continue
             src = builder.current[v]
-            target = _stream_target(builder, v, builder.layout(src), layout_in, strategy.axis)
+            target = _stream_target(builder, v, builder.layout(src), layout_in)
             key = (v, target)
             if key not in builder.driver_versions:
                 builder.driver_versions[(v, builder.layout(src))] = src
@@ -311,8 +328,13 @@ def _lower_block(builder: Builder, block: Block) -> None:
     if edge_steps:
         builder.items.append(EdgeProgram(before_block=block.name, steps=tuple(edge_steps)))
 
-    for op in cx.ops:
-        rule_for(op)(cx, op)
+    if strategy.cache == "helix":
+        from passes.lower.helix import lower_helix_attention
+
+        lower_helix_attention(cx)
+    else:
+        for op in cx.ops:
+            rule_for(op)(cx, op)
 
     # Exit: values used later leave in the layout the plan and the caches expect.
     cache_of_output = {new: cache for cache, new in builder.cache_pairs}
@@ -328,8 +350,11 @@ def _lower_block(builder: Builder, block: Block) -> None:
         current = cx.layout(value)
         if value in cache_of_output:
             target = builder.layout(builder.current[cache_of_output[value]])
+            if strategy.cache == "helix":
+                # every kvp rank computes the new tokens' K/V; the owner rank stores them
+                target = target.with_axis("kvp", REPLICATE)
         elif value == logits or builder.is_stream(value):
-            target = _stream_target(builder, value, current, layout_out, strategy.axis)
+            target = _stream_target(builder, value, current, layout_out)
         else:
             target = current
         local = cx.require(value, target)
@@ -382,6 +407,11 @@ def lower_program(graph: Graph, plan: Plan) -> RankProgram:
     for cache, new in builder.cache_pairs:
         in_layout = builder.values[builder.current[cache]].layout
         out_layout = builder.values[builder.current[new]].layout
+        from passes.lower.helix import helix_kvp_block
+
+        kvp_block = helix_kvp_block(builder, cache)
+        if kvp_block:
+            in_layout = in_layout.with_axis("kvp", REPLICATE)
         if in_layout != out_layout:
             raise LoweringError(
                 f"new KV {new!r} ends as {out_layout.describe()} but cache {cache!r} is "
@@ -390,7 +420,7 @@ def lower_program(graph: Graph, plan: Plan) -> RankProgram:
         length_dim = dim_of(graph.values[cache].shape, WORKLOAD_SYMBOLS["L"])
         if length_dim is None:
             raise LoweringError(f"cache input {cache!r} {graph.values[cache]} has no L dim")
-        caches.append(CacheSpec(input=cache, output=new, length_dim=length_dim))
+        caches.append(CacheSpec(input=cache, output=new, length_dim=length_dim, kvp_block=kvp_block))
     symbols = _symbol_sources(builder, inputs)
     return RankProgram(
         mesh=dict(builder.mesh),

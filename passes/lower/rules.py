@@ -23,7 +23,7 @@ import sympy
 from ir.graph import Op, ValueRef
 from ir.layout import PARTIAL, REPLICATE, Layout, Placement, shard
 from ir.rank_program import AxisRank
-from passes.lower.builder import same, tensor_refs
+from passes.lower.builder import JOINED_MODEL_AXIS, MODEL_AXES, same, tensor_refs
 from passes.lower.lower import BlockLowering
 
 Rule = Callable[[BlockLowering, Op], None]
@@ -226,7 +226,7 @@ def linear(cx: BlockLowering, op: Op) -> None:
     for axis in cx.axes:
         px = cx.on(x, axis)
         pw = REPLICATE
-        if axis == cx.strategy.axis:
+        if axis in cx.split_axes:
             pw = cx.strategy.weight_placement(
                 cx.graph,
                 cx.block,
@@ -234,6 +234,7 @@ def linear(cx: BlockLowering, op: Op) -> None:
                 w,
                 input_split_last=px.is_shard and px.dim == x_rank - 1,
                 axis_size=cx.sizes[axis],
+                axis=axis,
             )
         want_w[axis] = pw
         if pw.is_shard and pw.dim == 0:  # column parallel
@@ -279,28 +280,32 @@ def embedding(cx: BlockLowering, op: Op) -> None:
     w, ids = arg(op, 0, "weight").name, arg(op, 1, "indices").name
     out = op.outputs[0]
     want_w, want_ids, out_pl = {}, {}, {}
-    split_axis = None
+    split_axes = []
     for axis in cx.axes:
         pids = cx.on(ids, axis)
         pw = REPLICATE
-        if axis == cx.strategy.axis:
+        if axis in cx.split_axes:
             pw = cx.strategy.weight_placement(
-                cx.graph, cx.block, op, w, input_split_last=False, axis_size=cx.sizes[axis]
+                cx.graph, cx.block, op, w, input_split_last=False, axis_size=cx.sizes[axis], axis=axis
             )
         want_w[axis] = pw
         if pw.is_shard:
             if pw.dim != 0:
                 raise cx.fail(op, f"cannot split an embedding table along dim {pw.dim}")
-            split_axis = axis
+            split_axes.append(axis)
             want_ids[axis], out_pl[axis] = REPLICATE, PARTIAL
         else:
             want_ids[axis] = REPLICATE if pids.is_partial else pids
             out_pl[axis] = want_ids[axis]
     cx.param(w, build(cx, want_w))
     inputs = {ids: with_axes(cx, ids, want_ids), w: build(cx, want_w)}
-    if split_axis is None:
+    if not split_axes:
         cx.emit_compute(op, inputs, [(out, build(cx, out_pl))])
         return
+    if len(split_axes) > 1 and tuple(split_axes) != MODEL_AXES:
+        raise cx.fail(op, f"cannot split an embedding table over {split_axes}")
+    # Rows split over kvp and tp (kvp-major) are one split over the joined model group.
+    split_axis = split_axes[0] if len(split_axes) == 1 else JOINED_MODEL_AXIS
     cx.emit_compute(
         op,
         inputs,

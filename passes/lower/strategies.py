@@ -1,6 +1,7 @@
 """How each planner strategy is lowered: declared data read by the generic lowering.
 
-A strategy's lowering says, for its mesh axis (`tp` for all strategies here), how weights
+A strategy's lowering says, for its mesh axes (the model group kvp×tp for all strategies
+here; without Helix kvp has size 1), how weights
 are split (`weights`), where the KV cache is split (`cache`) and how the residual stream is
 laid out on entry and exit (from the plan's `layout_in`/`layout_out`). Everything else —
 activation layouts inside the block, where collectives go — follows by layout propagation.
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from ir.graph import Block, Graph, Op
 from ir.layout import REPLICATE, LoweringError, Placement, shard
 
-WEIGHT_RULES = ("replicate", "megatron", "vocab_rows")
-CACHE_RULES = ("replicate", "heads", "batch")
+WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix")
+CACHE_RULES = ("replicate", "heads", "batch", "helix")
 STREAM_LAYOUTS = ("replicate", "shard_batch", "shard_seq")
 
 
@@ -24,8 +25,17 @@ class StrategyLowering:
     """`weights`: replicate — every rank holds whole weights; megatron — a linear whose input
     is replicated is column-parallel (weight rows split), one whose input is split along its
     last dim is row-parallel (weight columns split, output Partial); vocab_rows — embedding
-    tables (rows dividing the axis) and the `vocab`-row projection are split by rows. `cache`: which dim of the KV
-    cache this block's ranks split (heads: the KV-head dim; batch: the batch dim)."""
+    tables (rows dividing the axis) and the `vocab`-row projection are split by rows; helix —
+    column-parallel over tp only (Q/K/V for the rank's TPA head slice, the same on every kvp
+    rank), row-parallel over every axis its input is split on (the output projection over
+    all kvp×tp ranks). `cache`: which dim of the KV cache this block's ranks split (heads:
+    the KV-head dim; batch: the batch dim; helix: KV heads over tp and the sequence over kvp,
+    round-robin in blocks, see passes/lower/helix.py).
+
+    The strategy spreads its block over the model axes (kvp and tp, those of size > 1); a
+    tensor split over both is nested kvp-major (as one group of kvp×tp ranks), except inside
+    a Helix block, whose head splits are tp-major (the all-to-all over kvp splits each tp
+    rank's heads further)."""
 
     name: str
     axis: str
@@ -45,6 +55,7 @@ class StrategyLowering:
         *,
         input_split_last: bool,
         axis_size: int,
+        axis: str = "tp",
     ) -> Placement:
         """Placement on `self.axis` of `weight` read by `op`; `input_split_last` says the
         op's activation arrives split along its last (contracted) dim on this axis."""
@@ -62,7 +73,14 @@ class StrategyLowering:
             return REPLICATE
         if input_split_last:
             return shard(1)
+        if self.weights == "helix" and axis != "tp":
+            return REPLICATE
         return shard(0)
+
+    def split_axes(self, axes: tuple[str, ...]) -> tuple[str, ...]:
+        """The active mesh axes this strategy splits weights over, outer first."""
+        order = ("tp", "kvp") if self.weights == "helix" else ("kvp", "tp")
+        return tuple(a for a in order if a in axes)
 
 
 LOWERINGS: dict[str, StrategyLowering] = {
@@ -73,6 +91,7 @@ LOWERINGS: dict[str, StrategyLowering] = {
         StrategyLowering(name="tp", axis="tp", weights="megatron", cache="heads"),
         StrategyLowering(name="tp_sp", axis="tp", weights="megatron", cache="heads"),
         StrategyLowering(name="vocab", axis="tp", weights="vocab_rows", cache="replicate"),
+        StrategyLowering(name="helix", axis="tp", weights="helix", cache="helix"),
     )
 }
 
