@@ -113,5 +113,8 @@ def local_shape(
                 f"{what}: dim {d} of size {size} cannot be split {n} ways "
                 f"({layout.describe()}); choose a mesh whose axis sizes divide it"
             )
-        out.append(sympy.simplify(size / n) if n > 1 else size)
+        if n == 1:
+            out.append(size)
+        else:  # sympy.simplify would be exact too, but it dominated lowering time
+            out.append(sympy.Integer(int(size) // n) if size.is_Integer else size / n)
     return tuple(out)

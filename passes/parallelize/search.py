@@ -130,7 +130,13 @@ def search(
         outcomes.append(MeshOutcome(mesh, built, solution, "", min_mem))
     feasible = [o for o in outcomes if o.solution is not None]
     if not feasible:
-        raise InfeasiblePlanError(_infeasible_message(outcomes, gpus, capacity, workload))
+        message = _infeasible_message(outcomes, gpus, capacity, workload)
+        if verified_only:
+            message += (
+                ". Only strategies verified end to end were considered; "
+                "--allow-unverified plans with every applicable strategy"
+            )
+        raise InfeasiblePlanError(message)
     # Ties go to the simpler mesh: a kvp axis whose plan uses no Helix equals a plain tp mesh.
     best = min(
         feasible,
