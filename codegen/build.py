@@ -29,6 +29,10 @@ STRATEGY_NOTES = {
     "tp": "heads / FFN columns split over tp (column-parallel in, row-parallel out)",
     "tp_sp": "tp with the residual stream split along tokens (all-gather in, reduce-scatter out)",
     "vocab": "vocabulary rows split over tp",
+    "helix": (
+        "Helix: KV split along the sequence over kvp, heads over tp; partial attention, "
+        "all-to-all over kvp, log-sum-exp combine; output projection row-parallel over kvp×tp"
+    ),
 }
 
 
@@ -294,6 +298,7 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
             "input": c.input,
             "output": c.output,
             "length_dim": c.length_dim,
+            "kvp_block": c.kvp_block,
             "dtype": program.values[next(p.local for p in program.inputs if p.name == c.input)].spec.dtype,
         }
         for c in program.caches

@@ -187,8 +187,8 @@ class Renderer:
             return f"-{self.arg(a[0])}"
         if t == "linear":
             return self.call("F.linear", tuple(a), kw)
-        if t == "vocab_embedding":
-            return self.call("vocab_embedding", tuple(a), kw)
+        if t in ("vocab_embedding", "helix_partial_attention", "helix_combine"):
+            return self.call(t, tuple(a), kw)
         if t == "embedding" and len(a) == 2 and not kw:
             return f"F.embedding({self.arg(a[1])}, {self.arg(a[0])})"
         if t == "rms_norm":
@@ -270,9 +270,9 @@ class Renderer:
             handle = define(step.handle)
             src = self.value(step.input)
             group = f"pg.{step.axis}"
-            before = values[step.input].layout.on(step.axis)
-            after = values[step.output].layout.on(step.axis)
-            what = f"{before} -> {after} over {step.axis}"
+            before = _placement_on(values[step.input].layout, step.axis)
+            after = _placement_on(values[step.output].layout, step.axis)
+            what = f"{before} -> {after} over {step.axis.replace('_', '×')}"
             if step.kind == "all_reduce":
                 copy = ".clone()" if readers.get(step.input, 0) > 1 else ".contiguous()"
                 return [
@@ -344,6 +344,11 @@ class Renderer:
             if isinstance(s, Collective) and s.handle == handle:
                 return s
         raise KeyError(handle)
+
+
+def _placement_on(layout, axis: str):
+    """The placement on `axis`; for a joined axis (`kvp_tp`), on its parts (alike)."""
+    return layout.on(axis) if axis in layout.axes else layout.on(axis.split("_")[-1])
 
 
 def aten_callable(target: str) -> str:

@@ -412,7 +412,7 @@ def lower_program(graph: Graph, plan: Plan) -> RankProgram:
         kvp_block = helix_kvp_block(builder, cache)
         if kvp_block:
             in_layout = in_layout.with_axis("kvp", REPLICATE)
-        if in_layout != out_layout:
+        if dict(in_layout.placements) != dict(out_layout.placements):
             raise LoweringError(
                 f"new KV {new!r} ends as {out_layout.describe()} but cache {cache!r} is "
                 f"{in_layout.describe()}; they must match to append locally"

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from ir.graph import Block
 
-# strategy -> block kinds verified (tests/test_codegen.py, tests/test_codegen_torchrun.py)
+# strategy -> block kinds verified (tests/test_codegen.py, tests/test_codegen_torchrun.py,
+# tests/test_codegen_helix.py)
 VERIFIED_KINDS: dict[str, frozenset[str]] = {
     "replicate": frozenset({"embedding", "attention", "mlp", "moe", "norm", "lm_head", "other"}),
     "tp": frozenset({"attention", "mlp"}),
     "tp_sp": frozenset({"attention", "mlp", "norm"}),
     "dp": frozenset({"attention", "mlp", "norm", "embedding", "lm_head"}),
     "vocab": frozenset({"embedding", "lm_head"}),
+    # GQA attention in decode (tests/test_codegen_helix.py); latent attention is excluded below
+    "helix": frozenset({"attention"}),
 }
 
 
