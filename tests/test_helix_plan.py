@@ -1,7 +1,7 @@
 """Helix in the planner: when it wins, its constraints, HOP-B as an ILP decision.
 
-Helix is not offered by default until its generated program is verified end to end; these
-tests opt in with `strategies=`."""
+Helix is offered by default for GQA attention in decode (verified end to end in
+tests/test_codegen_helix.py); baselines here drop it with `strategies=`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from passes.parallelize.strategies import DEFAULT_STRATEGIES
 from tests.conftest import EXAMPLES
 
 WITH_HELIX = DEFAULT_STRATEGIES | {"helix"}
+WITHOUT_HELIX = DEFAULT_STRATEGIES - {"helix"}
 
 
 def _attention_choice(result, layer=0):
@@ -29,7 +30,7 @@ def test_helix_wins_long_context_decode(load):
     graph = load(str(EXAMPLES / "llama.py"), preset="llama3.1-405b").graph
     hw = load_hardware("gb200-nvl72")
     wl = Workload(kind="decode", batch=8, seq=1, context=1 << 20, weight_dtype="fp8", kv_dtype="fp8")
-    base = search(graph, wl, hw, 64)
+    base = search(graph, wl, hw, 64, strategies=WITHOUT_HELIX)
     helix = search(graph, wl, hw, 64, strategies=WITH_HELIX)
     name, extras = _attention_choice(helix)
     assert name == "helix" and helix.best.mesh.size("kvp") > 1
@@ -37,12 +38,15 @@ def test_helix_wins_long_context_decode(load):
     assert "hopb" in extras
 
 
-def test_helix_not_offered_by_default_or_for_prefill(load):
+def test_helix_offered_by_default_for_decode_only(load):
     graph = load(str(EXAMPLES / "llama.py")).graph
     hw = load_hardware("h100-sxm")
     wl = Workload(kind="decode", batch=4, seq=1, context=4096)
+    assert "helix" in DEFAULT_STRATEGIES
     default = search(graph, wl, hw, 4)
-    assert all(m.size("kvp") == 1 for m in (o.mesh for o in default.outcomes))
+    assert any(o.mesh.size("kvp") > 1 for o in default.outcomes)
+    without = search(graph, wl, hw, 4, strategies=WITHOUT_HELIX)
+    assert all(o.mesh.size("kvp") == 1 for o in without.outcomes)
     prefill = Workload(kind="prefill", batch=2, seq=64)
     with pytest.raises(InfeasiblePlanError, match="helix applies to decode"):
         search(graph, prefill, hw, 4, force=[ForceRule.parse("layers.*.attention=helix")])

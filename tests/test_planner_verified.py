@@ -35,3 +35,19 @@ def test_ilp_choice_verifies(load, tmp_path, model, kind, nproc):
     results = run_threaded(program, nproc, argv)
     report = judge(run.plan, results, nproc)
     assert report.ok and report.memory_ok, (report.max_abs_err, report.problems, run.plan.mesh)
+
+
+def test_ilp_chooses_helix_for_long_context_and_it_verifies(load, tmp_path):
+    """Tiny Llama, one sequence with a 1M-token cache on 4 GPUs: the optimum is Helix
+    (kvp=2 × tpa=2; the 2 KV heads cap plain TP at 2). Its program, run over 40 decode steps
+    (appends wrap around every KVP rank), matches the model exactly."""
+    loaded = load(str(EXAMPLES / "llama.py"))
+    wl = Workload(kind="decode", batch=1, seq=1, context=1 << 20)
+    run = make_plan(loaded, hardware="h100-sxm", gpus=4, workload=wl)
+    attention = run.plan.block("layers.0.attention")
+    assert attention.strategy == "helix" and run.plan.mesh["kvp"] > 1
+    program = write_run_plan(run.graph, run.plan, tmp_path)
+    argv = program_args(workload="decode", batch=1, seq=1, context=8, steps=40)
+    results = run_threaded(program, 4, argv)
+    report = judge(run.plan, results, 4)
+    assert report.ok and report.memory_ok, (report.max_abs_err, report.problems)

@@ -151,7 +151,7 @@ HELIX = Strategy(
     layout_out=REPLICATE,
     requirements=(helix_requirements,),
     price=price_helix,
-    default=False,
+    default=True,
     workloads=frozenset({"decode"}),
     variants=helix_variants,
 )
