@@ -91,7 +91,9 @@ def _sha256(path: Path) -> str:
 
 
 def load_module_file(path: str) -> ModuleType:
-    name = "helixplan_user_model_" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    # Keyed by path and content: an edited file is imported afresh, never served stale.
+    key = str(Path(path).resolve()).encode() + Path(path).read_bytes()
+    name = "helixplan_user_model_" + hashlib.sha1(key).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
