@@ -106,6 +106,20 @@ def load_graph(source: ModelSource, *, use_cache: bool = True) -> LoadedModel:
     return loaded
 
 
+def load_module_graph(module: torch.nn.Module, example_inputs: dict[str, Any]) -> LoadedModel:
+    """Trace an in-memory module (the `planner.plan` API). Not cached: there is no file to
+    key on. Every layer is traced."""
+    t0 = time.perf_counter()
+    name = type(module).__name__
+    source = ModelSource("module", f"<{type(module).__module__}.{name}>", {}, "")
+    graph = capture(module, example_inputs, what=f"module {name}", source=source.to_dict())
+    t1 = time.perf_counter()
+    graph, runner = analyze(graph)
+    seconds = {"capture": t1 - t0, "passes": time.perf_counter() - t1}
+    seconds.update({f"pass:{t.name}": t.seconds for t in runner.timings})
+    return LoadedModel(source=source, graph=graph, seconds=seconds)
+
+
 def trace_graph(source: ModelSource, *, dedup: bool | None = None) -> LoadedModel:
     """Trace once with symbolic B, T and L (decode-shaped inputs with a KV cache for model
     files; prefill-shaped for hf: models, whose attention then attends over T + L).

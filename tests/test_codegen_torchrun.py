@@ -9,6 +9,9 @@ torchrun; the full strategy matrix runs in one process in tests/test_codegen.py.
                                                                              vocab (a2a, rs, ag, ar)
     planted error (one all-reduce removed) llama  2      tp2       decode    tp + vocab -> exit 1
     model file, planned by the planner     llama  2      dp2       decode    planner's choice
+    plan dir, hand-made Helix plan         llama  4      kvp2xtp2  decode    helix (hopb=2, 8 steps,
+                                                                             append_block 4) / mlp tp
+                                                                             / vocab over kvp×tp
 """
 
 from __future__ import annotations
@@ -92,3 +95,20 @@ def test_verify_model_file_plans_then_checks(tmp_path):
     assert code == 0, log
     assert out["ok"] is True
     assert (tmp_path / "plan.json").is_file() and (tmp_path / "run_plan.py").is_file()
+
+
+def test_verify_helix_hopb2_on_four_ranks(load, tmp_path):
+    """Helix kvp=2 x tp=2 with HOP-B (2 batch slices, each slice's all-to-all async and
+    waited after the next slice's partial attention), 8 decode steps so the round-robin KV
+    appends (append_block 4) wrap around both kvp ranks, under real torchrun/gloo."""
+    from tests.test_codegen_helix import helix_plan
+
+    graph = load(str(ROOT / "examples" / "llama.py")).graph
+    plan = helix_plan(graph, {"kvp": 2, "tp": 2}, hopb=2)
+    plan.save(tmp_path / "plan.json")
+    text = write_run_plan(graph, plan, tmp_path).read_text()
+    assert text.count("dist.all_to_all_single(") >= 2 and "async_op=True" in text
+    code, out, log = verify(str(tmp_path), "--nproc", "4", "--steps", "8")
+    assert code == 0, log
+    assert out["ok"] is True and out["nproc"] == 4
+    assert out["max_abs_err"] <= 1e-4 * out["ref_scale"]
