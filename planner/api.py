@@ -255,7 +255,16 @@ def write_outputs(
     from planner.report import write_report
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".helixplan-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(
+            f"--out {str(out)!r} cannot be written ({exc.strerror or exc}); give a directory "
+            "you can create files in"
+        ) from None
     paths = {"plan": run.plan.save(out / "plan.json")}
     paths["report"] = write_report(run, out / "report.md")
     if write_program:

@@ -193,3 +193,9 @@ def test_slo_without_batch_finds_largest_batch(load):
         make_plan(loaded, hardware="h100-sxm", gpus=4, workload=replace(wl, batch=b + 1))
     with pytest.raises(InfeasiblePlanError, match="SLO"):
         make_plan_max_batch(loaded, hardware="h100-sxm", gpus=4, workload=replace(wl, ttl_slo_s=1e-6))
+
+
+@pytest.mark.parametrize("out", ["/proc/helixplan-forbidden", "/etc/passwd"])
+def test_unwritable_output_directory_is_a_clear_error(out):
+    r = _cli("plan", str(EXAMPLES / "llama.py"), "--gpus", "2", "--out", out)
+    assert r.returncode == 2 and "cannot be written" in r.stderr and "Traceback" not in r.stderr
