@@ -154,7 +154,8 @@ def test_plan_cli_is_deterministic_and_explains(tmp_path):
     b = _cli(*args, "--out", str(tmp_path / "b"))
     assert b.returncode == 0, b.stderr
     assert a.returncode == 0, a.stderr
-    assert (tmp_path / "a" / "plan.json").read_bytes() == (tmp_path / "b" / "plan.json").read_bytes()
+    for name in ("plan.json", "run_plan.py"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     plan = json.loads((tmp_path / "a" / "plan.json").read_text())
     assert list(plan)[:6] == ["schema_version", "model", "hardware", "workload", "mesh", "rank_map"]
     assert plan["hardware"]["hbm_bytes_per_s"] > 1e12
