@@ -92,34 +92,57 @@ proof on three tight cases CP-SAT closed in 0.5-15 s. CP-SAT at its single-worke
 (linearization_level 1) did not prove even the memory-slack case in 60 s (gap 2%), which is
 why level 2 is set. A tight cap makes the per-block problem a multiple-choice knapsack over
 many near-identical layers; that, not the edges, is what can leave a gap at the limit.
+
+Where the code lives: this module holds the data, the greedy hint and `solve`;
+`ilp_backends` reduces the problem, scales it and builds the program above one constraint
+family per method; `ilp_diagnostics` words the infeasibility errors and runner-up reasons.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from ortools.math_opt.python import mathopt
-from ortools.math_opt.solvers import highs_pb2
-from ortools.sat.python import cp_model
+from typing import Literal
 
 from ir.errors import InfeasiblePlanError
+from passes.parallelize.ilp_backends import (
+    BACKENDS,
+    Backend,
+    _Formulation,
+    _option_names,
+    _reduce,
+    _Reduced,
+)
+from passes.parallelize.ilp_diagnostics import (
+    _check_simple_bounds,
+    _runner_up_reason,
+    _time_budget_error,
+)
 
-Backend = Literal["auto", "cpsat", "scip", "highs"]
+__all__ = [
+    "BACKENDS",
+    "Alternative",
+    "Backend",
+    "BlockVars",
+    "Edge",
+    "Option",
+    "OptionChange",
+    "Problem",
+    "Solution",
+    "Status",
+    "greedy_assignment",
+    "plan_memory_bytes",
+    "plan_time_s",
+    "solve",
+]
+
 Status = Literal["OPTIMAL", "FEASIBLE"]
 
-BACKENDS: tuple[str, ...] = ("auto", "cpsat", "scip", "highs")
 _AUTO_SHARED_BACKEND = "cpsat"
 _AUTO_PER_BLOCK_BACKEND = "cpsat"
-_SEED = 7
-_TIME_STEPS_PER_UPPER_BOUND = 1e9
-_MAX_EXACT_INTEGER = 2.0**53
-_MIP_FEASIBILITY_TOLERANCE = 1e-9
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,10 +253,6 @@ class Problem:
                     raise ValueError(f"edge {edge.src}->{edge.dst} prices unknown pair {(s, t)}")
 
 
-def _option_names(block: BlockVars) -> tuple[str, ...]:
-    return tuple(option.name for option in block.options)
-
-
 @dataclass(frozen=True, kw_only=True)
 class OptionChange:
     """A decision unit (group or block) whose option differs from the optimum's."""
@@ -291,462 +310,6 @@ def plan_memory_bytes(problem: Problem, assignment: Mapping[str, str]) -> float:
 
 def _options_by_block(problem: Problem) -> dict[str, dict[str, Option]]:
     return {b.name: {o.name: o for o in b.options} for b in problem.blocks}
-
-
-# ---------------------------------------------------------------------------------------
-# Reduction to decision units and couplings
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Unit:
-    name: str
-    blocks: tuple[str, ...]
-    option_names: tuple[str, ...]
-    cost_s: tuple[float, ...]
-    memory_bytes: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class _Coupling:
-    src: int
-    dst: int
-    src_class: tuple[int, ...]
-    dst_class: tuple[int, ...]
-    cost_s: tuple[tuple[float, ...], ...]
-
-
-@dataclass(frozen=True)
-class _Reduced:
-    units: tuple[_Unit, ...]
-    couplings: tuple[_Coupling, ...]
-    memory_limit_bytes: float
-    time_budget_s: float | None
-    unit_of_block: Mapping[str, int]
-
-    def time_upper_bound_s(self) -> float:
-        return sum(max(u.cost_s) for u in self.units) + sum(
-            max(max(row) for row in p.cost_s) for p in self.couplings
-        )
-
-    def assignment(self, choice: Sequence[int]) -> dict[str, str]:
-        return {
-            block: unit.option_names[choice[u]]
-            for u, unit in enumerate(self.units)
-            for block in unit.blocks
-        }
-
-
-def _reduce(problem: Problem) -> _Reduced:
-    members: dict[str, list[BlockVars]] = {}
-    for block in problem.blocks:
-        members.setdefault(block.group if problem.share_groups else block.name, []).append(block)
-    keys = list(members)
-    unit_of_block = {b.name: u for u, key in enumerate(keys) for b in members[key]}
-    cost = [
-        [sum(b.options[s].time_s for b in members[k]) for s in range(len(members[k][0].options))]
-        for k in keys
-    ]
-    memory = [
-        [
-            sum(b.options[s].memory_bytes for b in members[k])
-            for s in range(len(members[k][0].options))
-        ]
-        for k in keys
-    ]
-    option_index = [{name: s for s, name in enumerate(_option_names(members[k][0]))} for k in keys]
-
-    matrices: dict[tuple[int, int], list[list[float]]] = {}
-    for edge in problem.edges:
-        u, v = unit_of_block[edge.src], unit_of_block[edge.dst]
-        for (s_name, t_name), seconds in edge.cost_s.items():
-            s, t = option_index[u][s_name], option_index[v][t_name]
-            if seconds == 0 or (u == v and s != t):
-                continue  # one group cannot use two options at once
-            if u == v:
-                cost[u][s] += seconds
-                continue
-            key, row, col = ((u, v), s, t) if u < v else ((v, u), t, s)
-            if key not in matrices:
-                matrices[key] = [[0.0] * len(cost[key[1]]) for _ in cost[key[0]]]
-            matrices[key][row][col] += seconds
-
-    couplings = []
-    for (u, v), matrix in sorted(matrices.items()):
-        src_class, row_reps = _classes([tuple(row) for row in matrix])
-        dst_class, col_reps = _classes(list(zip(*matrix, strict=True)))
-        class_cost = tuple(tuple(matrix[r][c] for c in col_reps) for r in row_reps)
-        if len(row_reps) == 1:
-            for t, g in enumerate(dst_class):
-                cost[v][t] += class_cost[0][g]
-        elif len(col_reps) == 1:
-            for s, a in enumerate(src_class):
-                cost[u][s] += class_cost[a][0]
-        else:
-            couplings.append(_Coupling(u, v, src_class, dst_class, class_cost))
-
-    units = tuple(
-        _Unit(
-            k,
-            tuple(b.name for b in members[k]),
-            _option_names(members[k][0]),
-            tuple(cost[u]),
-            tuple(memory[u]),
-        )
-        for u, k in enumerate(keys)
-    )
-    return _Reduced(
-        units=units,
-        couplings=tuple(couplings),
-        memory_limit_bytes=problem.memory_capacity_bytes - problem.fixed_memory_bytes,
-        time_budget_s=problem.time_budget_s,
-        unit_of_block=unit_of_block,
-    )
-
-
-def _classes(vectors: list[tuple[float, ...]]) -> tuple[tuple[int, ...], list[int]]:
-    """Class id of each vector (equal vectors share one) and the first index of each class."""
-    ids: dict[tuple[float, ...], int] = {}
-    representatives: list[int] = []
-    for i, vector in enumerate(vectors):
-        if vector not in ids:
-            ids[vector] = len(representatives)
-            representatives.append(i)
-    return tuple(ids[vector] for vector in vectors), representatives
-
-
-# ---------------------------------------------------------------------------------------
-# Scaling: where floats become solver numbers
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _IntegerScale:
-    """CP-SAT numbers: time rounded to steps of `time_step_s`, memory exact in 2^-k bytes."""
-
-    time_step_s: float
-    memory_step_bytes: float
-
-    @classmethod
-    def of(cls, reduced: _Reduced) -> _IntegerScale:
-        values = [w for unit in reduced.units for w in unit.memory_bytes]
-        total = max(sum(max(unit.memory_bytes) for unit in reduced.units), 1.0)
-        k_max = math.floor(math.log2(_MAX_EXACT_INTEGER / total))
-        k = next(
-            (
-                k
-                for k in range(min(0, k_max), k_max + 1)
-                if all((w * 2.0**k).is_integer() for w in values)
-            ),
-            k_max,
-        )
-        return cls(_time_step_s(reduced), 2.0**-k)
-
-    def time(self, seconds: float) -> int:
-        return round(seconds / self.time_step_s)
-
-    def memory(self, num_bytes: float) -> int:
-        return math.ceil(num_bytes / self.memory_step_bytes)
-
-    def memory_limit(self, num_bytes: float) -> int:
-        return math.floor(num_bytes / self.memory_step_bytes)
-
-
-@dataclass(frozen=True)
-class _RealScale:
-    """MIP numbers: time in the same steps unrounded, memory as a fraction of the limit."""
-
-    time_step_s: float
-    memory_limit_bytes: float
-
-    @classmethod
-    def of(cls, reduced: _Reduced) -> _RealScale:
-        return cls(_time_step_s(reduced), max(reduced.memory_limit_bytes, 1.0))
-
-    def time(self, seconds: float) -> float:
-        return seconds / self.time_step_s
-
-    def memory(self, num_bytes: float) -> float:
-        return num_bytes / self.memory_limit_bytes
-
-    def memory_limit(self, num_bytes: float) -> float:
-        return num_bytes / self.memory_limit_bytes
-
-
-def _time_step_s(reduced: _Reduced) -> float:
-    upper = reduced.time_upper_bound_s()
-    return upper / _TIME_STEPS_PER_UPPER_BOUND if upper > 0 else 1.0
-
-
-# ---------------------------------------------------------------------------------------
-# Backends: a few primitives each; the formulation is written once against them
-# ---------------------------------------------------------------------------------------
-
-Terms = list[tuple[Any, float]]
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    status: Literal["OPTIMAL", "FEASIBLE", "INFEASIBLE", "UNKNOWN"]
-    values: Callable[[Any], float] | None
-    objective: float
-    bound: float
-    seconds: float
-
-
-class _CpSatBackend:
-    name = "cpsat"
-
-    def __init__(self, reduced: _Reduced) -> None:
-        self.scale = _IntegerScale.of(reduced)
-        self.model = cp_model.CpModel()
-        self.num_variables = 0
-        self.num_constraints = 0
-
-    def new_binary(self, name: str) -> Any:
-        self.num_variables += 1
-        return self.model.new_bool_var(name)
-
-    new_fraction = new_binary
-
-    def _sum(self, terms: Terms) -> Any:
-        return cp_model.LinearExpr.weighted_sum([v for v, _ in terms], [int(c) for _, c in terms])
-
-    def add_equal(self, terms: Terms, rhs: float) -> None:
-        self.num_constraints += 1
-        self.model.add(self._sum(terms) == int(rhs))
-
-    def add_at_most(self, terms: Terms, upper: float) -> None:
-        self.num_constraints += 1
-        self.model.add(self._sum(terms) <= int(upper))
-
-    def minimize(self, terms: Terms) -> None:
-        self.model.minimize(self._sum(terms))
-
-    def solve(self, time_limit_s: float, hint: Mapping[Any, float] | None) -> _Outcome:
-        self.model.clear_hints()
-        for var, value in (hint or {}).items():
-            self.model.add_hint(var, int(value))
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = _SEED
-        solver.parameters.linearization_level = 2  # the whole model in the LP; see "auto"
-        solver.parameters.max_time_in_seconds = time_limit_s
-        started = time.perf_counter()
-        status = solver.solve(self.model)
-        seconds = time.perf_counter() - started
-        if status == cp_model.MODEL_INVALID:
-            raise RuntimeError(f"CP-SAT rejected the model: {self.model.validate()}")
-        name = {
-            cp_model.OPTIMAL: "OPTIMAL",
-            cp_model.FEASIBLE: "FEASIBLE",
-            cp_model.INFEASIBLE: "INFEASIBLE",
-        }.get(status, "UNKNOWN")
-        if name in ("INFEASIBLE", "UNKNOWN"):
-            return _Outcome(name, None, math.inf, solver.best_objective_bound, seconds)
-        return _Outcome(
-            name, solver.value, solver.objective_value, solver.best_objective_bound, seconds
-        )
-
-
-class _MathOptBackend:
-    def __init__(self, reduced: _Reduced, name: Literal["scip", "highs"]) -> None:
-        self.name = name
-        self.scale = _RealScale.of(reduced)
-        self.model = mathopt.Model(name="helixplan")
-        self.num_variables = 0
-        self.num_constraints = 0
-
-    def new_binary(self, name: str) -> Any:
-        self.num_variables += 1
-        return self.model.add_binary_variable(name=name)
-
-    def new_fraction(self, name: str) -> Any:
-        self.num_variables += 1
-        return self.model.add_variable(lb=0.0, ub=1.0, name=name)
-
-    def add_equal(self, terms: Terms, rhs: float) -> None:
-        self.num_constraints += 1
-        self.model.add_linear_constraint(mathopt.fast_sum(c * v for v, c in terms) == rhs)
-
-    def add_at_most(self, terms: Terms, upper: float) -> None:
-        self.num_constraints += 1
-        self.model.add_linear_constraint(mathopt.fast_sum(c * v for v, c in terms) <= upper)
-
-    def minimize(self, terms: Terms) -> None:
-        self.model.minimize(mathopt.fast_sum(c * v for v, c in terms))
-
-    def solve(self, time_limit_s: float, hint: Mapping[Any, float] | None) -> _Outcome:
-        params = mathopt.SolveParameters(
-            time_limit=datetime.timedelta(seconds=time_limit_s),
-            random_seed=_SEED,
-            relative_gap_tolerance=0.0,
-            absolute_gap_tolerance=0.0,
-        )
-        if self.name == "scip":
-            solver_type = mathopt.SolverType.GSCIP
-            params.threads = 1
-            params.gscip.real_params["numerics/feastol"] = _MIP_FEASIBILITY_TOLERANCE
-        else:
-            solver_type = mathopt.SolverType.HIGHS  # MathOpt's HiGHS takes no `threads`
-            params.highs.CopyFrom(
-                highs_pb2.HighsOptionsProto(
-                    double_options={
-                        "primal_feasibility_tolerance": _MIP_FEASIBILITY_TOLERANCE,
-                        "mip_feasibility_tolerance": _MIP_FEASIBILITY_TOLERANCE,
-                    }
-                )
-            )
-        model_params = mathopt.ModelSolveParameters(
-            solution_hints=[mathopt.SolutionHint(variable_values=dict(hint))] if hint else []
-        )
-        started = time.perf_counter()
-        result = mathopt.solve(self.model, solver_type, params=params, model_params=model_params)
-        seconds = time.perf_counter() - started
-        reason = result.termination.reason
-        if reason in (
-            mathopt.TerminationReason.INFEASIBLE,
-            mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED,
-        ):
-            return _Outcome("INFEASIBLE", None, math.inf, -math.inf, seconds)
-        if not result.has_primal_feasible_solution():
-            if reason != mathopt.TerminationReason.NO_SOLUTION_FOUND:
-                raise RuntimeError(
-                    f"{self.name} stopped with {reason.name}: {result.termination.detail}"
-                )
-            return _Outcome("UNKNOWN", None, math.inf, result.best_objective_bound(), seconds)
-        values = result.variable_values()
-        status = "OPTIMAL" if reason == mathopt.TerminationReason.OPTIMAL else "FEASIBLE"
-        return _Outcome(
-            status,
-            values.__getitem__,
-            result.objective_value(),
-            result.best_objective_bound(),
-            seconds,
-        )
-
-
-def _new_backend(reduced: _Reduced, name: str) -> _CpSatBackend | _MathOptBackend:
-    if name == "cpsat":
-        return _CpSatBackend(reduced)
-    if name in ("scip", "highs"):
-        return _MathOptBackend(reduced, name)  # type: ignore[arg-type]
-    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-
-
-# ---------------------------------------------------------------------------------------
-# The formulation: one method per constraint family
-# ---------------------------------------------------------------------------------------
-
-
-class _Formulation:
-    """The integer program of the module docstring, built on one backend."""
-
-    def __init__(
-        self, reduced: _Reduced, backend_name: str, *, with_time_budget: bool = True
-    ) -> None:
-        self.reduced = reduced
-        self.backend = _new_backend(reduced, backend_name)
-        self.scale = self.backend.scale
-        self.x = [
-            [self.backend.new_binary(f"x[{u.name}|{s}]") for s in u.option_names]
-            for u in reduced.units
-        ]
-        self.z = [
-            [
-                [self.backend.new_fraction(f"z[{p}|{a},{g}]") for g in range(len(row))]
-                for a, row in enumerate(c.cost_s)
-            ]
-            for p, c in enumerate(reduced.couplings)
-        ]
-        self._add_one_option_per_block()
-        self._add_edge_linearization()
-        self._add_memory_capacity()
-        if with_time_budget and reduced.time_budget_s is not None:
-            self._add_time_budget(reduced.time_budget_s)
-        self.backend.minimize(self._time_terms())
-        self.num_variables = self.backend.num_variables
-        self.num_constraints = self.backend.num_constraints  # before any no-good cut
-
-    def _add_one_option_per_block(self) -> None:
-        for x_u in self.x:
-            self.backend.add_equal([(x, 1) for x in x_u], 1)
-
-    def _add_edge_linearization(self) -> None:
-        for p, coupling in enumerate(self.reduced.couplings):
-            z = self.z[p]
-            for a in range(len(z)):
-                members = [
-                    (self.x[coupling.src][s], -1)
-                    for s, c in enumerate(coupling.src_class)
-                    if c == a
-                ]
-                self.backend.add_equal([(var, 1) for var in z[a]] + members, 0)
-            for g in range(len(z[0])):
-                members = [
-                    (self.x[coupling.dst][t], -1)
-                    for t, c in enumerate(coupling.dst_class)
-                    if c == g
-                ]
-                self.backend.add_equal([(z[a][g], 1) for a in range(len(z))] + members, 0)
-
-    def _add_memory_capacity(self) -> None:
-        terms = [
-            (self.x[u][s], self.scale.memory(w))
-            for u, unit in enumerate(self.reduced.units)
-            for s, w in enumerate(unit.memory_bytes)
-            if w > 0
-        ]
-        self.backend.add_at_most(terms, self.scale.memory_limit(self.reduced.memory_limit_bytes))
-
-    def _add_time_budget(self, budget_s: float) -> None:
-        self.backend.add_at_most(self._time_terms(), self.scale.time(budget_s))
-
-    def add_no_good_cut(self, choice: Sequence[int]) -> None:
-        """Cut off exactly the plan `choice` (one option index per unit)."""
-        self.backend.add_at_most([(self.x[u][s], 1) for u, s in enumerate(choice)], len(choice) - 1)
-
-    def _time_terms(self) -> Terms:
-        terms = [
-            (self.x[u][s], self.scale.time(c))
-            for u, unit in enumerate(self.reduced.units)
-            for s, c in enumerate(unit.cost_s)
-        ]
-        for p, coupling in enumerate(self.reduced.couplings):
-            terms += [
-                (self.z[p][a][g], self.scale.time(c))
-                for a, row in enumerate(coupling.cost_s)
-                for g, c in enumerate(row)
-            ]
-        return [(var, c) for var, c in terms if c != 0]
-
-    def hint_values(self, choice: Sequence[int]) -> dict[Any, float]:
-        """A complete solution for `choice`: x one-hot, z the product of the classes."""
-        values = {
-            x: float(s == choice[u]) for u, x_u in enumerate(self.x) for s, x in enumerate(x_u)
-        }
-        for p, coupling in enumerate(self.reduced.couplings):
-            a_chosen = coupling.src_class[choice[coupling.src]]
-            g_chosen = coupling.dst_class[choice[coupling.dst]]
-            for a, z_a in enumerate(self.z[p]):
-                for g, z in enumerate(z_a):
-                    values[z] = float(a == a_chosen and g == g_chosen)
-        return values
-
-    def solve(
-        self, time_limit_s: float, hint: Sequence[int] | None
-    ) -> tuple[_Outcome, list[int] | None]:
-        outcome = self.backend.solve(
-            time_limit_s, self.hint_values(hint) if hint is not None else None
-        )
-        return outcome, self.read_choice(outcome)
-
-    def read_choice(self, outcome: _Outcome) -> list[int] | None:
-        if outcome.values is None:
-            return None
-        return [
-            max(range(len(x_u)), key=lambda s, x_u=x_u: outcome.values(x_u[s])) for x_u in self.x
-        ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -860,7 +423,7 @@ def solve(
     formulation = _Formulation(reduced, backend_name)
     outcome, choice = formulation.solve(time_limit_s, hint_choice)
     if outcome.status == "INFEASIBLE":
-        raise _time_budget_error(problem, reduced, backend_name, time_limit_s)
+        raise _explain_time_budget(problem, reduced, backend_name, time_limit_s)
     status: Status = "OPTIMAL" if outcome.status == "OPTIMAL" else "FEASIBLE"
     objective_s = math.inf if choice is None else plan_time_s(problem, reduced.assignment(choice))
     if shared is not None and shared.objective_s < objective_s:
@@ -952,107 +515,18 @@ def _runner_ups(
     return tuple(found)
 
 
-def _runner_up_reason(
-    rank: int, objective_s: float, best_s: float, changes: Sequence[OptionChange]
-) -> str:
-    slower = objective_s - best_s
-    percent = 100.0 * slower / best_s if best_s > 0 else 0.0
-    moved = "; ".join(
-        f"{c.unit}: {c.optimum_option} -> {c.option}"
-        + (f" ({c.num_blocks} blocks)" if c.num_blocks > 1 else "")
-        for c in changes[:4]
-    )
-    more = f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
-    return (
-        f"plan #{rank}: best plan left after cutting off the {rank - 1} better one(s); "
-        f"{_fmt_s(abs(slower))} ({abs(percent):.2f}%) {'slower' if slower >= 0 else 'faster'} "
-        f"than the plan returned; differs in {moved}{more}"
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# Infeasibility diagnostics
-# ---------------------------------------------------------------------------------------
-
-
-def _check_simple_bounds(problem: Problem) -> None:
-    """Raise when a block has no option, memory cannot fit, or the budget is below a bound."""
-    for block in problem.blocks:
-        if not block.options:
-            raise InfeasiblePlanError(
-                f"Block {block.name!r} has no candidate strategy, so no plan exists. "
-                "Check the GPU count and mesh: every strategy of this block was ruled out."
-            )
-    min_memory = problem.fixed_memory_bytes + sum(
-        min(o.memory_bytes for o in b.options) for b in problem.blocks
-    )
-    if min_memory > problem.memory_capacity_bytes:
-        per_group: dict[str, float] = {}
-        for b in problem.blocks:
-            per_group[b.group] = per_group.get(b.group, 0.0) + min(
-                o.memory_bytes for o in b.options
-            )
-        largest = sorted(per_group.items(), key=lambda item: -item[1])[:3]
-        listing = ", ".join(f"{group} {_fmt_bytes(num)}" for group, num in largest)
-        raise InfeasiblePlanError(
-            f"Memory binds: even the smallest option of every block needs {_fmt_bytes(min_memory)} "
-            f"per GPU ({_fmt_bytes(problem.fixed_memory_bytes)} fixed; largest groups: {listing}), "
-            f"but the capacity is {_fmt_bytes(problem.memory_capacity_bytes)}. "
-            "Use more GPUs (more sharding), a smaller batch or context, or GPUs with more memory."
-        )
-    if problem.time_budget_s is not None:
-        fastest_s = _time_lower_bound_s(problem)
-        if fastest_s > problem.time_budget_s:
-            raise InfeasiblePlanError(
-                f"The time budget binds: it is {_fmt_s(problem.time_budget_s)}, but the fastest "
-                f"option of every block with the cheapest resharding on every edge, ignoring "
-                f"memory, already takes {_fmt_s(fastest_s)}. Raise the budget to at least that, "
-                "or use more or faster GPUs."
-            )
-
-
-def _time_lower_bound_s(problem: Problem) -> float:
-    blocks = {b.name: b for b in problem.blocks}
-    total = sum(min(o.time_s for o in b.options) for b in problem.blocks)
-    for edge in problem.edges:
-        num_pairs = len(blocks[edge.src].options) * len(blocks[edge.dst].options)
-        if len(edge.cost_s) == num_pairs:
-            total += min(edge.cost_s.values())
-    return total
-
-
-def _time_budget_error(
+def _explain_time_budget(
     problem: Problem, reduced: _Reduced, backend_name: str, time_limit_s: float
 ) -> InfeasiblePlanError:
-    """Explain an infeasible solve: memory fits on its own, so the time budget binds."""
-    budget_s = problem.time_budget_s if problem.time_budget_s is not None else math.inf
+    """Re-solve without the time budget, to say how far the fastest plan that fits misses it."""
     unbudgeted = _Formulation(reduced, backend_name, with_time_budget=False)
     outcome, choice = unbudgeted.solve(time_limit_s, _greedy_choice(reduced))
     if choice is None:
-        fastest = "no plan that fits in memory was found to compare with"
-    else:
-        fastest_s = plan_time_s(problem, reduced.assignment(choice))
-        bound_s = outcome.bound * unbudgeted.scale.time_step_s
-        proof = (
-            "proven optimal"
-            if outcome.status == "OPTIMAL"
-            else f"best found in {time_limit_s:g} s; lower bound {_fmt_s(bound_s)}"
-        )
-        fastest = f"the fastest plan that fits in memory takes {_fmt_s(fastest_s)} ({proof})"
-    return InfeasiblePlanError(
-        f"The time budget binds: it is {_fmt_s(budget_s)}, but {fastest}. Ignoring memory and "
-        f"resharding the blocks alone would take {_fmt_s(_time_lower_bound_s(problem))}, so the "
-        f"memory cap of {_fmt_bytes(problem.memory_capacity_bytes)} per GPU and resharding make "
-        "up the rest. Raise the budget, or use more GPUs or GPUs with more memory."
+        return _time_budget_error(problem, None, False, 0.0, time_limit_s)
+    return _time_budget_error(
+        problem,
+        plan_time_s(problem, reduced.assignment(choice)),
+        outcome.status == "OPTIMAL",
+        outcome.bound * unbudgeted.scale.time_step_s,
+        time_limit_s,
     )
-
-
-def _fmt_s(seconds: float) -> str:
-    for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if abs(seconds) >= factor:
-            return f"{seconds / factor:.4g} {unit}"
-    return f"{seconds / 1e-9:.4g} ns"
-
-
-def _fmt_bytes(num_bytes: float) -> str:
-    return f"{num_bytes / 2**30:.3f} GiB"

@@ -1,0 +1,491 @@
+"""Turning a `Problem` into a solver model: reduction, scaling, backends, formulation.
+
+The math is written in the docstring of `passes.parallelize.ilp`. Here the problem is reduced
+to decision units and couplings, float costs become solver numbers (integers for CP-SAT, scaled
+reals for MathOpt), and `_Formulation` builds each constraint family by its own method against
+a small backend interface that CP-SAT and MathOpt (SCIP, HiGHS) both implement.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from ortools.math_opt.python import mathopt
+from ortools.math_opt.solvers import highs_pb2
+from ortools.sat.python import cp_model
+
+if TYPE_CHECKING:
+    from passes.parallelize.ilp import BlockVars, Problem
+
+Backend = Literal["auto", "cpsat", "scip", "highs"]
+
+BACKENDS: tuple[str, ...] = ("auto", "cpsat", "scip", "highs")
+_SEED = 7
+_TIME_STEPS_PER_UPPER_BOUND = 1e9
+_MAX_EXACT_INTEGER = 2.0**53
+_MIP_FEASIBILITY_TOLERANCE = 1e-9
+
+
+def _option_names(block: BlockVars) -> tuple[str, ...]:
+    return tuple(option.name for option in block.options)
+
+
+# ---------------------------------------------------------------------------------------
+# Reduction to decision units and couplings
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Unit:
+    name: str
+    blocks: tuple[str, ...]
+    option_names: tuple[str, ...]
+    cost_s: tuple[float, ...]
+    memory_bytes: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _Coupling:
+    src: int
+    dst: int
+    src_class: tuple[int, ...]
+    dst_class: tuple[int, ...]
+    cost_s: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class _Reduced:
+    units: tuple[_Unit, ...]
+    couplings: tuple[_Coupling, ...]
+    memory_limit_bytes: float
+    time_budget_s: float | None
+    unit_of_block: Mapping[str, int]
+
+    def time_upper_bound_s(self) -> float:
+        return sum(max(u.cost_s) for u in self.units) + sum(
+            max(max(row) for row in p.cost_s) for p in self.couplings
+        )
+
+    def assignment(self, choice: Sequence[int]) -> dict[str, str]:
+        return {
+            block: unit.option_names[choice[u]]
+            for u, unit in enumerate(self.units)
+            for block in unit.blocks
+        }
+
+
+def _reduce(problem: Problem) -> _Reduced:
+    members: dict[str, list[BlockVars]] = {}
+    for block in problem.blocks:
+        members.setdefault(block.group if problem.share_groups else block.name, []).append(block)
+    keys = list(members)
+    unit_of_block = {b.name: u for u, key in enumerate(keys) for b in members[key]}
+    cost = [
+        [sum(b.options[s].time_s for b in members[k]) for s in range(len(members[k][0].options))]
+        for k in keys
+    ]
+    memory = [
+        [
+            sum(b.options[s].memory_bytes for b in members[k])
+            for s in range(len(members[k][0].options))
+        ]
+        for k in keys
+    ]
+    option_index = [{name: s for s, name in enumerate(_option_names(members[k][0]))} for k in keys]
+
+    matrices: dict[tuple[int, int], list[list[float]]] = {}
+    for edge in problem.edges:
+        u, v = unit_of_block[edge.src], unit_of_block[edge.dst]
+        for (s_name, t_name), seconds in edge.cost_s.items():
+            s, t = option_index[u][s_name], option_index[v][t_name]
+            if seconds == 0 or (u == v and s != t):
+                continue  # one group cannot use two options at once
+            if u == v:
+                cost[u][s] += seconds
+                continue
+            key, row, col = ((u, v), s, t) if u < v else ((v, u), t, s)
+            if key not in matrices:
+                matrices[key] = [[0.0] * len(cost[key[1]]) for _ in cost[key[0]]]
+            matrices[key][row][col] += seconds
+
+    couplings = []
+    for (u, v), matrix in sorted(matrices.items()):
+        src_class, row_reps = _classes([tuple(row) for row in matrix])
+        dst_class, col_reps = _classes(list(zip(*matrix, strict=True)))
+        class_cost = tuple(tuple(matrix[r][c] for c in col_reps) for r in row_reps)
+        if len(row_reps) == 1:
+            for t, g in enumerate(dst_class):
+                cost[v][t] += class_cost[0][g]
+        elif len(col_reps) == 1:
+            for s, a in enumerate(src_class):
+                cost[u][s] += class_cost[a][0]
+        else:
+            couplings.append(_Coupling(u, v, src_class, dst_class, class_cost))
+
+    units = tuple(
+        _Unit(
+            k,
+            tuple(b.name for b in members[k]),
+            _option_names(members[k][0]),
+            tuple(cost[u]),
+            tuple(memory[u]),
+        )
+        for u, k in enumerate(keys)
+    )
+    return _Reduced(
+        units=units,
+        couplings=tuple(couplings),
+        memory_limit_bytes=problem.memory_capacity_bytes - problem.fixed_memory_bytes,
+        time_budget_s=problem.time_budget_s,
+        unit_of_block=unit_of_block,
+    )
+
+
+def _classes(vectors: list[tuple[float, ...]]) -> tuple[tuple[int, ...], list[int]]:
+    """Class id of each vector (equal vectors share one) and the first index of each class."""
+    ids: dict[tuple[float, ...], int] = {}
+    representatives: list[int] = []
+    for i, vector in enumerate(vectors):
+        if vector not in ids:
+            ids[vector] = len(representatives)
+            representatives.append(i)
+    return tuple(ids[vector] for vector in vectors), representatives
+
+
+# ---------------------------------------------------------------------------------------
+# Scaling: where floats become solver numbers
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _IntegerScale:
+    """CP-SAT numbers: time rounded to steps of `time_step_s`, memory exact in 2^-k bytes."""
+
+    time_step_s: float
+    memory_step_bytes: float
+
+    @classmethod
+    def of(cls, reduced: _Reduced) -> _IntegerScale:
+        values = [w for unit in reduced.units for w in unit.memory_bytes]
+        total = max(sum(max(unit.memory_bytes) for unit in reduced.units), 1.0)
+        k_max = math.floor(math.log2(_MAX_EXACT_INTEGER / total))
+        k = next(
+            (
+                k
+                for k in range(min(0, k_max), k_max + 1)
+                if all((w * 2.0**k).is_integer() for w in values)
+            ),
+            k_max,
+        )
+        return cls(_time_step_s(reduced), 2.0**-k)
+
+    def time(self, seconds: float) -> int:
+        return round(seconds / self.time_step_s)
+
+    def memory(self, num_bytes: float) -> int:
+        return math.ceil(num_bytes / self.memory_step_bytes)
+
+    def memory_limit(self, num_bytes: float) -> int:
+        return math.floor(num_bytes / self.memory_step_bytes)
+
+
+@dataclass(frozen=True)
+class _RealScale:
+    """MIP numbers: time in the same steps unrounded, memory as a fraction of the limit."""
+
+    time_step_s: float
+    memory_limit_bytes: float
+
+    @classmethod
+    def of(cls, reduced: _Reduced) -> _RealScale:
+        return cls(_time_step_s(reduced), max(reduced.memory_limit_bytes, 1.0))
+
+    def time(self, seconds: float) -> float:
+        return seconds / self.time_step_s
+
+    def memory(self, num_bytes: float) -> float:
+        return num_bytes / self.memory_limit_bytes
+
+    def memory_limit(self, num_bytes: float) -> float:
+        return num_bytes / self.memory_limit_bytes
+
+
+def _time_step_s(reduced: _Reduced) -> float:
+    upper = reduced.time_upper_bound_s()
+    return upper / _TIME_STEPS_PER_UPPER_BOUND if upper > 0 else 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Backends: a few primitives each; the formulation is written once against them
+# ---------------------------------------------------------------------------------------
+
+Terms = list[tuple[Any, float]]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: Literal["OPTIMAL", "FEASIBLE", "INFEASIBLE", "UNKNOWN"]
+    values: Callable[[Any], float] | None
+    objective: float
+    bound: float
+    seconds: float
+
+
+class _CpSatBackend:
+    name = "cpsat"
+
+    def __init__(self, reduced: _Reduced) -> None:
+        self.scale = _IntegerScale.of(reduced)
+        self.model = cp_model.CpModel()
+        self.num_variables = 0
+        self.num_constraints = 0
+
+    def new_binary(self, name: str) -> Any:
+        self.num_variables += 1
+        return self.model.new_bool_var(name)
+
+    new_fraction = new_binary
+
+    def _sum(self, terms: Terms) -> Any:
+        return cp_model.LinearExpr.weighted_sum([v for v, _ in terms], [int(c) for _, c in terms])
+
+    def add_equal(self, terms: Terms, rhs: float) -> None:
+        self.num_constraints += 1
+        self.model.add(self._sum(terms) == int(rhs))
+
+    def add_at_most(self, terms: Terms, upper: float) -> None:
+        self.num_constraints += 1
+        self.model.add(self._sum(terms) <= int(upper))
+
+    def minimize(self, terms: Terms) -> None:
+        self.model.minimize(self._sum(terms))
+
+    def solve(self, time_limit_s: float, hint: Mapping[Any, float] | None) -> _Outcome:
+        self.model.clear_hints()
+        for var, value in (hint or {}).items():
+            self.model.add_hint(var, int(value))
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = _SEED
+        solver.parameters.linearization_level = 2  # the whole model in the LP; see "auto"
+        solver.parameters.max_time_in_seconds = time_limit_s
+        started = time.perf_counter()
+        status = solver.solve(self.model)
+        seconds = time.perf_counter() - started
+        if status == cp_model.MODEL_INVALID:
+            raise RuntimeError(f"CP-SAT rejected the model: {self.model.validate()}")
+        name = {
+            cp_model.OPTIMAL: "OPTIMAL",
+            cp_model.FEASIBLE: "FEASIBLE",
+            cp_model.INFEASIBLE: "INFEASIBLE",
+        }.get(status, "UNKNOWN")
+        if name in ("INFEASIBLE", "UNKNOWN"):
+            return _Outcome(name, None, math.inf, solver.best_objective_bound, seconds)
+        return _Outcome(
+            name, solver.value, solver.objective_value, solver.best_objective_bound, seconds
+        )
+
+
+class _MathOptBackend:
+    def __init__(self, reduced: _Reduced, name: Literal["scip", "highs"]) -> None:
+        self.name = name
+        self.scale = _RealScale.of(reduced)
+        self.model = mathopt.Model(name="helixplan")
+        self.num_variables = 0
+        self.num_constraints = 0
+
+    def new_binary(self, name: str) -> Any:
+        self.num_variables += 1
+        return self.model.add_binary_variable(name=name)
+
+    def new_fraction(self, name: str) -> Any:
+        self.num_variables += 1
+        return self.model.add_variable(lb=0.0, ub=1.0, name=name)
+
+    def add_equal(self, terms: Terms, rhs: float) -> None:
+        self.num_constraints += 1
+        self.model.add_linear_constraint(mathopt.fast_sum(c * v for v, c in terms) == rhs)
+
+    def add_at_most(self, terms: Terms, upper: float) -> None:
+        self.num_constraints += 1
+        self.model.add_linear_constraint(mathopt.fast_sum(c * v for v, c in terms) <= upper)
+
+    def minimize(self, terms: Terms) -> None:
+        self.model.minimize(mathopt.fast_sum(c * v for v, c in terms))
+
+    def solve(self, time_limit_s: float, hint: Mapping[Any, float] | None) -> _Outcome:
+        params = mathopt.SolveParameters(
+            time_limit=datetime.timedelta(seconds=time_limit_s),
+            random_seed=_SEED,
+            relative_gap_tolerance=0.0,
+            absolute_gap_tolerance=0.0,
+        )
+        if self.name == "scip":
+            solver_type = mathopt.SolverType.GSCIP
+            params.threads = 1
+            params.gscip.real_params["numerics/feastol"] = _MIP_FEASIBILITY_TOLERANCE
+        else:
+            solver_type = mathopt.SolverType.HIGHS  # MathOpt's HiGHS takes no `threads`
+            params.highs.CopyFrom(
+                highs_pb2.HighsOptionsProto(
+                    double_options={
+                        "primal_feasibility_tolerance": _MIP_FEASIBILITY_TOLERANCE,
+                        "mip_feasibility_tolerance": _MIP_FEASIBILITY_TOLERANCE,
+                    }
+                )
+            )
+        model_params = mathopt.ModelSolveParameters(
+            solution_hints=[mathopt.SolutionHint(variable_values=dict(hint))] if hint else []
+        )
+        started = time.perf_counter()
+        result = mathopt.solve(self.model, solver_type, params=params, model_params=model_params)
+        seconds = time.perf_counter() - started
+        reason = result.termination.reason
+        if reason in (
+            mathopt.TerminationReason.INFEASIBLE,
+            mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED,
+        ):
+            return _Outcome("INFEASIBLE", None, math.inf, -math.inf, seconds)
+        if not result.has_primal_feasible_solution():
+            if reason != mathopt.TerminationReason.NO_SOLUTION_FOUND:
+                raise RuntimeError(
+                    f"{self.name} stopped with {reason.name}: {result.termination.detail}"
+                )
+            return _Outcome("UNKNOWN", None, math.inf, result.best_objective_bound(), seconds)
+        values = result.variable_values()
+        status = "OPTIMAL" if reason == mathopt.TerminationReason.OPTIMAL else "FEASIBLE"
+        return _Outcome(
+            status,
+            values.__getitem__,
+            result.objective_value(),
+            result.best_objective_bound(),
+            seconds,
+        )
+
+
+def _new_backend(reduced: _Reduced, name: str) -> _CpSatBackend | _MathOptBackend:
+    if name == "cpsat":
+        return _CpSatBackend(reduced)
+    if name in ("scip", "highs"):
+        return _MathOptBackend(reduced, name)  # type: ignore[arg-type]
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# The formulation: one method per constraint family
+# ---------------------------------------------------------------------------------------
+
+
+class _Formulation:
+    """The integer program of the module docstring, built on one backend."""
+
+    def __init__(
+        self, reduced: _Reduced, backend_name: str, *, with_time_budget: bool = True
+    ) -> None:
+        self.reduced = reduced
+        self.backend = _new_backend(reduced, backend_name)
+        self.scale = self.backend.scale
+        self.x = [
+            [self.backend.new_binary(f"x[{u.name}|{s}]") for s in u.option_names]
+            for u in reduced.units
+        ]
+        self.z = [
+            [
+                [self.backend.new_fraction(f"z[{p}|{a},{g}]") for g in range(len(row))]
+                for a, row in enumerate(c.cost_s)
+            ]
+            for p, c in enumerate(reduced.couplings)
+        ]
+        self._add_one_option_per_block()
+        self._add_edge_linearization()
+        self._add_memory_capacity()
+        if with_time_budget and reduced.time_budget_s is not None:
+            self._add_time_budget(reduced.time_budget_s)
+        self.backend.minimize(self._time_terms())
+        self.num_variables = self.backend.num_variables
+        self.num_constraints = self.backend.num_constraints  # before any no-good cut
+
+    def _add_one_option_per_block(self) -> None:
+        for x_u in self.x:
+            self.backend.add_equal([(x, 1) for x in x_u], 1)
+
+    def _add_edge_linearization(self) -> None:
+        for p, coupling in enumerate(self.reduced.couplings):
+            z = self.z[p]
+            for a in range(len(z)):
+                members = [
+                    (self.x[coupling.src][s], -1)
+                    for s, c in enumerate(coupling.src_class)
+                    if c == a
+                ]
+                self.backend.add_equal([(var, 1) for var in z[a]] + members, 0)
+            for g in range(len(z[0])):
+                members = [
+                    (self.x[coupling.dst][t], -1)
+                    for t, c in enumerate(coupling.dst_class)
+                    if c == g
+                ]
+                self.backend.add_equal([(z[a][g], 1) for a in range(len(z))] + members, 0)
+
+    def _add_memory_capacity(self) -> None:
+        terms = [
+            (self.x[u][s], self.scale.memory(w))
+            for u, unit in enumerate(self.reduced.units)
+            for s, w in enumerate(unit.memory_bytes)
+            if w > 0
+        ]
+        self.backend.add_at_most(terms, self.scale.memory_limit(self.reduced.memory_limit_bytes))
+
+    def _add_time_budget(self, budget_s: float) -> None:
+        self.backend.add_at_most(self._time_terms(), self.scale.time(budget_s))
+
+    def add_no_good_cut(self, choice: Sequence[int]) -> None:
+        """Cut off exactly the plan `choice` (one option index per unit)."""
+        self.backend.add_at_most([(self.x[u][s], 1) for u, s in enumerate(choice)], len(choice) - 1)
+
+    def _time_terms(self) -> Terms:
+        terms = [
+            (self.x[u][s], self.scale.time(c))
+            for u, unit in enumerate(self.reduced.units)
+            for s, c in enumerate(unit.cost_s)
+        ]
+        for p, coupling in enumerate(self.reduced.couplings):
+            terms += [
+                (self.z[p][a][g], self.scale.time(c))
+                for a, row in enumerate(coupling.cost_s)
+                for g, c in enumerate(row)
+            ]
+        return [(var, c) for var, c in terms if c != 0]
+
+    def hint_values(self, choice: Sequence[int]) -> dict[Any, float]:
+        """A complete solution for `choice`: x one-hot, z the product of the classes."""
+        values = {
+            x: float(s == choice[u]) for u, x_u in enumerate(self.x) for s, x in enumerate(x_u)
+        }
+        for p, coupling in enumerate(self.reduced.couplings):
+            a_chosen = coupling.src_class[choice[coupling.src]]
+            g_chosen = coupling.dst_class[choice[coupling.dst]]
+            for a, z_a in enumerate(self.z[p]):
+                for g, z in enumerate(z_a):
+                    values[z] = float(a == a_chosen and g == g_chosen)
+        return values
+
+    def solve(
+        self, time_limit_s: float, hint: Sequence[int] | None
+    ) -> tuple[_Outcome, list[int] | None]:
+        outcome = self.backend.solve(
+            time_limit_s, self.hint_values(hint) if hint is not None else None
+        )
+        return outcome, self.read_choice(outcome)
+
+    def read_choice(self, outcome: _Outcome) -> list[int] | None:
+        if outcome.values is None:
+            return None
+        return [
+            max(range(len(x_u)), key=lambda s, x_u=x_u: outcome.values(x_u[s])) for x_u in self.x
+        ]
