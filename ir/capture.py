@@ -13,7 +13,6 @@ latent tensor [B, L, D]. `dim_roles_for` says which dim of each input is B, T or
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import re
 import time
@@ -405,9 +404,3 @@ def _tied_aliases(module: torch.nn.Module, strip_prefix: str) -> dict[str, tuple
             out[n] = tuple(x for x in names if x != n)
     return out
 
-
-@contextlib.contextmanager
-def meta_device():
-    """Build modules on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        yield

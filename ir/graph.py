@@ -8,7 +8,7 @@ and regions.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -161,8 +161,3 @@ class Graph:
         """Parameters (not buffers), tied weights counted once — as `model.parameters()`."""
         return sum(p.numel for p in self.params.values() if p.counts)
 
-    def with_blocks(self, blocks: list[Block]) -> Graph:
-        return replace(self, blocks=list(blocks))
-
-    def with_ops(self, ops: list[Op]) -> Graph:
-        return replace(self, ops=list(ops))

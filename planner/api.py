@@ -132,9 +132,6 @@ def _rank_map(outcome: MeshOutcome, hw: HardwareSpec) -> list[dict]:
     return out
 
 
-def _mesh_label(outcome: MeshOutcome) -> str:
-    return str(outcome.mesh)
-
 
 def assemble_plan(
     loaded: LoadedModel, hw: HardwareSpec, workload: Workload, result: SearchResult,

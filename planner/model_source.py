@@ -234,6 +234,3 @@ def example_kwargs(
         lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, out
     )
 
-
-def describe_hf_config(source: ModelSource) -> dict[str, Any]:
-    return json.loads(Path(source.path).read_text())

@@ -78,7 +78,6 @@ class MeshProblem:
     problem: Problem
     priced: dict[tuple[str, str], Priced]
     excluded: list[dict]
-    edge_bytes: dict[tuple[str, str], float]
     meaning: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
 
 
@@ -180,11 +179,9 @@ def build_problem(
     by_name = {b.name: b for b in blocks}
     replica_rows = ctx.replica_batch() * ctx.workload.seq
     ilp_edges = []
-    edge_bytes = {}
     costs: dict[tuple, dict] = {}  # edges between the same option lists and sizes cost the same
     for (src, dst), hidden in sorted(edges.items()):
         full = replica_rows * hidden * ctx.act_bytes
-        edge_bytes[(src, dst)] = full
         key = (by_name[src].options, by_name[dst].options, full)
         if key not in costs:
             costs[key] = Edge.from_layouts(
@@ -200,7 +197,7 @@ def build_problem(
         share_groups=share_groups,
     )
     dedup = {(e["group"], e["strategy"]): e for e in excluded}
-    return MeshProblem(ctx, problem, priced, list(dedup.values()), edge_bytes, meaning)
+    return MeshProblem(ctx, problem, priced, list(dedup.values()), meaning)
 
 
 class _NoOption(Exception):
