@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from cost_models.hardware import KERNEL_KINDS, HardwareSpec
 from ir.errors import InputError
-from ir.workload import DTYPE_BYTES
+from ir.workload import DTYPE_BYTES, dtype_size_bytes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,16 +45,7 @@ class KernelWork:
                 math.isfinite(v) and v >= 0
             ):
                 raise InputError(f"kernel {name} is {v!r}; needed a finite number >= 0")
-        _dtype_bytes(self.dtype)
-
-
-def _dtype_bytes(dtype: str) -> float:
-    try:
-        return DTYPE_BYTES[dtype]
-    except KeyError:
-        raise InputError(
-            f"dtype {dtype!r} is unknown; choose one of {', '.join(DTYPE_BYTES)}"
-        ) from None
+        dtype_size_bytes(self.dtype)
 
 
 def _positive_ints(**dims: int) -> None:
@@ -108,7 +99,7 @@ def gemm_work(m: int, k: int, n: int, dtype: str = "bf16", *, batch: int = 1) ->
     """`batch` independent (m×k)·(k×n) products. FLOPs 2·batch·m·k·n. Bytes: both operands
     read and the output written; fp8/fp4 GEMMs write a bf16 output."""
     _positive_ints(m=m, k=k, n=n, batch=batch)
-    e = _dtype_bytes(dtype)
+    e = dtype_size_bytes(dtype)
     out_e = max(e, DTYPE_BYTES["bf16"]) if dtype in ("fp8", "fp4") else e
     nbytes = batch * ((m * k + k * n) * e + m * n * out_e)
     return KernelWork(kind="gemm", flops=2.0 * batch * m * k * n, nbytes=nbytes, dtype=dtype)
@@ -160,7 +151,7 @@ def attention_prefill_work(
         raise InputError(f"cached is {cached!r}; needed an integer >= 0")
     dv = head_dim if v_head_dim is None else v_head_dim
     _positive_ints(v_head_dim=dv)
-    e, kv_e = _dtype_bytes(dtype), _dtype_bytes(kv_dtype or dtype)
+    e, kv_e = dtype_size_bytes(dtype), dtype_size_bytes(kv_dtype or dtype)
     pairs = attention_pairs(seq, cached, causal)
     flops = 2.0 * batch * q_heads * pairs * (head_dim + dv)
     kv_len = cached + seq
@@ -222,7 +213,7 @@ def attention_decode_work(
     )
     dv = head_dim if v_head_dim is None else v_head_dim
     _positive_ints(v_head_dim=dv)
-    e, kv_e = _dtype_bytes(dtype), _dtype_bytes(kv_dtype or dtype)
+    e, kv_e = dtype_size_bytes(dtype), dtype_size_bytes(kv_dtype or dtype)
     kv_width = head_dim if latent_kv else head_dim + dv
     nbytes = (
         batch * kv_heads * kv_len * kv_width * kv_e

@@ -23,19 +23,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ir.errors import InputError
-from ir.workload import DTYPE_BYTES, Workload
+from ir.workload import DTYPE_BYTES, Workload, dtype_size_bytes
 
 Recompute = Literal["none", "full"]
 FP32 = DTYPE_BYTES["fp32"]
-
-
-def _bytes_of(dtype: str) -> float:
-    try:
-        return DTYPE_BYTES[dtype]
-    except KeyError:
-        raise InputError(
-            f"dtype {dtype!r} is unknown; choose one of {', '.join(DTYPE_BYTES)}"
-        ) from None
 
 
 def _non_negative_int(name: str, v: int) -> None:
@@ -98,7 +89,7 @@ class DenseLayerShape:
 
 def weight_bytes(num_params: int, dtype: str = "bf16") -> float:
     _non_negative_int("num_params", num_params)
-    return num_params * _bytes_of(dtype)
+    return num_params * dtype_size_bytes(dtype)
 
 
 def kv_cache_bytes(
@@ -117,7 +108,7 @@ def kv_cache_bytes(
                     ("head_dim", head_dim), ("layers", layers)):
         _non_negative_int(name, v)
     dv = head_dim if v_head_dim is None else v_head_dim
-    return layers * batch * tokens * kv_heads * (head_dim + dv) * _bytes_of(dtype)
+    return layers * batch * tokens * kv_heads * (head_dim + dv) * dtype_size_bytes(dtype)
 
 
 def mla_kv_cache_bytes(
@@ -134,7 +125,7 @@ def mla_kv_cache_bytes(
     for name, v in (("batch", batch), ("tokens", tokens), ("kv_lora_rank", kv_lora_rank),
                     ("rope_head_dim", rope_head_dim), ("layers", layers)):
         _non_negative_int(name, v)
-    return layers * batch * tokens * (kv_lora_rank + rope_head_dim) * _bytes_of(dtype)
+    return layers * batch * tokens * (kv_lora_rank + rope_head_dim) * dtype_size_bytes(dtype)
 
 
 def inference_activation_bytes(shape: DenseLayerShape, tokens: int, dtype: str = "bf16") -> float:
@@ -150,7 +141,7 @@ def inference_activation_bytes(shape: DenseLayerShape, tokens: int, dtype: str =
         s.head_dim + s.value_dim
     )
     ffn = 2 * s.hidden + (3 if s.gated_ffn else 2) * s.ffn_hidden
-    return tokens * max(attention, ffn) * _bytes_of(dtype)
+    return tokens * max(attention, ffn) * dtype_size_bytes(dtype)
 
 
 def training_activation_bytes(
@@ -163,7 +154,7 @@ def training_activation_bytes(
     fp32 log-sum-exp per query head. full: only the layer input, H elements per token.
     """
     _non_negative_int("tokens", tokens)
-    e = _bytes_of(dtype)
+    e = dtype_size_bytes(dtype)
     s = shape
     if recompute == "full":
         return tokens * s.hidden * e
@@ -180,7 +171,7 @@ def training_activation_bytes(
 
 def gradient_bytes(num_params: int, grad_dtype: str = "bf16") -> float:
     _non_negative_int("num_params", num_params)
-    return num_params * _bytes_of(grad_dtype)
+    return num_params * dtype_size_bytes(grad_dtype)
 
 
 def optimizer_state_bytes(
@@ -193,7 +184,7 @@ def optimizer_state_bytes(
     """AdamW: 8 bytes/param of fp32 moments; SGD: 4 with momentum, else 0; both add a 4-byte
     fp32 master copy when the weights are not fp32."""
     _non_negative_int("num_params", num_params)
-    _bytes_of(weight_dtype)
+    dtype_size_bytes(weight_dtype)
     master = 0.0 if weight_dtype == "fp32" else FP32
     if optimizer == "adamw":
         return num_params * (2 * FP32 + master)

@@ -14,6 +14,16 @@ WORKLOAD_KINDS: tuple[str, ...] = ("decode", "prefill", "train")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16", "fp8", "fp4")
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5}
 
+
+def dtype_size_bytes(dtype: str) -> float:
+    """Bytes per element of a workload dtype name; an unknown name is a user error."""
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise InputError(
+            f"dtype {dtype!r} is unknown; choose one of {', '.join(DTYPE_BYTES)}"
+        ) from None
+
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
