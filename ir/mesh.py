@@ -24,6 +24,11 @@ class MeshAxis(str, Enum):
 
 AXIS_ORDER: tuple[MeshAxis, ...] = (MeshAxis.DP, MeshAxis.CP, MeshAxis.KVP, MeshAxis.TP, MeshAxis.EP)
 
+# The model-parallel group: tensor-parallel strategies spread a block over kvp×tp as one group.
+# Without Helix the kvp axis has size 1 and this is the tp axis; with Helix the output
+# projection and the FFN reuse all kvp×tp GPUs. Planner and lowering both read this.
+MODEL_AXES: tuple[str, ...] = ("kvp", "tp")
+
 
 @dataclass(frozen=True)
 class Mesh:

@@ -22,6 +22,7 @@ from ir.layout import (
     local_shape,
     shard,
 )
+from ir.mesh import MODEL_AXES
 from ir.plan import Plan
 from ir.rank_program import (
     BlockProgram,
@@ -36,10 +37,8 @@ from ir.rank_program import (
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
 
 SUPPORTED_AXES = ("dp", "kvp", "tp")
-# The model-parallel group: tp-style strategies spread a block over kvp×tp as one group
-# (without Helix kvp has size 1). A collective that changes kvp and tp alike runs once over
-# the joined group `kvp_tp` (ranks ordered kvp-major, as the nested kvp/tp shards are).
-MODEL_AXES = ("kvp", "tp")
+# A collective that changes kvp and tp (ir.mesh.MODEL_AXES) alike runs once over the joined
+# group `kvp_tp` (ranks ordered kvp-major, as the nested kvp/tp shards are).
 JOINED_MODEL_AXIS = "kvp_tp"
 B_SYM, T_SYM = WORKLOAD_SYMBOLS["B"], WORKLOAD_SYMBOLS["T"]
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ir.graph import Block
+from ir.mesh import MODEL_AXES
 from passes.parallelize.context import PlanContext
 
 # Activation layouts of the residual stream over the strategy axis (the dp axis always
@@ -24,9 +25,6 @@ SHARD_BATCH = "shard_batch"
 LAYOUTS = (REPLICATE, SHARD_SEQ, SHARD_BATCH)
 
 
-# The model-parallel group: the axes a tensor-parallel block spreads over. Without Helix the
-# kvp axis has size 1 and this is the tp axis; with Helix the FFN reuses all kvp×tp GPUs.
-MODEL_AXES: tuple[str, ...] = ("kvp", "tp")
 
 
 @dataclass(frozen=True)
