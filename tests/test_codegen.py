@@ -102,6 +102,13 @@ def make_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], wo
         model=dict(graph.meta["source"]), hardware={}, workload=workload, mesh=full_mesh,
         rank_map=[], blocks=blocks, predicted={}, memory={}, solver={},
     )
+    return with_program_memory(graph, plan)
+
+
+def with_program_memory(graph: Graph, plan: Plan) -> Plan:
+    """`plan` with the memory breakdown the planner would give: per-GPU bf16 weight and KV
+    bytes of its lowered program at the plan's workload."""
+    workload = plan.workload
     program = lower(graph, plan)
     weights = sum(2 * _prod(w.local_shape) for w in program.weights)
     tokens = workload["context"] + workload["seq"]

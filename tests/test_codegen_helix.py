@@ -18,10 +18,7 @@ the plan's memory breakdown.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-import sympy
 
 from ir.graph import Graph
 from ir.plan import BlockPlan, Plan
@@ -30,6 +27,7 @@ from ir.tensor import B, L
 from passes.lower import lower
 from planner.verify_runner import judge, program_args, run_threaded, write_run_plan
 from tests.conftest import ROOT
+from tests.test_codegen import with_program_memory
 
 HELIX = {"attention": "helix", "mlp": "tp", "embedding": "vocab", "lm_head": "vocab"}
 WORKLOAD = {"kind": "decode", "batch": 4, "seq": 1, "context": 8}
@@ -56,23 +54,7 @@ def helix_plan(graph: Graph, mesh: dict[str, int], *, hopb: int, append_block: i
         model=dict(graph.meta["source"]), hardware={}, workload=workload, mesh=full_mesh,
         rank_map=[], blocks=blocks, predicted={}, memory={}, solver={},
     )
-    program = lower(graph, plan)
-    weights = sum(2 * _prod(w.local_shape) for w in program.weights)
-    tokens = workload["context"] + workload["seq"]
-    kv = 0
-    for cache in program.caches:
-        local = next(p.local for p in program.inputs if p.name == cache.input)
-        shape = program.values[local].local_shape
-        kv += 2 * int(sympy.Mul(*shape).subs({B: workload["batch"], L: tokens}))
-    memory = {"per_gpu_bytes": weights + kv, "breakdown": {"weights": weights, "kv_cache": kv}}
-    return dataclasses.replace(plan, memory=memory)
-
-
-def _prod(xs) -> int:
-    n = 1
-    for x in xs:
-        n *= int(x)
-    return n
+    return with_program_memory(graph, plan)
 
 
 @pytest.fixture(scope="module")
