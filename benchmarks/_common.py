@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -25,3 +26,26 @@ def run_cli(args: list[str], *, cache_dir: str, allow_exit_2: bool = False) -> t
     if r.returncode != 0:
         raise SystemExit(f"helixplan {' '.join(args)} failed:\n{r.stderr}")
     return elapsed, r.stdout
+
+
+def add_llama_size_arguments(p: argparse.ArgumentParser, *, layers: int, kv_heads_help: str) -> None:
+    """The examples/llama.py size options both decode benchmarks expose."""
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=4, help=kv_heads_help)
+    p.add_argument("--ffn", type=int, default=2816)
+    p.add_argument("--vocab", type=int, default=4096)
+
+
+def llama_model_args(a: argparse.Namespace) -> list[str]:
+    """`--model-arg` values for examples/llama.py from those options."""
+    return [f"hidden={a.hidden}", f"layers={a.layers}", f"heads={a.heads}",
+            f"kv_heads={a.kv_heads}", f"ffn={a.ffn}", f"vocab={a.vocab}"]
+
+
+def step_times(results: list[dict], warmup: int) -> list[float]:
+    """Per step, the slowest rank (the ranks meet in every collective); warm-up dropped."""
+    per_rank = [r["step_seconds"] for r in results]
+    n = min(len(s) for s in per_rank)
+    return [max(s[i] for s in per_rank) for i in range(warmup, n)]

@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import add_llama_size_arguments, llama_model_args, step_times  # noqa: E402
+
 from planner.verify_runner import run_torchrun  # noqa: E402
 
 NPROC = 4
@@ -49,12 +51,7 @@ TARGET = 1.10
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4, help="tp=4 must divide it")
-    p.add_argument("--ffn", type=int, default=2816)
-    p.add_argument("--vocab", type=int, default=4096)
+    add_llama_size_arguments(p, layers=4, kv_heads_help="tp=4 must divide it")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--context", type=int, default=128, help="prompt tokens before decoding")
     p.add_argument("--steps", type=int, default=40, help="decode steps per launch")
@@ -65,14 +62,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def model_args(a) -> list[str]:
-    return [f"hidden={a.hidden}", f"layers={a.layers}", f"heads={a.heads}",
-            f"kv_heads={a.kv_heads}", f"ffn={a.ffn}", f"vocab={a.vocab}"]
-
-
 def make_plan(a, out: Path) -> dict:
     cmd = [sys.executable, "-m", "planner", "plan", str(ROOT / "examples" / "llama.py")]
-    for m in model_args(a):
+    for m in llama_model_args(a):
         cmd += ["--model-arg", m]
     cmd += [
         "--gpus", str(NPROC), "--workload", "decode", "--batch", str(a.batch),
@@ -85,13 +77,6 @@ def make_plan(a, out: Path) -> dict:
     if r.returncode != 0:
         raise SystemExit(f"helixplan plan failed:\n{r.stdout}\n{r.stderr}")
     return json.loads(r.stdout)
-
-
-def step_times(results: list[dict], warmup: int) -> list[float]:
-    """Per step, the slowest rank (the ranks meet in every all-reduce); warm-up dropped."""
-    per_rank = [r["step_seconds"] for r in results]
-    n = min(len(s) for s in per_rank)
-    return [max(s[i] for s in per_rank) for i in range(warmup, n)]
 
 
 def launch(program: Path, argv: list[str]) -> list[dict]:
@@ -112,7 +97,7 @@ def main(argv=None) -> None:
         gen_argv = ["--backend", "gloo", "--workload", "decode", *common]
         dt_program = ROOT / "benchmarks" / "_dtensor_tp.py"
         dt_argv = ["--model-file", str(ROOT / "examples" / "llama.py"),
-                   *[x for m in model_args(a) for x in ("--model-arg", m)], *common, "--check"]
+                   *[x for m in llama_model_args(a) for x in ("--model-arg", m)], *common, "--check"]
 
         gen, dt, dt_check = [], [], []
         for rnd in range(a.rounds):
@@ -152,7 +137,7 @@ def main(argv=None) -> None:
     print(f"machine: {cores} cores for {NPROC} ranks; load average before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f}")
     row = {
-        "benchmark": "codegen_overhead", "model": "examples/llama.py", "model_args": model_args(a),
+        "benchmark": "codegen_overhead", "model": "examples/llama.py", "model_args": llama_model_args(a),
         "ranks": NPROC, "backend": "gloo", "dtype": "float32", "omp_threads": 1,
         "workload": "decode", "batch": a.batch, "context": a.context, "steps": a.steps,
         "warmup": a.warmup, "rounds": a.rounds,

@@ -47,6 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import add_llama_size_arguments, llama_model_args, step_times  # noqa: E402
+
 from planner.verify_runner import run_torchrun  # noqa: E402
 
 NPROC = 4
@@ -55,12 +57,7 @@ MESHES = {"kvp2xtp2": (2, 2), "kvp4": (4, 1)}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4, help="tpa must divide it")
-    p.add_argument("--ffn", type=int, default=2816)
-    p.add_argument("--vocab", type=int, default=4096)
+    add_llama_size_arguments(p, layers=8, kv_heads_help="tpa must divide it")
     p.add_argument("--batch", type=int, default=8, help="hopb must divide it")
     p.add_argument("--context", type=int, default=512, help="prompt tokens (prefill untimed; 2048 costs ~2.5 min a launch on 2 cores)")
     p.add_argument("--mesh", choices=tuple(MESHES), default="kvp2xtp2")
@@ -72,16 +69,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def model_args(a) -> list[str]:
-    return [f"hidden={a.hidden}", f"layers={a.layers}", f"heads={a.heads}",
-            f"kv_heads={a.kv_heads}", f"ffn={a.ffn}", f"vocab={a.vocab}"]
-
-
 def make_plan(a, hopb: int, out: Path) -> dict:
     kvp, tpa = MESHES[a.mesh]
     group = f"kvp={kvp},tp={tpa}" if tpa > 1 else f"kvp={kvp}"
     cmd = [sys.executable, "-m", "planner", "plan", str(ROOT / "examples" / "llama.py")]
-    for m in model_args(a):
+    for m in llama_model_args(a):
         cmd += ["--model-arg", m]
     cmd += [
         "--gpus", str(NPROC), "--workload", "decode", "--batch", str(a.batch),
@@ -99,13 +91,6 @@ def make_plan(a, hopb: int, out: Path) -> dict:
     if got != {hopb}:
         raise SystemExit(f"the plan's Helix blocks have hopb {got}, asked for {hopb}")
     return plan
-
-
-def step_times(results: list[dict], warmup: int) -> list[float]:
-    """Per step, the slowest rank (the ranks meet in every collective); warm-up dropped."""
-    per_rank = [r["step_seconds"] for r in results]
-    n = min(len(s) for s in per_rank)
-    return [max(s[i] for s in per_rank) for i in range(warmup, n)]
 
 
 def main(argv=None) -> None:
@@ -149,7 +134,7 @@ def main(argv=None) -> None:
     print(f"machine: {cores} cores for {NPROC} ranks; load average before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f}")
     row = {
-        "benchmark": "helix_overlap", "model": "examples/llama.py", "model_args": model_args(a),
+        "benchmark": "helix_overlap", "model": "examples/llama.py", "model_args": llama_model_args(a),
         "ranks": NPROC, "mesh": a.mesh, "backend": "gloo", "dtype": "float32", "omp_threads": 1,
         "workload": "decode", "batch": a.batch, "context": a.context, "steps": a.steps,
         "warmup": a.warmup, "rounds": a.rounds, "hopb": a.hopb,
