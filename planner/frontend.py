@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -49,6 +50,7 @@ def cache_dir() -> Path | None:
     return Path(value) if value else Path.home() / ".cache" / "helixplan"
 
 
+@functools.cache
 def _code_fingerprint() -> str:
     """Hash of the capture and analysis code: a cached graph from other code is stale."""
     root = Path(__file__).resolve().parent.parent
