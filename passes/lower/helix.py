@@ -34,8 +34,8 @@ from ir.layout import REPLICATE, Layout, LoweringError, shard
 from ir.rank_program import AxisRank, Collective, Compute, Wait
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
 from passes.lower.builder import Builder, dim_of
+from passes.parallelize.strategies.helix import DEFAULT_APPEND_BLOCK
 
-DEFAULT_APPEND_BLOCK = 16
 # Ops between the KV concat and SDPA that only repeat KV heads for GQA (absorbed: the kernel
 # groups query heads over KV heads itself).
 _REPEAT_OPS = frozenset(

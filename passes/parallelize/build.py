@@ -16,7 +16,7 @@ from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES, STRATEGIE
 from passes.parallelize.strategy import Strategy
 from passes.parallelize.verified import unverified_reason
 
-EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {"helix": ("hopb",)}
+EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {"helix": ("hopb", "append_block")}
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,12 @@ def build_problem(
                 excluded.append({"group": block.group, "strategy": s.name, "reason": reason})
                 continue
             for extras in s.options(block, ctx):
-                if rules and any(extras.get(k) != v for k, v in rules[-1].extras.items()):
-                    continue
+                if rules:
+                    forced = rules[-1].extras
+                    if any(k in extras and extras[k] != v for k, v in forced.items()):
+                        continue
+                    # a forced parameter the options leave at its default (append_block)
+                    extras = {**extras, **{k: v for k, v in forced.items() if k not in extras}}
                 name = s.option_name(extras)
                 p = group_prices.get((block.group, name))
                 if p is None:

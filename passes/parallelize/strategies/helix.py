@@ -27,6 +27,25 @@ from passes.parallelize.pricing import Priced
 from passes.parallelize.strategy import MODEL_AXES, REPLICATE, Strategy
 
 HOPB_CHOICES = (1, 2, 4, 8)
+# New tokens' K/V go to one kvp rank at a time, round-robin in blocks of this many tokens
+# (plan extra `append_block`; the lowering's default too).
+DEFAULT_APPEND_BLOCK = 16
+
+
+def kv_tokens_per_rank(tokens: int, kvp: int, append_block: int = DEFAULT_APPEND_BLOCK) -> int:
+    """KV slots the fullest kvp rank holds for a sequence of `tokens`: ranks take blocks of
+    `append_block` tokens round-robin, so rank 0 holds ⌈⌈tokens/ab⌉/KVP⌉ blocks (the last one
+    possibly partial). Larger blocks unbalance short sequences; at 1M tokens it is ≈ tokens/KVP."""
+    if tokens <= 0:
+        return 0
+    blocks = math.ceil(tokens / append_block)
+    full_rounds, extra = divmod(blocks, kvp)
+    # rank 0 holds full_rounds blocks plus one more if any block is left over; the last block
+    # of the sequence is partial when tokens do not divide append_block
+    held = full_rounds + (1 if extra else 0)
+    last_partial = tokens - (blocks - 1) * append_block
+    last_on_rank0 = (blocks - 1) % kvp == 0
+    return held * append_block - (append_block - last_partial if last_on_rank0 else 0)
 
 
 def _split_params(block: Block) -> tuple[float, float]:
@@ -59,11 +78,11 @@ def helix_requirements(block: Block, ctx: PlanContext) -> str | None:
     return None
 
 
-def _attention_s(block: Block, ctx: PlanContext, batch: int) -> float:
+def _attention_s(block: Block, ctx: PlanContext, batch: int, append_block: int) -> float:
     d = block.dims
     kvp, tpa = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
     wl = ctx.workload
-    kv_len = math.ceil((wl.context + wl.seq) / kvp)
+    kv_len = kv_tokens_per_rank(wl.context + wl.seq, kvp, append_block)
     if "kv_lora_rank" in d:
         shape = dict(
             q_heads=d["q_heads"], kv_heads=1,
@@ -89,7 +108,9 @@ def _partials_bytes(block: Block, ctx: PlanContext, batch: int) -> float:
     return batch * ctx.workload.seq * heads * (value_dim + 2) * ctx.act_bytes
 
 
-def price_helix(block: Block, ctx: PlanContext, *, hopb: int = 1) -> Priced:
+def price_helix(
+    block: Block, ctx: PlanContext, *, hopb: int = 1, append_block: int = DEFAULT_APPEND_BLOCK
+) -> Priced:
     wl = ctx.workload
     kvp, tpa = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
     n = kvp * tpa
@@ -110,7 +131,7 @@ def price_helix(block: Block, ctx: PlanContext, *, hopb: int = 1) -> Priced:
     qkv_s = gemm(before / tpa)
     post_s = gemm(after / n)
     slice_batch = math.ceil(batch / hopb)
-    attn_slice_s = _attention_s(block, ctx, slice_batch)
+    attn_slice_s = _attention_s(block, ctx, slice_batch, append_block)
     a2a_slice_s = ctx.collective_s("all_to_all", _partials_bytes(block, ctx, slice_batch), ("kvp",))
     timeline = sliced_overlap([attn_slice_s] * hopb, [a2a_slice_s] * hopb)
     combine_s = ctx.cost.elementwise(
@@ -129,7 +150,7 @@ def price_helix(block: Block, ctx: PlanContext, *, hopb: int = 1) -> Priced:
         per_token = d["kv_lora_rank"] + d.get("qk_rope_head_dim", 0)
     else:
         per_token = d["kv_heads"] // tpa * (d["head_dim"] + d.get("v_head_dim", d["head_dim"]))
-    kv_tokens = math.ceil((wl.context + wl.seq) / kvp)
+    kv_tokens = kv_tokens_per_rank(wl.context + wl.seq, kvp, append_block)
     memory = {
         "weights": (before / tpa + after / n) * w,
         "kv_cache": batch * kv_tokens * per_token * ctx.kv_bytes,
