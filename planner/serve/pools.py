@@ -5,7 +5,8 @@ offers (and any added later) is considered."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from cost_models import CostModel, HardwareSpec
 from cost_models.comm import Link, scaleout_link, scaleup_link
@@ -179,12 +180,19 @@ def _decode_attention(graph: Graph, settings: PlanSettings, result: SearchResult
     best = result.best
     ctx = PlanContext(workload=settings.workload("decode", decodes, 1, context),
                       cost=best.built.ctx.cost, mesh=best.mesh)
+    spread = "dp" in settings.strategies
     seconds = kv = 0.0
     for block in graph.blocks:
         if block.kind != "attention":
             continue
         name, _extras = best.built.meaning[best.solution.assignment[block.name]]
-        sizes = local_sizes(BY_NAME[name], ctx)
+        strategy = BY_NAME[name]
+        sizes = local_sizes(strategy, ctx)
+        if spread and not strategy.splits_weights and not strategy.splits_batch:
+            # Full attention weights on every GPU of the group: its decodes need not be
+            # repeated on each, they are spread over the group as `dp` does (attention-DP).
+            group = BY_NAME["dp"].degree(ctx)
+            sizes = replace(sizes, batch=math.ceil(decodes / group))
         seconds += _attention_kernel_s(block, ctx, sizes)
         kv += kv_cache_bytes(block, ctx, sizes)
     return seconds, kv
