@@ -171,13 +171,19 @@ def replan(plan: Plan, failed: list[int], *, loaded: LoadedModel | None = None,
                 f" ({'; '.join(skipped)})" if skipped else "")
             break
         if run is not None:
-            run.plan = replace(run.plan, rank_map=[dict(r, gpu=surviving[r["rank"]])
+            run.plan = replace(run.plan, rank_map=[_on_gpu(r, surviving[r["rank"]], hw)
                                                    for r in run.plan.rank_map])
         else:
             degree = 0
             why = why or "no GPU count splits the model evenly"
         affected.append(ReplicaReplan(index, gpus, surviving, degree, run, why))
     return ReplanResult(plan, sorted(failed), replicas, replica_tokens_per_s, affected)
+
+
+def _on_gpu(entry: dict, gpu: int, hw: HardwareSpec) -> dict:
+    """A rank-map entry moved to physical GPU `gpu` (a surviving one)."""
+    return dict(entry, gpu=gpu, domain=gpu // hw.scaleup_domain_gpus,
+                local_gpu=gpu % hw.scaleup_domain_gpus)
 
 
 def reduced_rules(plan: Plan, degree: int) -> list[str]:

@@ -73,9 +73,17 @@ def test_replan_two_replicas_one_failed(load, tmp_path):
     assert result.kept_if_replanned > result.kept_if_dropped
 
 
-def test_replan_cli_rejects_unknown_gpu(load, tmp_path, capsys):
+def test_replan_cli(load, tmp_path, capsys):
     from planner.cli import main
 
     _plan(load, tmp_path, 4, ["layers.*.mlp=tp(tp=4)"])
     assert main(["replan", str(tmp_path / "plan" / "plan.json"), "--failed", "7"]) == 2
     assert "GPU(s) [7]" in capsys.readouterr().err
+    out = tmp_path / "reduced"
+    assert main(["replan", str(tmp_path / "plan" / "plan.json"), "--failed", "0", "--out", str(out)]) == 0
+    summary = json.loads((out / "replan.json").read_text())
+    assert summary["affected"][0]["surviving_gpus"] == [1, 2, 3]
+    assert summary["throughput_kept_dropped"] == 0.0
+    assert (out / "replica0" / "run_plan.py").is_file()
+    reduced = json.loads((out / "replica0" / "plan.json").read_text())
+    assert [r["gpu"] for r in reduced["rank_map"]] == [1, 2, 3]
