@@ -183,3 +183,48 @@ def test_serve_plan_cli_errors(tmp_path, capsys):
     assert main(base + ["--traffic", str(mix), "--ttft-slo", "1e-6", "--ttl-slo", "1e-6"]) == 2
     err = capsys.readouterr().err
     assert "relax --ttft-slo/--ttl-slo" in err and "fastest prefill" in err
+
+
+def _option(kind: str, gpus: int, batch: int, step_s: float, **extra):
+    from ir.workload import Workload
+    from planner.serve.pools import PoolOption
+
+    wl = Workload(kind="decode" if kind == "decode" else "prefill", batch=batch, seq=1, context=0)
+    return PoolOption(kind=kind, gpus=gpus, workload=wl, step_s=step_s, plan="", memory_bytes=0,
+                      decode_batch=extra.pop("decode_batch", 0), extra=extra)
+
+
+def test_best_configurations_under_slos():
+    from cost_models.comm import Link
+    from planner.serve.choose import Slos, best_colocated, best_disaggregated
+
+    traffic = Traffic(requests=1, prompt_tokens=1000, output_tokens=100, max_prompt_tokens=1000,
+                      max_output_tokens=100)
+    # Prefill A: 2 GPUs, 1 prompt per 0.4 s = 2.5 req/s; KV 2e8 B over 2 senders at 1 GB/s
+    # = 0.1 s, TTFT 0.5 s. Prefill B: 1 GPU, 0.9 s + 0.2 s = 1.1 s > 1 s SLO: excluded.
+    prefills = [_option("prefill", 2, 1, 0.4), _option("prefill", 1, 1, 0.9)]
+    # Decode X: 20 ms > 15 ms SLO, excluded. Decode Y: 1 GPU, 8 slots, 10 ms, 100 tokens:
+    # 8 / (0.01 * 100) = 8 req/s.
+    decodes = [_option("decode", 2, 50, 0.02), _option("decode", 1, 8, 0.01)]
+    link = Link(alpha_s=0.0, bytes_per_s=1e9)
+    slos = Slos(ttft_s=1.0, ttl_s=0.015)
+    best = best_disaggregated(prefills, decodes, traffic, 8, slos, link, 2e8)
+    # On 8 GPUs: n_p=1 -> 2.5; n_p=2 -> 5; n_p=3 (n_d <= 2) -> min(7.5, 16, link 30) = 7.5 with
+    # one decode replica: 3 x 2 + 1 = 7 GPUs, 7.5 * 100 / 7 tokens/s per GPU.
+    assert (best.prefill.gpus, best.decode.gpus) == (2, 1)
+    a = best.allocation
+    assert (a.prefill_replicas, a.decode_replicas, a.gpus_used) == (3, 1, 7)
+    assert a.requests_per_s == pytest.approx(7.5)
+    assert best.ttft_s == pytest.approx(0.5)
+    assert best.tokens_per_s_per_gpu == pytest.approx(750 / 7)
+    # Co-located: chunk 250 + 25 decodes in 50 ms on 2 GPUs: 250 / (1000 * 0.05) = 5 req/s
+    # = 25 / (100 * 0.05); TTFT 4 iterations = 0.2 s; TTL 50 ms misses 15 ms, meets 60 ms.
+    coloc = [_option("colocated", 2, 1, 0.05, decode_batch=25, chunk_tokens=250)]
+    assert best_colocated(coloc, traffic, 8, slos) is None
+    c = best_colocated(coloc, traffic, 8, Slos(ttft_s=1.0, ttl_s=0.06))
+    assert (c.replicas, c.requests_per_s) == (4, pytest.approx(20.0))
+    assert c.tokens_per_s_per_gpu == pytest.approx(250.0)
+    # At 12 req/s: ceil(12 / 5) = 3 replicas, 6 GPUs, 12 * 100 / 6 = 200 tokens/s per GPU.
+    c12 = best_colocated(coloc, traffic, 8, Slos(ttft_s=1.0, ttl_s=0.06), rate=12.0)
+    assert (c12.replicas, c12.gpus_used) == (3, 6)
+    assert c12.tokens_per_s_per_gpu == pytest.approx(200.0)
