@@ -121,17 +121,15 @@ def prefill_options(graph: Graph, settings: PlanSettings, traffic: Traffic, size
 
 def decode_options(graph: Graph, settings: PlanSettings, traffic: Traffic, sizes: list[int],
                    max_batch: int) -> list[PoolOption]:
-    """Batches double from 1 until the replica runs out of memory."""
+    """Batches doubling from 1 to `max_batch`. A batch that does not fit does not end the
+    scan: a larger one may divide over a data-parallel split that shards the KV cache."""
     out = []
     for gpus in sizes:
         for batch in powers_of_two(1, max_batch):
             wl = settings.workload("decode", batch, 1, traffic.decode_context_tokens)
             result = settings.search(graph, wl, gpus)
-            if result is None:
-                if out and out[-1].gpus == gpus:
-                    break
-                continue
-            out.append(_option("decode", gpus, wl, result))
+            if result is not None:
+                out.append(_option("decode", gpus, wl, result))
     return out
 
 
