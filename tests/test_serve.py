@@ -22,6 +22,7 @@ from planner.serve.rates import (
     transfer_seconds,
 )
 from planner.serve.traffic import Traffic, read_traffic
+from tests.conftest import EXAMPLES
 
 # A prefill replica of 2 GPUs finishing 4 prompts/s; a decode replica of 4 GPUs for 6 req/s.
 PREFILL = PoolReplica(gpus=2, requests_per_s=4.0)
@@ -131,11 +132,13 @@ def test_serve_plan_on_a_tiny_model(load, tmp_path):
     from planner.serve.plan import serve_plan
     from planner.serve.pools import PlanSettings
 
-    loaded = load("examples/llama.py")
+    loaded = load(str(EXAMPLES / "llama.py"))
     traffic = Traffic(requests=1, prompt_tokens=2048, output_tokens=128, max_prompt_tokens=2048,
                       max_output_tokens=128)
     slos = Slos(ttft_s=0.05, ttl_s=0.002)
-    r = serve_plan(loaded, PlanSettings(hardware=load_hardware("h100-sxm")), traffic, gpus=4, slos=slos)
+    grids = dict(prefill_batches=(1, 4), max_decode_batch=256, chunk_tokens=(256, 1024, 4096))
+    r = serve_plan(loaded, PlanSettings(hardware=load_hardware("h100-sxm")), traffic, gpus=4,
+                   slos=slos, **grids)
     d, c = r.disaggregated, r.colocated
     assert d is not None and c is not None
     assert d.ttft_s <= slos.ttft_s and d.ttl_s <= slos.ttl_s
@@ -152,7 +155,7 @@ def test_serve_plan_on_a_tiny_model(load, tmp_path):
     assert c.requests_per_s == pytest.approx(c.replicas * c.hybrid.requests_per_s)
     # A given rate below the maximum uses no more GPUs.
     half = serve_plan(loaded, PlanSettings(hardware=load_hardware("h100-sxm")), traffic, gpus=4,
-                      slos=slos, rate=a.requests_per_s / 2)
+                      slos=slos, rate=a.requests_per_s / 2, **grids)
     assert half.disaggregated.allocation.gpus_used <= a.gpus_used
     assert math.isclose(half.disaggregated.allocation.requests_per_s, a.requests_per_s / 2)
 

@@ -80,15 +80,20 @@ class ServeResult:
 
 
 def serve_plan(loaded: LoadedModel, settings: PlanSettings, traffic: Traffic, *, gpus: int,
-               slos: Slos, rate: float | None = None) -> ServeResult:
+               slos: Slos, rate: float | None = None,
+               prefill_batches: tuple[int, ...] = PREFILL_BATCHES,
+               max_decode_batch: int = MAX_DECODE_BATCH,
+               chunk_tokens: tuple[int, ...] = CHUNK_TOKENS) -> ServeResult:
     """Price every replica size and batch of each pool with the planner, then pick the best
-    rate-matched disaggregated split and the best co-located configuration."""
+    rate-matched disaggregated split and the best co-located configuration. The grids
+    (prefill batches, decode batches doubling up to `max_decode_batch`, chunk sizes) bound
+    the search."""
     graph = loaded.graph
     sizes = replica_sizes(gpus)
     pool_sizes = [s for s in sizes if s < gpus]  # the other pool needs a GPU too
-    prefills = prefill_options(graph, settings, traffic, pool_sizes, list(PREFILL_BATCHES))
-    decodes = decode_options(graph, settings, traffic, pool_sizes, MAX_DECODE_BATCH)
-    colocated = colocated_options(graph, settings, traffic, sizes, list(CHUNK_TOKENS))
+    prefills = prefill_options(graph, settings, traffic, pool_sizes, list(prefill_batches))
+    decodes = decode_options(graph, settings, traffic, pool_sizes, max_decode_batch)
+    colocated = colocated_options(graph, settings, traffic, sizes, list(chunk_tokens))
     if not prefills and not colocated:
         raise InfeasiblePlanError(
             f"the model fits no replica of up to {gpus} GPUs for a {round(traffic.prompt_tokens)}-token "
