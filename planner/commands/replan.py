@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ir.mesh import Mesh
     from ir.plan import Plan
     from planner.replan import replan, write_replan
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out} is the plan's own directory; give another so the plan is kept")
     result = replan(plan, args.failed, time_limit_s=args.time_limit)
     paths = write_replan(result, out)
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 120), markup=False)
     console.print(f"{result.replicas} replica(s) of {plan.world_size // result.replicas} GPUs, "
                   f"{result.replica_tokens_per_s:.1f} tokens/s each; failed GPUs {result.failed}")
     for a in result.affected:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"  replica {a.replica} (GPUs {a.gpus}): dropped - {a.why}")
         else:
             console.print(f"  replica {a.replica} (GPUs {a.gpus}): replanned on {a.degree} GPUs "
-                          f"{a.surviving[:a.degree]} as {a.run.plan.mesh}, {a.tokens_per_s:.1f} tokens/s "
+                          f"{a.surviving[:a.degree]} as {Mesh.of(**a.run.plan.mesh)}, {a.tokens_per_s:.1f} tokens/s "
                           f"({a.why})")
     console.print(f"throughput kept: {result.kept_if_replanned:.1%} replanned vs "
                   f"{result.kept_if_dropped:.1%} dropping the affected replicas")

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         kv_dtype=args.kv_dtype, act_dtype=args.act_dtype,
     )
     loaded = load_graph(source)
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 120), markup=False)  # plan summaries hold brackets
     with console.status("pricing pool configurations"):
         result = serve_plan(loaded, settings, traffic, gpus=args.gpus,
                             slos=Slos(ttft_s=args.ttft_slo / 1e3, ttl_s=args.ttl_slo / 1e3),
