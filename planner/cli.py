@@ -14,14 +14,17 @@ import textwrap
 
 from ir.errors import PlannerError
 
-COMMANDS = ("inspect", "plan", "explain", "verify", "sweep", "calibrate")
+COMMANDS = (
+    "inspect", "plan", "explain", "verify", "sweep", "calibrate", "serve-plan", "replan",
+)
 
 
 def _load_command(name: str):
+    module = f"planner.commands.{name.replace('-', '_')}"
     try:
-        return importlib.import_module(f"planner.commands.{name}")
+        return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name == f"planner.commands.{name}":
+        if exc.name == module:
             return None
         raise
 

@@ -43,7 +43,8 @@ class SweepPoint:
         }
 
 
-def _summary(result) -> str:
+def summarize_result(result) -> str:
+    """The mesh and the strategies per block kind of a search's best plan, on one line."""
     best = result.best
     meaning = best.built.meaning
     kinds: dict[str, set[str]] = {}
@@ -79,7 +80,7 @@ def sweep_points(
                 except InfeasiblePlanError as exc:
                     skipped.append({"batch": batch, "gpus": gpus, "helix": helix, "why": str(exc)[:300]})
                 else:
-                    points.append(SweepPoint(batch, gpus, helix, _summary(result),
+                    points.append(SweepPoint(batch, gpus, helix, summarize_result(result),
                                              result.best.solution.objective_s))
                 if progress is not None:
                     progress()
