@@ -51,6 +51,7 @@ from ir.rank_program import (
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
 from passes.lower.builder import (
     B_SYM,
+    T_SYM,
     Builder,
     dim_of,
     identifier,
@@ -234,9 +235,12 @@ class BlockLowering:
 
 
 def _stream_target(builder: Builder, value: str, current: Layout, layout_name: str) -> Layout:
-    """The residual stream's layout over the model axes (kvp×tp, nested kvp-major)."""
+    """The residual stream's layout over the model axes (kvp×tp, nested kvp-major); over cp
+    it is always split along the new tokens (load-balanced order, see passes/lower/cp.py)."""
     for axis in builder.model_axes:
         current = current.with_axis(axis, builder.stream_placement(value, layout_name))
+    if "cp" in builder.axes:
+        current = current.with_axis("cp", builder.stream_placement(value, "shard_seq"))
     return current
 
 
@@ -247,13 +251,18 @@ def _input_layout(builder: Builder, name: str) -> Layout:
         d = dim_of(spec.shape, B_SYM)
         if d is not None:
             layout = layout.with_axis("dp", shard(d))
+    if "cp" in builder.axes:
+        # new tokens split over cp (balanced by the driver); a cached prefix along L
+        d = dim_of(spec.shape, WORKLOAD_SYMBOLS["L"] if name.startswith("past_kv") else T_SYM)
+        if d is not None:
+            layout = layout.with_axis("cp", shard(d))
     model = builder.model_axes
     if model and name.startswith("past_kv"):
         consumer = sorted(builder.consumer_blocks.get(name, ()))
         if consumer:
             bp = _block_plan(builder.plan, consumer[0])
             strat = lowering_for(bp.strategy, bp.name)
-            if strat.cache in ("heads", "helix"):
+            if strat.cache in ("heads", "helix", "cp"):
                 # helix splits KV heads over tp only; tp-style strategies over kvp×tp
                 head_axes = ("tp",) if strat.cache == "helix" else model
                 head_axes = tuple(a for a in head_axes if a in model)
@@ -332,6 +341,10 @@ def _lower_block(builder: Builder, block: Block) -> None:
         from passes.lower.helix import lower_helix_attention
 
         lower_helix_attention(cx)
+    elif strategy.cache == "cp":
+        from passes.lower.cp import lower_cp_attention
+
+        lower_cp_attention(cx)
     else:
         for op in cx.ops:
             rule_for(op)(cx, op)

@@ -40,16 +40,20 @@ class SearchResult:
     fixed_bytes: float
 
 
-def mesh_candidates(gpus: int, *, kvp: bool = False) -> list[Mesh]:
-    """Factorizations dp × tp of the GPU count (dp × kvp × tp when Helix is allowed)."""
+def mesh_candidates(gpus: int, *, kvp: bool = False, cp: bool = False) -> list[Mesh]:
+    """Factorizations dp × tp of the GPU count (dp × kvp × tp when Helix is allowed,
+    dp × cp × tp when context parallelism is)."""
     out = []
     for tp in range(1, gpus + 1):
         if gpus % tp:
             continue
         rest = gpus // tp
         for k in range(1, rest + 1) if kvp else (1,):
-            if rest % k == 0:
-                out.append(Mesh.of(dp=rest // k, kvp=k, tp=tp))
+            if rest % k:
+                continue
+            for c in range(1, rest // k + 1) if cp else (1,):
+                if (rest // k) % c == 0:
+                    out.append(Mesh.of(dp=rest // k // c, cp=c, kvp=k, tp=tp))
     return out
 
 
@@ -61,7 +65,9 @@ def workspace_bytes(
 ) -> float:
     """Transient activations of the widest block on one replica (not summed over blocks),
     plus a runtime reserve (CUDA context, allocator slack; 1 GiB by default)."""
-    rows = workload.batch // mesh.size("dp") * workload.seq
+    cp = mesh.size("cp")
+    tokens = workload.seq if cp == 1 else -(-workload.seq // (2 * cp)) * 2
+    rows = workload.batch // mesh.size("dp") * tokens
     widest = max(
         [b.dims.get("ffn", 0) * max(1, b.dims.get("top_k", 1)) for b in graph.blocks]
         + [4 * b.dims.get("hidden", 0) for b in graph.blocks]
@@ -102,8 +108,9 @@ def search(
     slo = workload.ttl_slo_s if workload.kind == "decode" else workload.ttft_slo_s
     outcomes: list[MeshOutcome] = []
     helix = "helix" in allowed and workload.kind == "decode"
+    ring = bool({"cp_pass_kv", "cp_pass_q"} & allowed) and workload.kind == "prefill"
     split_reason = batch_split_reason(graph.blocks) if verified_only else None
-    for mesh in mesh_candidates(gpus, kvp=helix):
+    for mesh in mesh_candidates(gpus, kvp=helix, cp=ring):
         reason = _mesh_reason(mesh, workload, force)
         if not reason and split_reason and mesh.size("dp") > 1:
             reason = split_reason
@@ -140,7 +147,10 @@ def search(
     # Ties go to the simpler mesh: a kvp axis whose plan uses no Helix equals a plain tp mesh.
     best = min(
         feasible,
-        key=lambda o: (float(f"{o.solution.objective_s:.9g}"), o.mesh.size("kvp"), outcomes.index(o)),
+        key=lambda o: (
+            float(f"{o.solution.objective_s:.9g}"), o.mesh.size("kvp"), o.mesh.size("cp"),
+            outcomes.index(o),
+        ),
     )
     return SearchResult(best, outcomes, capacity, best.built.problem.fixed_memory_bytes)
 

@@ -90,6 +90,11 @@ class Strategy:
             return f"{self.name} applies to {', '.join(sorted(self.workloads))} workloads"
         if self.axes and self.degree(ctx) == 1:
             return f"the mesh has no {'×'.join(self.axes)} parallelism (size 1)"
+        if ctx.mesh.size("cp") > 1 and "cp" not in self.axes:
+            if block.kind == "attention":
+                return "on a cp mesh attention runs as ring attention (cp_pass_kv or cp_pass_q)"
+            if self.splits_batch or self.splits_norm_tokens or "kvp" in self.axes:
+                return f"{self.name} is not lowered together with a cp axis"
         for req in self.requirements:
             reason = req(block, ctx)
             if reason:

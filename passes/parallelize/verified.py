@@ -20,6 +20,9 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
     "vocab": frozenset({"embedding", "lm_head"}),
     # GQA attention in decode (tests/test_codegen_helix.py); latent attention is excluded below
     "helix": frozenset({"attention"}),
+    # GQA attention in prefill (tests/test_codegen_cp.py)
+    "cp_pass_kv": frozenset({"attention"}),
+    "cp_pass_q": frozenset({"attention"}),
 }
 
 
