@@ -93,7 +93,7 @@ class Strategy:
         if ctx.mesh.size("cp") > 1 and "cp" not in self.axes:
             if block.kind == "attention":
                 return "on a cp mesh attention runs as ring attention (cp_pass_kv or cp_pass_q)"
-            if self.splits_batch or self.splits_norm_tokens or "kvp" in self.axes:
+            if self.splits_batch or self.splits_norm_tokens:
                 return f"{self.name} is not lowered together with a cp axis"
         for req in self.requirements:
             reason = req(block, ctx)
