@@ -23,6 +23,7 @@ for full prefill, where the step's attention also hides its send.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from cost_models import KernelWork
 from cost_models.compute import attention_prefill_work
@@ -126,6 +127,64 @@ def price_cp(block: Block, ctx: PlanContext, *, variant: str) -> Priced:
     return Priced(compute + exposed, compute, {k: v for k, v in comm.items() if v}, exposed, memory)
 
 
+def _with_split(ctx: PlanContext, seq: int, context: int) -> PlanContext:
+    return replace(ctx, workload=replace(ctx.workload, seq=seq, context=context))
+
+
+def _advantage_s(block: Block, ctx: PlanContext, seq: int, total: int) -> float:
+    """pass-KV time minus pass-Q time (one block) with `seq` new of `total` tokens."""
+    at = _with_split(ctx, seq, total - seq)
+    return price_cp(block, at, variant="cp_pass_kv").time_s - price_cp(block, at, variant="cp_pass_q").time_s
+
+
+def crossover_new_tokens(block: Block, ctx: PlanContext) -> int | None:
+    """The fewest new tokens (of this workload's T + L) at which pass-KV is no slower than
+    pass-Q, by bisection (pass-Q's edge shrinks as the new-token share grows); None when
+    pass-Q wins even for a full prefill."""
+    total = ctx.workload.seq + ctx.workload.context
+    if _advantage_s(block, ctx, total, total) > 0:
+        return None
+    low, high = 1, total  # pass-KV wins at `high`
+    if _advantage_s(block, ctx, low, total) <= 0:
+        return low
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _advantage_s(block, ctx, mid, total) <= 0:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def explain_cp(block: Block, ctx: PlanContext) -> list[str]:
+    """Why pass-KV or pass-Q: both variants' time at this workload, the crossover of the
+    cost model against the message-size rule of thumb T/(T+L) = 2K/Q."""
+    wl = ctx.workload
+    total = wl.seq + wl.context
+    kv = price_cp(block, ctx, variant="cp_pass_kv")
+    q = price_cp(block, ctx, variant="cp_pass_q")
+    tk, tq = ring_terms(block, ctx, "cp_pass_kv"), ring_terms(block, ctx, "cp_pass_q")
+    d = block.dims
+    rule = 2 * d["kv_heads"] / d["q_heads"]
+    cross = crossover_new_tokens(block, ctx)
+    where = (
+        "pass-Q wins at every new-token share" if cross is None
+        else f"pass-KV wins from T = {cross} new tokens, T/(T+L) = {cross / total:.2%}"
+    )
+    us = 1e6
+    return [
+        f"new-token share T/(T+L) = {wl.seq / total:.2%} ({wl.seq} new, {wl.context} cached); "
+        f"per block pass-KV {kv.time_s * us:.1f} µs, pass-Q {q.time_s * us:.1f} µs",
+        f"per ring step ({tk['steps']:.0f} ranks): attention {tk['step_compute_s'] * us:.1f} µs; "
+        f"KV send {tk['step_send_s'] * us:.1f} µs (exposed {tk['exposed_ring_s'] * us:.1f} µs in all); "
+        f"Q send {tq['step_send_s'] * us:.1f} µs (exposed {tq['exposed_ring_s'] * us:.1f} µs) + "
+        f"all-to-all of partials {tq['final_all_to_all_s'] * us:.1f} µs",
+        f"crossover at T+L = {total}: {where}; rule of thumb 2·K/Q = {rule:.2%} (message sizes "
+        "only: it ignores that a step's attention hides the KV send and that pass-Q ends in an "
+        "all-to-all as large as all its query sends)",
+    ]
+
+
 def _strategy(variant: str, summary: str) -> Strategy:
     def price(block: Block, ctx: PlanContext) -> Priced:
         return price_cp(block, ctx, variant=variant)
@@ -140,6 +199,7 @@ def _strategy(variant: str, summary: str) -> Strategy:
         requirements=(cp_requirements,),
         price=price,
         workloads=frozenset({"prefill"}),
+        explain=explain_cp,
     )
 
 
