@@ -7,11 +7,16 @@ heads; fp32, max abs err <= 1e-4 x max(1, |ref|)), each rank's weight and KV byt
 plan. Lengths are chosen so that the balanced layout pads (T not a multiple of 2·cp; T < 2·cp
 leaves a rank with padding only) and so that a cached prefix does not divide over cp.
 
-    ranks  mesh        attention    T   L (cached)  other blocks
-    2      cp2         cp_pass_kv   13  0           replicate
-    4      cp4         cp_pass_q    3   45          replicate
-    4      cp4         cp_pass_kv   16  16          replicate
-    4      cp2 x tp2   cp_pass_q    11  9           mlp tp, embedding / lm_head vocab
+    ranks  mesh        attention    run                        other blocks
+    2      cp2         cp_pass_kv   prompt 13, 5 decode steps  replicate
+    4      cp4         cp_pass_q    prefill T 3, L 45          replicate
+    4      cp4         cp_pass_kv   prefill T 16, L 16         replicate
+    4      cp2 x tp2   cp_pass_q    prefill T 11, L 9          mlp tp, embedding / lm_head vocab
+    4      cp2 x tp2   cp_pass_kv   prompt 10, 4 decode steps  mlp tp, embedding / lm_head vocab
+
+Decode after a CP prefill: the prompt is prefilled over cp in the balanced layout (its K/V stays
+where it was computed), then each teacher-forced step attends over that KV plus the steps'
+KV, appended round-robin over the cp ranks; every step's logits are compared.
 
 Planner cases (one process): the Llama-3.1-405B shape on 16 nodes × 8 H100 (CP16 × TP8),
 128K tokens of context: pass-Q at a 1% cache miss, pass-KV at 100% (full prefill).
@@ -28,7 +33,7 @@ from ir.workload import Workload
 from passes.lower import lower
 from passes.parallelize.search import mesh_candidates
 from planner.api import make_plan
-from planner.verify_runner import verify_program, write_run_plan
+from planner.verify_runner import judge, program_args, run_torchrun, verify_program, write_run_plan
 from tests.conftest import ROOT
 
 LLAMA = str(ROOT / "examples" / "llama.py")
@@ -42,26 +47,18 @@ def cp_plan(load, gpus: int, force: list[str], *, seq: int = 16, context: int = 
     return run
 
 
+TP_REST = ["layers.*.mlp=tp", "embedding=vocab", "lm_head=vocab"]
 CASES = [
-    (2, ["layers.*.attention=cp_pass_kv(cp=2)"], 13, 0),
     (4, ["layers.*.attention=cp_pass_q(cp=4)"], 3, 45),
     (4, ["layers.*.attention=cp_pass_kv(cp=4)"], 16, 16),
-    (
-        4,
-        [
-            "layers.*.attention=cp_pass_q(cp=2,tp=2)", "layers.*.mlp=tp",
-            "embedding=vocab", "lm_head=vocab",
-        ],
-        11,
-        9,
-    ),
+    (4, ["layers.*.attention=cp_pass_q(cp=2,tp=2)", *TP_REST], 11, 9),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("gpus", "force", "seq", "context"), CASES,
-    ids=["kv-cp2-T13", "q-cp4-T3-L45", "kv-cp4-T16-L16", "q-cp2xtp2-T11-L9"],
+    ids=["q-cp4-T3-L45", "kv-cp4-T16-L16", "q-cp2xtp2-T11-L9"],
 )
 def test_ring_attention_prefill_is_exact_under_torchrun(load, tmp_path, gpus, force, seq, context):
     run = cp_plan(load, gpus, force, seq=seq, context=context)
@@ -74,6 +71,31 @@ def test_ring_attention_prefill_is_exact_under_torchrun(load, tmp_path, gpus, fo
     assert report.ok, (report.max_abs_err, report.ref_scale, report.problems)
     assert report.max_abs_err <= 1e-4 * report.ref_scale
     assert report.memory_ok, report.problems
+
+
+DECODE_CASES = [
+    (2, ["layers.*.attention=cp_pass_kv(cp=2)"], 13, 5),
+    (4, ["layers.*.attention=cp_pass_kv(cp=2,tp=2)", *TP_REST], 10, 4),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("gpus", "force", "prompt", "steps"), DECODE_CASES, ids=["kv-cp2", "kv-cp2xtp2"])
+def test_decode_after_cp_prefill_is_exact_under_torchrun(load, tmp_path, gpus, force, prompt, steps):
+    run = cp_plan(load, gpus, force, seq=prompt)
+    path = write_run_plan(run.graph, run.plan, tmp_path)
+    results = run_torchrun(
+        path, gpus, program_args(workload="decode", batch=2, seq=1, context=prompt, steps=steps)
+    )
+    report = judge(run.plan, results, gpus)
+    assert report.ok, (report.max_abs_err, report.ref_scale, report.problems)
+    assert results[0]["steps_checked"] == 1 + steps
+    # KV stays where it was computed: each rank holds its balanced prompt share plus its
+    # round-robin share of the decode steps (k and v, 2 layers, B 2, KV heads / tp, d 32, fp32)
+    tp = run.plan.mesh["tp"]
+    local = -(-prompt // (2 * run.plan.mesh["cp"])) * 2 + -(-steps // run.plan.mesh["cp"])
+    assert {r["kv_tokens"] for r in results} == {local}
+    assert {r["kv_bytes"] for r in results} == {2 * 2 * 2 * (2 // tp) * 32 * 4 * local}
 
 
 def test_cp_lowering_splits_tokens_and_keeps_the_cache_where_it_lives(load, tmp_path):
