@@ -20,7 +20,7 @@ from passes.parallelize.build import ForceRule, MeshProblem, _NoOption, build_pr
 from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import Solution, solve
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
-from passes.parallelize.verified import batch_split_reason
+from passes.parallelize.verified import batch_split_reason, token_split_reason
 
 
 @dataclass
@@ -110,10 +110,13 @@ def search(
     helix = "helix" in allowed and workload.kind == "decode"
     ring = bool({"cp_pass_kv", "cp_pass_q"} & allowed) and workload.kind == "prefill"
     split_reason = batch_split_reason(graph.blocks) if verified_only else None
+    token_reason = token_split_reason(graph.blocks) if verified_only else None
     for mesh in mesh_candidates(gpus, kvp=helix, cp=ring):
         reason = _mesh_reason(mesh, workload, force)
         if not reason and split_reason and mesh.size("dp") > 1:
             reason = split_reason
+        if not reason and token_reason and mesh.size("cp") > 1:
+            reason = token_reason
         if reason:
             outcomes.append(MeshOutcome(mesh, None, None, reason))
             continue

@@ -42,6 +42,19 @@ def unverified_reason(strategy: str, block: Block) -> str | None:
     return None
 
 
+def token_split_reason(blocks: list[Block]) -> str | None:
+    """A cp mesh axis splits every block's new tokens; MoE routing is lowered by gathering the
+    tokens over cp first (the result is exact, but the cost model prices local tokens and
+    not that gather), so such meshes are not offered for MoE models by default."""
+    for b in blocks:
+        if b.kind == "moe":
+            return (
+                f"a cp axis splits the tokens of every block, and {b.kind} blocks like {b.name} "
+                "gather them back over cp (not priced); --allow-unverified to plan anyway"
+            )
+    return None
+
+
 def batch_split_reason(blocks: list[Block]) -> str | None:
     """A dp mesh axis splits every block's batch; blocks whose lowering under a split batch is
     not verified (MoE routing, latent attention) rule such meshes out."""
