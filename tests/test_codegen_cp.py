@@ -24,6 +24,8 @@ Planner cases (one process): the Llama-3.1-405B shape on 16 nodes × 8 H100 (CP1
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ir.mesh import Mesh
@@ -33,6 +35,7 @@ from ir.workload import Workload
 from passes.lower import lower
 from passes.parallelize.search import mesh_candidates
 from planner.api import make_plan
+from planner.report import explain_text
 from planner.verify_runner import judge, program_args, run_torchrun, verify_program, write_run_plan
 from tests.conftest import ROOT
 
@@ -134,7 +137,7 @@ def llama405b():
     return loaded(LLAMA, preset="llama3.1-405b")
 
 
-def _attention_choice(loaded_model, miss: float) -> str:
+def _plan_405b(loaded_model, miss: float):
     context = 128 * 1024
     seq = max(1, round(context * miss))
     run = make_plan(
@@ -143,15 +146,29 @@ def _attention_choice(loaded_model, miss: float) -> str:
         force=["layers.*.mlp=tp(cp=16,tp=8)"],
     )
     assert run.plan.mesh["cp"] == 16 and run.plan.mesh["tp"] == 8
-    return {b.strategy for b in run.plan.blocks if b.kind == "attention"}.pop()
+    return run.plan
+
+
+def _attention(plan) -> str:
+    return {b.strategy for b in plan.blocks if b.kind == "attention"}.pop()
 
 
 def test_ilp_picks_pass_q_with_a_big_cached_prefix(llama405b):
-    assert _attention_choice(llama405b, 0.01) == "cp_pass_q"
+    plan = _plan_405b(llama405b, 0.01)
+    assert _attention(plan) == "cp_pass_q"
+    # explain: both variants' times and the crossover, which the cost model puts below the
+    # 2K/Q = 12.5% rule of thumb (pass-KV's send hides behind each step's attention)
+    notes = plan.predicted["notes"]["attention.0"]
+    kv_us, q_us = (float(x) for x in re.findall(r"pass-(?:KV|Q) ([0-9.]+) µs", notes[0]))
+    assert q_us < kv_us
+    share = float(re.search(r"T/\(T\+L\) = ([0-9.]+)%;", notes[2]).group(1))
+    assert 1.0 < share < 12.5
+    assert "rule of thumb 2·K/Q = 12.50%" in notes[2]
+    assert "crossover" in explain_text(plan)
 
 
 def test_ilp_picks_pass_kv_for_full_prefill(llama405b):
-    assert _attention_choice(llama405b, 1.0) == "cp_pass_kv"
+    assert _attention(_plan_405b(llama405b, 1.0)) == "cp_pass_kv"
 
 
 def test_balanced_tokens_per_rank_in_pricing():

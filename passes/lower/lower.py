@@ -1,13 +1,14 @@
 """Lower (Graph, Plan) to a per-rank program: layout propagation and collective insertion.
 
 Pre: an analyzed graph (blocks recognized, every op in exactly one block) and a plan with a
-strategy for every block on a mesh whose only axes of size > 1 are `dp` and `tp`.
+strategy for every block on a mesh whose only axes of size > 1 are `dp`, `cp`, `kvp` and `tp`.
 Post: a `RankProgram` in which every value has a layout and a local shape and every change of
 layout is an explicit step (free slice or async collective + wait).
 
 How layouts are decided:
 * Graph inputs: split along their batch dim over `dp` (the dp axis always splits the
-  batch); replicated over `tp`, except KV caches, which the consuming attention block's
+  batch) and along the new tokens over `cp` (a cached prefix along L; see
+  passes/lower/cp.py); replicated over `tp`, except KV caches, which the consuming attention block's
   strategy splits (KV heads for tp, batch for dp).
 * At a block's entry its residual-stream inputs ([B, T, hidden] activations and the token
   ids) are brought to the plan's `layout_in`; this edge conversion runs in the driver. At its

@@ -1,7 +1,8 @@
 """Mesh search: solve the integer program on every factorization of the GPU count.
 
 The outer loop enumerates meshes dp × tp (outermost first; tp innermost so it lands inside a
-scale-up domain first); each mesh gets its own program (`build.build_problem`) solved by
+scale-up domain first), with a kvp axis for decode when Helix is allowed and a cp axis for
+prefill when ring attention is (cp outside tp, so CP runs across nodes and TP inside one); each mesh gets its own program (`build.build_problem`) solved by
 `ilp.solve`; the fastest feasible plan wins, ties broken by mesh order. Meshes that cannot
 run the workload (batch not divisible, a forced degree not matched, no valid strategy for a
 block, memory) are reported with their reason.
