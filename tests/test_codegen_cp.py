@@ -181,3 +181,32 @@ def test_balanced_tokens_per_rank_in_pricing():
         cost=CostModel(hardware=load_hardware("h100-sxm")), mesh=Mesh.of(cp=2),
     )
     assert ctx.replica_tokens() == 8  # 13 padded to 16 (2·cp chunks), 8 per rank
+
+
+def test_runtime_balanced_layout_and_lse_merge(load, tmp_path):
+    """The generated program's CP helpers: rank i holds chunks i and 2·cp−1−i, balancing pads
+    and un-balancing restores; merging partials over disjoint keys equals full attention."""
+    import importlib.util
+
+    import torch
+
+    run = cp_plan(load, 2, ["layers.*.attention=cp_pass_q(cp=2)"])
+    path = write_run_plan(run.graph, run.plan, tmp_path)
+    spec = importlib.util.spec_from_file_location("cp_runtime_under_test", path)
+    rt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rt)
+    assert rt.MESH["cp"] == 2
+    assert rt.cp_positions(4, 0).tolist() == [0, 1, 6, 7]
+    assert rt.cp_positions(4, 1).tolist() == [2, 3, 4, 5]
+    x = torch.arange(2 * 5).view(2, 5) + 1  # 5 tokens: padded to 8 with zeros
+    balanced = rt.cp_balance(x, 1)
+    assert balanced[0].tolist() == [1, 2, 0, 0, 3, 4, 5, 0]
+    assert torch.equal(rt.cp_unbalance(balanced, 1, 5), x)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 3, 8, generator=g) for _ in range(3))
+    valid = torch.rand(1, 1, 3, 3, generator=g) > 0.3
+    valid[..., 0] = True
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=valid)
+    parts = [rt.attend_block(q, k[:, :, s], v[:, :, s], valid[..., s], 8**-0.5) for s in (slice(0, 1), slice(1, 3))]
+    got, _ = rt.merge_partials(*parts[0], *parts[1])
+    assert torch.allclose(got, want, atol=1e-6)
