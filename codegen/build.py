@@ -29,6 +29,8 @@ STRATEGY_NOTES = {
     "tp": "heads / FFN columns split over tp (column-parallel in, row-parallel out)",
     "tp_sp": "tp with the residual stream split along tokens (all-gather in, reduce-scatter out)",
     "vocab": "vocabulary rows split over tp",
+    "cp_pass_kv": "ring attention over cp, pass-KV: KV blocks rotate, queries stay; LSE merge",
+    "cp_pass_q": "ring attention over cp, pass-Q: queries rotate, all-to-all of partials; LSE merge",
     "helix": (
         "Helix: KV split along the sequence over kvp, heads over tp; partial attention, "
         "all-to-all over kvp, log-sum-exp combine; output projection row-parallel over kvp×tp"

@@ -25,6 +25,7 @@ from ir.rank_program import (
     Compute,
     LocalShard,
     LocalValue,
+    MeshGroupsRef,
     RankProgram,
     Step,
     Wait,
@@ -137,6 +138,9 @@ class Renderer:
         if isinstance(x, AxisRank):
             self.state.uses_pg = True
             return f'pg.coord["{x.axis}"]'
+        if isinstance(x, MeshGroupsRef):
+            self.state.uses_pg = True
+            return "pg"
         if isinstance(x, bool) or x is None:
             return repr(x)
         if isinstance(x, sympy.Basic):
@@ -187,7 +191,10 @@ class Renderer:
             return f"-{self.arg(a[0])}"
         if t == "linear":
             return self.call("F.linear", tuple(a), kw)
-        if t in ("vocab_embedding", "helix_partial_attention", "helix_combine"):
+        if t in (
+            "vocab_embedding", "helix_partial_attention", "helix_combine",
+            "ring_attention_pass_kv", "ring_attention_pass_q",
+        ):
             return self.call(t, tuple(a), kw)
         if t == "embedding" and len(a) == 2 and not kw:
             return f"F.embedding({self.arg(a[1])}, {self.arg(a[0])})"

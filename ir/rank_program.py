@@ -52,6 +52,12 @@ class AxisRank:
 
 
 @dataclass(frozen=True)
+class MeshGroupsRef:
+    """A step argument: this rank's process groups (`pg`), for runtime kernels that
+    communicate inside (ring attention's send/recv)."""
+
+
+@dataclass(frozen=True)
 class Compute:
     """`outputs = target(*args, **kwargs)` on local tensors (`ValueRef` names local values).
     `target` is an aten op name as in `ir.graph.Op` or a runtime helper (`vocab_embedding`)."""

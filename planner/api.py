@@ -161,6 +161,11 @@ def assemble_plan(
             dims=dict(b.dims), predicted_s=priced.time_s, compute_s=priced.compute_s,
             comm_s=dict(priced.comm_s), memory_bytes=priced.memory_bytes,
         ))
+    notes: dict[str, list[str]] = {}
+    for b in loaded.graph.blocks:
+        strategy = BY_NAME[built.meaning[sol.assignment[b.name]][0]]
+        if strategy.explain is not None and b.group not in notes:
+            notes[b.group] = strategy.explain(b, ctx)
     edge_s = sol.objective_s - sum(bp.predicted_s for bp in blocks)
     if edge_s > 1e-15:
         per_collective["reshard:tp"] = edge_s
@@ -209,6 +214,7 @@ def assemble_plan(
             "exposed_comm_s": exposed,
             "per_collective_s": dict(sorted(per_collective.items())),
             "tokens_per_s_per_gpu": _throughput(workload, sol.objective_s, best.mesh.world_size),
+            **({"notes": notes} if notes else {}),
         },
         memory={
             "per_gpu_bytes": sol.memory_bytes,

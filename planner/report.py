@@ -89,6 +89,9 @@ def explain_text(plan: Plan) -> str:
             f"- `{r['group']}` ({r['count']} blocks, e.g. `{r['first']}`): **{r['strategy']}** "
             f"{r['degrees']} — {fmt_s(r['time_s'])} in all, {fmt_bytes(r['memory_bytes'])}/GPU"
         )
+    for group, notes in p.get("notes", {}).items():
+        lines += ["", f"## `{group}`: {next(r['strategy'] for r in group_rows(plan) if r['group'] == group)}"]
+        lines += [f"- {n}" for n in notes]
     lines += ["", "## Binding constraints"]
     used = m["per_gpu_bytes"] / m["capacity_bytes"]
     lines.append(

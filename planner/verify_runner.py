@@ -187,6 +187,10 @@ def expected_memory(plan: Plan, result: dict) -> dict[str, float]:
     if "kv_cache" in breakdown:
         plan_elem = DTYPE_BYTES.get(str(workload.get("kv_dtype", "bf16")), 2.0)
         tokens = int(workload.get("context", 0)) + int(workload.get("seq", 0))
+        cp = int(plan.mesh.get("cp", 1))
+        if cp > 1:  # the run reports its own share under context parallelism (balanced, padded)
+            seq = int(workload.get("seq", 0))
+            tokens = -(-int(workload.get("context", 0)) // cp) + -(-seq // (2 * cp)) * 2
         if workload.get("kind") == "train":
             tokens = 0
         plan_batch = int(workload.get("batch", 1))

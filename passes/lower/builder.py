@@ -36,7 +36,7 @@ from ir.rank_program import (
 )
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
 
-SUPPORTED_AXES = ("dp", "kvp", "tp")
+SUPPORTED_AXES = ("dp", "cp", "kvp", "tp")
 # A collective that changes kvp and tp (ir.mesh.MODEL_AXES) alike runs once over the joined
 # group `kvp_tp` (ranks ordered kvp-major, as the nested kvp/tp shards are).
 JOINED_MODEL_AXIS = "kvp_tp"
@@ -103,8 +103,8 @@ class Builder:
         extra = sorted(a for a, n in mesh.items() if n > 1 and a not in SUPPORTED_AXES)
         if extra:
             raise LoweringError(
-                f"the plan's mesh {mesh} uses axes {extra}; codegen lowers only dp, kvp and "
-                "tp so far. Re-plan on a mesh without them"
+                f"the plan's mesh {mesh} uses axes {extra}; codegen lowers only dp, cp, kvp "
+                "and tp so far. Re-plan on a mesh without them"
             )
         self.mesh = mesh
         self.axes = tuple(a for a in SUPPORTED_AXES if mesh.get(a, 1) > 1)

@@ -1,13 +1,14 @@
 """Lower (Graph, Plan) to a per-rank program: layout propagation and collective insertion.
 
 Pre: an analyzed graph (blocks recognized, every op in exactly one block) and a plan with a
-strategy for every block on a mesh whose only axes of size > 1 are `dp` and `tp`.
+strategy for every block on a mesh whose only axes of size > 1 are `dp`, `cp`, `kvp` and `tp`.
 Post: a `RankProgram` in which every value has a layout and a local shape and every change of
 layout is an explicit step (free slice or async collective + wait).
 
 How layouts are decided:
 * Graph inputs: split along their batch dim over `dp` (the dp axis always splits the
-  batch); replicated over `tp`, except KV caches, which the consuming attention block's
+  batch) and along the new tokens over `cp` (a cached prefix along L; see
+  passes/lower/cp.py); replicated over `tp`, except KV caches, which the consuming attention block's
   strategy splits (KV heads for tp, batch for dp).
 * At a block's entry its residual-stream inputs ([B, T, hidden] activations and the token
   ids) are brought to the plan's `layout_in`; this edge conversion runs in the driver. At its
@@ -51,6 +52,7 @@ from ir.rank_program import (
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
 from passes.lower.builder import (
     B_SYM,
+    T_SYM,
     Builder,
     dim_of,
     identifier,
@@ -234,9 +236,12 @@ class BlockLowering:
 
 
 def _stream_target(builder: Builder, value: str, current: Layout, layout_name: str) -> Layout:
-    """The residual stream's layout over the model axes (kvp×tp, nested kvp-major)."""
+    """The residual stream's layout over the model axes (kvp×tp, nested kvp-major); over cp
+    it is always split along the new tokens (load-balanced order, see passes/lower/cp.py)."""
     for axis in builder.model_axes:
         current = current.with_axis(axis, builder.stream_placement(value, layout_name))
+    if "cp" in builder.axes:
+        current = current.with_axis("cp", builder.stream_placement(value, "shard_seq"))
     return current
 
 
@@ -247,13 +252,18 @@ def _input_layout(builder: Builder, name: str) -> Layout:
         d = dim_of(spec.shape, B_SYM)
         if d is not None:
             layout = layout.with_axis("dp", shard(d))
+    if "cp" in builder.axes:
+        # new tokens split over cp (balanced by the driver); a cached prefix along L
+        d = dim_of(spec.shape, WORKLOAD_SYMBOLS["L"] if name.startswith("past_kv") else T_SYM)
+        if d is not None:
+            layout = layout.with_axis("cp", shard(d))
     model = builder.model_axes
     if model and name.startswith("past_kv"):
         consumer = sorted(builder.consumer_blocks.get(name, ()))
         if consumer:
             bp = _block_plan(builder.plan, consumer[0])
             strat = lowering_for(bp.strategy, bp.name)
-            if strat.cache in ("heads", "helix"):
+            if strat.cache in ("heads", "helix", "cp"):
                 # helix splits KV heads over tp only; tp-style strategies over kvp×tp
                 head_axes = ("tp",) if strat.cache == "helix" else model
                 head_axes = tuple(a for a in head_axes if a in model)
@@ -332,6 +342,10 @@ def _lower_block(builder: Builder, block: Block) -> None:
         from passes.lower.helix import lower_helix_attention
 
         lower_helix_attention(cx)
+    elif strategy.cache == "cp":
+        from passes.lower.cp import lower_cp_attention
+
+        lower_cp_attention(cx)
     else:
         for op in cx.ops:
             rule_for(op)(cx, op)

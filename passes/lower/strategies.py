@@ -16,7 +16,7 @@ from ir.graph import Block, Graph, Op
 from ir.layout import REPLICATE, LoweringError, Placement, shard
 
 WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix")
-CACHE_RULES = ("replicate", "heads", "batch", "helix")
+CACHE_RULES = ("replicate", "heads", "batch", "helix", "cp")
 STREAM_LAYOUTS = ("replicate", "shard_batch", "shard_seq")
 
 
@@ -30,7 +30,8 @@ class StrategyLowering:
     rank), row-parallel over every axis its input is split on (the output projection over
     all kvp×tp ranks). `cache`: which dim of the KV cache this block's ranks split (heads:
     the KV-head dim; batch: the batch dim; helix: KV heads over tp and the sequence over kvp,
-    round-robin in blocks, see passes/lower/helix.py).
+    round-robin in blocks, see passes/lower/helix.py; cp: KV heads over tp and the cached
+    prefix in contiguous slices of L over cp, see passes/lower/cp.py).
 
     The strategy spreads its block over the model axes (kvp and tp, those of size > 1); a
     tensor split over both is nested kvp-major (as one group of kvp×tp ranks), except inside
@@ -92,6 +93,9 @@ LOWERINGS: dict[str, StrategyLowering] = {
         StrategyLowering(name="tp_sp", axis="tp", weights="megatron", cache="heads"),
         StrategyLowering(name="vocab", axis="tp", weights="vocab_rows", cache="replicate"),
         StrategyLowering(name="helix", axis="tp", weights="helix", cache="helix"),
+        # ring attention over cp (passes/lower/cp.py), heads over tp as in `tp`
+        StrategyLowering(name="cp_pass_kv", axis="tp", weights="megatron", cache="cp"),
+        StrategyLowering(name="cp_pass_q", axis="tp", weights="megatron", cache="cp"),
     )
 }
 

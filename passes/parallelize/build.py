@@ -181,7 +181,7 @@ def build_problem(
             group_options[block.group] = opts
         blocks.append(BlockVars(name=block.name, group=block.group, options=opts))
     by_name = {b.name: b for b in blocks}
-    replica_rows = ctx.replica_batch() * ctx.workload.seq
+    replica_rows = ctx.replica_batch() * ctx.replica_tokens()
     ilp_edges = []
     costs: dict[tuple, dict] = {}  # edges between the same option lists and sizes cost the same
     for (src, dst), hidden in sorted(edges.items()):

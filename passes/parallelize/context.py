@@ -43,6 +43,14 @@ class PlanContext:
         """Sequences per data-parallel replica (the dp axis always splits the batch)."""
         return self.workload.batch // self.mesh.size("dp")
 
+    def replica_tokens(self) -> int:
+        """New tokens per sequence on one GPU: T, or under context parallelism T padded to a
+        multiple of 2·cp (the load-balanced chunks) split over cp."""
+        cp = self.mesh.size("cp")
+        if cp == 1:
+            return self.workload.seq
+        return -(-self.workload.seq // (2 * cp)) * 2
+
     def group_size(self, axes: str | tuple[str, ...]) -> int:
         axes = (axes,) if isinstance(axes, str) else axes
         n = 1

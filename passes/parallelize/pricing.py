@@ -58,7 +58,7 @@ def local_sizes(strategy: Strategy, ctx: PlanContext) -> LocalSizes:
     wl = ctx.workload
     return LocalSizes(
         batch=ctx.replica_batch() // (n if strategy.splits_batch else 1),
-        tokens=wl.seq,
+        tokens=ctx.replica_tokens(),
         context=wl.context,
         weight_split=n if strategy.splits_weights else 1,
         norm_token_split=n if strategy.splits_norm_tokens else 1,
@@ -204,9 +204,10 @@ def price(block: Block, strategy: Strategy, ctx: PlanContext, **extras: int) -> 
         return strategy.price(block, ctx, **extras)
     s = local_sizes(strategy, ctx)
     forward = compute_seconds(block, ctx, s)
-    rows = ctx.replica_batch() * ctx.workload.seq if not strategy.splits_batch else s.rows
+    tokens = ctx.replica_tokens()
+    rows = ctx.replica_batch() * tokens if not strategy.splits_batch else s.rows
     if block.kind == "lm_head":
-        rows = lm_head_rows(ctx, rows // ctx.workload.seq, rows)
+        rows = lm_head_rows(ctx, rows // tokens, rows)
     comm: dict[str, float] = {}
     for c in strategy.collectives:
         nbytes = c.bytes_of(block, rows, ctx.act_bytes)

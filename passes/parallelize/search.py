@@ -1,7 +1,8 @@
 """Mesh search: solve the integer program on every factorization of the GPU count.
 
 The outer loop enumerates meshes dp × tp (outermost first; tp innermost so it lands inside a
-scale-up domain first); each mesh gets its own program (`build.build_problem`) solved by
+scale-up domain first), with a kvp axis for decode when Helix is allowed and a cp axis for
+prefill when ring attention is (cp outside tp, so CP runs across nodes and TP inside one); each mesh gets its own program (`build.build_problem`) solved by
 `ilp.solve`; the fastest feasible plan wins, ties broken by mesh order. Meshes that cannot
 run the workload (batch not divisible, a forced degree not matched, no valid strategy for a
 block, memory) are reported with their reason.
@@ -20,7 +21,7 @@ from passes.parallelize.build import ForceRule, MeshProblem, _NoOption, build_pr
 from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import Solution, solve
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
-from passes.parallelize.verified import batch_split_reason
+from passes.parallelize.verified import batch_split_reason, token_split_reason
 
 
 @dataclass
@@ -40,16 +41,20 @@ class SearchResult:
     fixed_bytes: float
 
 
-def mesh_candidates(gpus: int, *, kvp: bool = False) -> list[Mesh]:
-    """Factorizations dp × tp of the GPU count (dp × kvp × tp when Helix is allowed)."""
+def mesh_candidates(gpus: int, *, kvp: bool = False, cp: bool = False) -> list[Mesh]:
+    """Factorizations dp × tp of the GPU count (dp × kvp × tp when Helix is allowed,
+    dp × cp × tp when context parallelism is)."""
     out = []
     for tp in range(1, gpus + 1):
         if gpus % tp:
             continue
         rest = gpus // tp
         for k in range(1, rest + 1) if kvp else (1,):
-            if rest % k == 0:
-                out.append(Mesh.of(dp=rest // k, kvp=k, tp=tp))
+            if rest % k:
+                continue
+            for c in range(1, rest // k + 1) if cp else (1,):
+                if (rest // k) % c == 0:
+                    out.append(Mesh.of(dp=rest // k // c, cp=c, kvp=k, tp=tp))
     return out
 
 
@@ -61,7 +66,9 @@ def workspace_bytes(
 ) -> float:
     """Transient activations of the widest block on one replica (not summed over blocks),
     plus a runtime reserve (CUDA context, allocator slack; 1 GiB by default)."""
-    rows = workload.batch // mesh.size("dp") * workload.seq
+    cp = mesh.size("cp")
+    tokens = workload.seq if cp == 1 else -(-workload.seq // (2 * cp)) * 2
+    rows = workload.batch // mesh.size("dp") * tokens
     widest = max(
         [b.dims.get("ffn", 0) * max(1, b.dims.get("top_k", 1)) for b in graph.blocks]
         + [4 * b.dims.get("hidden", 0) for b in graph.blocks]
@@ -102,11 +109,15 @@ def search(
     slo = workload.ttl_slo_s if workload.kind == "decode" else workload.ttft_slo_s
     outcomes: list[MeshOutcome] = []
     helix = "helix" in allowed and workload.kind == "decode"
+    ring = bool({"cp_pass_kv", "cp_pass_q"} & allowed) and workload.kind == "prefill"
     split_reason = batch_split_reason(graph.blocks) if verified_only else None
-    for mesh in mesh_candidates(gpus, kvp=helix):
+    token_reason = token_split_reason(graph.blocks) if verified_only else None
+    for mesh in mesh_candidates(gpus, kvp=helix, cp=ring):
         reason = _mesh_reason(mesh, workload, force)
         if not reason and split_reason and mesh.size("dp") > 1:
             reason = split_reason
+        if not reason and token_reason and mesh.size("cp") > 1:
+            reason = token_reason
         if reason:
             outcomes.append(MeshOutcome(mesh, None, None, reason))
             continue
@@ -140,7 +151,10 @@ def search(
     # Ties go to the simpler mesh: a kvp axis whose plan uses no Helix equals a plain tp mesh.
     best = min(
         feasible,
-        key=lambda o: (float(f"{o.solution.objective_s:.9g}"), o.mesh.size("kvp"), outcomes.index(o)),
+        key=lambda o: (
+            float(f"{o.solution.objective_s:.9g}"), o.mesh.size("kvp"), o.mesh.size("cp"),
+            outcomes.index(o),
+        ),
     )
     return SearchResult(best, outcomes, capacity, best.built.problem.fixed_memory_bytes)
 

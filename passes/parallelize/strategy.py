@@ -48,7 +48,9 @@ class Strategy:
     """`axes`: the mesh axes the strategy spreads a block over (one group of their product);
     empty for replicate. `price` replaces the generic pricing for strategies whose work does
     not follow from the split flags (Helix). `default` strategies are offered unless the user
-    narrows the set; the others only on request (not yet verified end to end)."""
+    narrows the set; the others only on request (not yet verified end to end). `explain`
+    gives lines for `helixplan explain` on why this strategy (and its variant) at this
+    workload."""
 
     name: str
     kinds: frozenset[str]
@@ -63,6 +65,7 @@ class Strategy:
     requirements: tuple[Requirement, ...] = field(default_factory=tuple)
     price: Callable | None = None
     variants: Callable[[Block, PlanContext], list[dict[str, int]]] | None = None
+    explain: Callable[[Block, PlanContext], list[str]] | None = None
     default: bool = True
     workloads: frozenset[str] = frozenset({"decode", "prefill", "train"})
 
@@ -90,6 +93,11 @@ class Strategy:
             return f"{self.name} applies to {', '.join(sorted(self.workloads))} workloads"
         if self.axes and self.degree(ctx) == 1:
             return f"the mesh has no {'×'.join(self.axes)} parallelism (size 1)"
+        if ctx.mesh.size("cp") > 1 and "cp" not in self.axes:
+            if block.kind == "attention":
+                return "on a cp mesh attention runs as ring attention (cp_pass_kv or cp_pass_q)"
+            if self.splits_batch or self.splits_norm_tokens:
+                return f"{self.name} is not lowered together with a cp axis"
         for req in self.requirements:
             reason = req(block, ctx)
             if reason:

@@ -20,6 +20,9 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
     "vocab": frozenset({"embedding", "lm_head"}),
     # GQA attention in decode (tests/test_codegen_helix.py); latent attention is excluded below
     "helix": frozenset({"attention"}),
+    # GQA attention in prefill (tests/test_codegen_cp.py)
+    "cp_pass_kv": frozenset({"attention"}),
+    "cp_pass_q": frozenset({"attention"}),
 }
 
 
@@ -36,6 +39,19 @@ def unverified_reason(strategy: str, block: Block) -> str | None:
             f"{strategy} for latent (MLA) attention is not yet verified end to end "
             "(pass --allow-unverified to plan with it anyway)"
         )
+    return None
+
+
+def token_split_reason(blocks: list[Block]) -> str | None:
+    """A cp mesh axis splits every block's new tokens; MoE routing is lowered by gathering the
+    tokens over cp first (the result is exact, but the cost model prices local tokens and
+    not that gather), so such meshes are not offered for MoE models by default."""
+    for b in blocks:
+        if b.kind == "moe":
+            return (
+                f"a cp axis splits the tokens of every block, and {b.kind} blocks like {b.name} "
+                "gather them back over cp (not priced); --allow-unverified to plan anyway"
+            )
     return None
 
 

@@ -1,0 +1,160 @@
+"""Context-parallel (ring) attention: the distributed kernel that replaces SDPA under CP.
+
+Layouts (cp mesh axis, optionally with tp inside):
+* The residual stream, token ids and positions are split along the new tokens over cp in the
+  load-balanced order: the driver pads T to a multiple of 2·cp and permutes the tokens so that
+  cp rank i holds chunks i and 2·cp − 1 − i (runtime `cp_balance`); every block other than
+  attention works on its local tokens unchanged (RoPE reads the permuted positions).
+* Q/K/V projections and RoPE: the ordinary op rules (column-parallel over tp when the block's
+  strategy splits heads), so q, k_new, v_new arrive as cp=Shard(T), tp=Shard(heads).
+* A cached prefix [B, K, L, d] stays where it lives: contiguous slices of L over cp (heads
+  over tp). Only the new tokens are balanced.
+* The attention mask is the model's own boolean mask over global positions [B or 1, 1, T,
+  L + T], replicated; the kernel reads the rows of its queries and the columns of the keys in
+  hand, so causality and cache validity are exactly the model's.
+* SDPA (with the KV concat and the GQA repeats) → `ring_attention_pass_kv` (K/V blocks rotate
+  over cp in cp − 1 overlapped send/recv steps) or `ring_attention_pass_q` (queries rotate,
+  then one all-to-all returns the partial outputs); partials merge by log-sum-exp. The output
+  keeps q's layout, so the output projection and the rest of the block are token-local.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ir.graph import Op, ValueRef
+from ir.layout import REPLICATE, Layout, LoweringError, shard
+from ir.rank_program import Compute, MeshGroupsRef
+from passes.lower.helix import _REPEAT_OPS
+
+KERNELS = {"cp_pass_kv": "ring_attention_pass_kv", "cp_pass_q": "ring_attention_pass_q"}
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    sdpa: Op
+    q: str
+    k_new: str
+    v_new: str
+    k_cache: str | None
+    v_cache: str | None
+    mask: str
+    absorbed: frozenset[str]
+
+
+def _kv_source(cx, value: str, absorbed: set[str]) -> tuple[str | None, str]:
+    """Walk from an SDPA key/value input back through GQA repeats to either
+    `cat([cache, new], L)` (a cached prefix) or the new tokens' K/V itself."""
+    producer = {o: op for op in cx.ops for o in op.outputs}
+    seen: set[str] = set()
+    while True:
+        op = producer.get(value)
+        if op is None or op.target not in _REPEAT_OPS and op.target != "cat":
+            absorbed |= seen
+            return None, value
+        if op.target == "cat":
+            if len(op.inputs) == 2 and op.inputs[0].startswith("past_kv"):
+                absorbed |= seen | {op.name}
+                return op.inputs[0], op.inputs[1]
+            raise LoweringError(
+                f"context-parallel attention: the KV path meets {op.name} (cat), expected "
+                "cat([past_kv, new], L) followed only by head repeats"
+            )
+        seen.add(op.name)
+        value = op.inputs[0]
+
+
+def _match(cx) -> _Pattern:
+    sdpas = [op for op in cx.ops if op.target == "scaled_dot_product_attention"]
+    if len(sdpas) != 1:
+        raise LoweringError(
+            f"block {cx.block.name!r}: context-parallel attention needs exactly one "
+            f"scaled_dot_product_attention (found {len(sdpas)})"
+        )
+    sdpa = sdpas[0]
+    args, kwargs = sdpa.attrs.get("args", ()), sdpa.attrs.get("kwargs", {})
+
+    def arg(i: int, name: str):
+        return args[i] if i < len(args) else kwargs.get(name)
+
+    mask = arg(3, "attn_mask")
+    if not isinstance(mask, ValueRef) or cx.spec(mask.name).dtype != "bool":
+        raise LoweringError(
+            f"block {cx.block.name!r}: context-parallel attention needs the model's boolean "
+            "attention mask on SDPA (it gives causality and cache validity by global position)"
+        )
+    if arg(5, "is_causal") or (arg(4, "dropout_p") or 0.0) != 0.0:
+        raise LoweringError(
+            f"block {cx.block.name!r}: context-parallel attention does not lower is_causal or dropout"
+        )
+    absorbed: set[str] = set()
+    k_cache, k_new = _kv_source(cx, arg(1, "key").name, absorbed)
+    v_cache, v_new = _kv_source(cx, arg(2, "value").name, absorbed)
+    if (k_cache is None) != (v_cache is None):
+        raise LoweringError(f"block {cx.block.name!r}: keys and values disagree on a cached prefix")
+    return _Pattern(
+        sdpa, arg(0, "query").name, k_new, v_new, k_cache, v_cache, mask.name, frozenset(absorbed)
+    )
+
+
+def lower_cp_attention(cx) -> None:
+    """Lower a context-parallel attention block: ordinary op rules, with the KV concat, the
+    GQA repeats and SDPA replaced by the ring kernel of the block's strategy."""
+    from passes.lower.rules import rule_for
+
+    if "cp" not in cx.axes:
+        raise LoweringError(
+            f"block {cx.block.name!r} uses {cx.plan.strategy}, but the plan's mesh "
+            f"{cx.b.mesh} has no cp axis of size > 1"
+        )
+    pattern = _match(cx)
+    for op in cx.ops:
+        if op.name in pattern.absorbed:
+            continue
+        if op is pattern.sdpa:
+            _emit_kernel(cx, pattern)
+            continue
+        rule_for(op)(cx, op)
+
+
+def _emit_kernel(cx, pt: _Pattern) -> None:
+    heads = {"cp": shard(2), "tp": shard(1)}
+    q = cx.require(pt.q, _with(cx, pt.q, heads))
+    k_new = cx.require(pt.k_new, _with(cx, pt.k_new, heads))
+    v_new = cx.require(pt.v_new, _with(cx, pt.v_new, heads))
+    mask = cx.require(pt.mask, _with(cx, pt.mask, {"cp": REPLICATE, "tp": REPLICATE}))
+    caches = [None, None]
+    if pt.k_cache is not None:
+        caches = [cx.local(pt.k_cache), cx.local(pt.v_cache)]
+        for c in caches:
+            layout = cx.b.layout(c)
+            if layout.on("cp") != shard(2):
+                raise LoweringError(
+                    f"block {cx.block.name!r}: cached prefix {c} is {layout.describe()}; "
+                    "context-parallel attention needs it split along L over cp"
+                )
+    q_layout = cx.b.layout(q)
+    out = cx.define(pt.sdpa.outputs[0], q_layout, "attn")
+    scale = pt.sdpa.attrs.get("kwargs", {}).get("scale")
+    cx.steps.append(
+        Compute(
+            target=KERNELS[cx.plan.strategy],
+            args=(
+                ValueRef(q), ValueRef(k_new), ValueRef(v_new),
+                ValueRef(caches[0]) if caches[0] else None,
+                ValueRef(caches[1]) if caches[1] else None,
+                ValueRef(mask), MeshGroupsRef(),
+            ),
+            kwargs={"scale": scale},
+            outputs=(out,),
+            source_op=pt.sdpa.name,
+        )
+    )
+
+
+def _with(cx, value: str, per_axis: dict) -> Layout:
+    layout = cx.layout(value)
+    for axis, p in per_axis.items():
+        if axis in cx.axes:
+            layout = layout.with_axis(axis, p)
+    return layout
