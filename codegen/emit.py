@@ -187,7 +187,7 @@ class Renderer:
             return f"-{self.arg(a[0])}"
         if t == "linear":
             return self.call("F.linear", tuple(a), kw)
-        if t in ("vocab_embedding", "helix_partial_attention", "helix_combine"):
+        if t in ("vocab_embedding", "helix_partial_attention", "helix_combine", "moe_experts"):
             return self.call(t, tuple(a), kw)
         if t == "embedding" and len(a) == 2 and not kw:
             return f"F.embedding({self.arg(a[1])}, {self.arg(a[0])})"

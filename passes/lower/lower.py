@@ -332,6 +332,10 @@ def _lower_block(builder: Builder, block: Block) -> None:
         from passes.lower.helix import lower_helix_attention
 
         lower_helix_attention(cx)
+    elif strategy.weights == "experts":
+        from passes.lower.moe import lower_moe
+
+        lower_moe(cx)
     else:
         for op in cx.ops:
             rule_for(op)(cx, op)

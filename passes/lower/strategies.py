@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ir.graph import Block, Graph, Op
 from ir.layout import REPLICATE, LoweringError, Placement, shard
 
-WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix")
+WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix", "experts")
 CACHE_RULES = ("replicate", "heads", "batch", "helix")
 STREAM_LAYOUTS = ("replicate", "shard_batch", "shard_seq")
 
@@ -30,7 +30,9 @@ class StrategyLowering:
     rank), row-parallel over every axis its input is split on (the output projection over
     all kvp×tp ranks). `cache`: which dim of the KV cache this block's ranks split (heads:
     the KV-head dim; batch: the batch dim; helix: KV heads over tp and the sequence over kvp,
-    round-robin in blocks, see passes/lower/helix.py).
+    round-robin in blocks, see passes/lower/helix.py); experts — the stacked expert weights
+    split by expert over the whole group (passes/lower/moe.py), the router (a linear with E
+    output rows) replicated, other linears (shared experts) megatron.
 
     The strategy spreads its block over the model axes (kvp and tp, those of size > 1); a
     tensor split over both is nested kvp-major (as one group of kvp×tp ranks), except inside
@@ -71,6 +73,8 @@ class StrategyLowering:
             return shard(0) if vocab and shape[0] == vocab else REPLICATE
         if op.target != "linear":
             return REPLICATE
+        if self.weights == "experts" and shape[0] == block.dims.get("experts"):
+            return REPLICATE
         if input_split_last:
             return shard(1)
         if self.weights == "helix" and axis != "tp":
@@ -92,6 +96,7 @@ LOWERINGS: dict[str, StrategyLowering] = {
         StrategyLowering(name="tp_sp", axis="tp", weights="megatron", cache="heads"),
         StrategyLowering(name="vocab", axis="tp", weights="vocab_rows", cache="replicate"),
         StrategyLowering(name="helix", axis="tp", weights="helix", cache="helix"),
+        StrategyLowering(name="ep", axis="tp", weights="experts", cache="replicate"),
     )
 }
 
