@@ -25,8 +25,8 @@ from planner.verify_runner import judge, program_args, run_threaded, write_run_p
 from tests.conftest import ROOT, loaded
 from tests.test_codegen import with_program_memory
 
-MIXTRAL_ARGS = {"experts": "8"}
-DEEPSEEK_ARGS = {"router_skew": "4.0"}
+MIXTRAL_ARGS = {"experts": "8", "kv_heads": "4"}
+DEEPSEEK_ARGS = {"router_skew": "0.3"}
 
 
 def moe_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], workload: dict) -> Plan:
@@ -83,3 +83,47 @@ def test_expert_parallel_decode_is_exact(example, args, mesh, tmp_path):
     assert report.ok, (report.max_abs_err, report.ref_scale)
     assert report.memory_ok, report.problems
     assert results[0]["steps_checked"] == 7
+
+
+def _expert_token_counts(example: str, args: dict[str, str], batch: int, seq: int) -> list[list[int]]:
+    """Tokens per expert in each MoE layer of the reference model on a prompt (the weights
+    run_plan.py builds: seed 0), read from the dense routing weights the experts receive."""
+    from planner.model_source import load_module_file
+
+    mod = load_module_file(str(ROOT / "examples" / example))
+    torch.manual_seed(0)
+    model = mod.build_model(**args)
+    seen: list[list[int]] = []
+    for name, sub in model.named_modules():
+        if name.endswith("mlp.experts"):
+            sub.register_forward_pre_hook(lambda _m, a: seen.append((a[1] != 0).sum(0).tolist()))
+    with torch.no_grad():
+        model(**mod.example_inputs("prefill", batch, seq, 0, model=model))
+    return seen
+
+
+def test_skewed_routing_leaves_experts_and_ranks_idle():
+    """The DeepSeek case's prompt: some experts get no token, one gets most of them, and in
+    a layer every expert of the second of two ep ranks (experts 4..7) is idle."""
+    counts = _expert_token_counts("deepseek.py", DEEPSEEK_ARGS, 2, DECODE["context"])
+    tokens = 2 * DECODE["context"]
+    assert counts and all(sum(c) == 2 * tokens for c in counts)  # top-2
+    assert all(min(c) == 0 for c in counts)
+    assert max(max(c) for c in counts) >= tokens * 2 // 3
+    assert any(sum(c[4:]) == 0 for c in counts)
+
+
+def test_ep_lowering_splits_experts_and_reduces_once():
+    graph = _graph("deepseek.py", DEEPSEEK_ARGS)
+    program = lower(graph, moe_plan(graph, {"kvp": 2, "tp": 2}, EP, DECODE))
+    weights = {w.fqn: (w.layout.describe(), w.local_shape) for w in program.weights}
+    assert weights["model.layers.1.mlp.experts.gate_up_proj"] == ("kvp=Shard(0) tp=Shard(0)", (2, 128, 128))
+    assert weights["model.layers.1.mlp.experts.down_proj"][1] == (2, 128, 64)
+    assert weights["model.layers.1.mlp.gate.weight"][0] == "kvp=Replicate tp=Replicate"
+    assert weights["model.layers.1.mlp.shared_experts.down_proj.weight"][0] == "kvp=Shard(1) tp=Shard(1)"
+    block = next(b for b in program.blocks if b.name == "layers.1.moe")
+    kernels = [s for s in block.steps if isinstance(s, Compute) and s.target == "moe_experts"]
+    assert len(kernels) == 1
+    assert not any(isinstance(s, Compute) and s.target in ("einsum", "scatter.src") for s in block.steps)
+    reduces = [s for s in block.steps if isinstance(s, Collective)]
+    assert [(s.kind, s.axis) for s in reduces] == [("all_reduce", "kvp_tp")]

@@ -19,7 +19,9 @@ and there is no capacity limit (an expert gets as many rows as tokens chose it).
 keeps the (token, expert) pairs of its own experts and returns a Partial [N, H] — the sum
 over ranks (one all-reduce, merged with the shared experts' row-parallel reduction where the
 block has them) is the block output. The router runs replicated; shared experts are
-Megatron TP like a dense MLP.
+Megatron TP like a dense MLP. A `replicate` MoE block runs the same kernel over all experts
+(index 0, no split): exact on a batch split over dp too, where the dense expert einsums
+have no layout rule.
 """
 
 from __future__ import annotations
@@ -151,8 +153,13 @@ def _dead_after(cx, routed: Op, kernel_inputs: set[str]) -> set[str]:
     return absorbed
 
 
+def _expert_axes(cx) -> tuple[str, ...]:
+    """The mesh axes the experts are split over: the model group for `ep`, none otherwise."""
+    return cx.split_axes if cx.strategy.weights == "experts" else ()
+
+
 def _model_group_index(cx):
-    axes = cx.split_axes
+    axes = _expert_axes(cx)
     if not axes:
         return 0
     if len(axes) == 2:
@@ -165,9 +172,17 @@ def lower_moe(cx) -> None:
     expert computation replaced by `moe_experts` over this rank's experts."""
     from passes.lower.rules import rule_for
 
-    pattern = match_moe(cx)
+    try:
+        pattern = match_moe(cx)
+    except LoweringError:
+        if cx.strategy.weights != "replicate":
+            raise
+        # a replicated MoE block of another form runs the model's own ops (exact as well)
+        for op in cx.ops:
+            rule_for(op)(cx, op)
+        return
     group = 1
-    for a in cx.split_axes:
+    for a in _expert_axes(cx):
         group *= cx.sizes[a]
     experts = cx.block.dims["experts"]
     if experts % group:
@@ -195,12 +210,12 @@ def _emit_kernel(cx, pt: MoePattern) -> None:
     ids = cx.require(pt.expert_ids, _model_replicated(cx, pt.expert_ids))
     weights = cx.require(pt.routing_weights, _model_replicated(cx, pt.routing_weights))
     expert_layout = Layout.replicated(cx.axes)
-    for a in cx.split_axes:
+    for a in _expert_axes(cx):
         expert_layout = expert_layout.with_axis(a, shard(0))
     gate_up = cx.param(pt.gate_up, expert_layout)
     down = cx.param(pt.down, expert_layout)
     out_layout = tokens_layout
-    for a in cx.split_axes:
+    for a in _expert_axes(cx):
         out_layout = out_layout.with_axis(a, PARTIAL)
     out = cx.define(pt.routed.outputs[0], out_layout, "routed")
     cx.steps.append(
