@@ -20,6 +20,8 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
     "vocab": frozenset({"embedding", "lm_head"}),
     # GQA attention in decode (tests/test_codegen_helix.py); latent attention is excluded below
     "helix": frozenset({"attention"}),
+    # experts over kvp×tp, replicated stream (tests/test_codegen_moe.py)
+    "ep": frozenset({"moe"}),
 }
 
 
@@ -41,9 +43,11 @@ def unverified_reason(strategy: str, block: Block) -> str | None:
 
 def batch_split_reason(blocks: list[Block]) -> str | None:
     """A dp mesh axis splits every block's batch; blocks whose lowering under a split batch is
-    not verified (MoE routing, latent attention) rule such meshes out."""
+    not verified (latent attention) rule such meshes out. MoE blocks run the top-k expert
+    kernel on the replica's tokens (replicate and ep verified under dp,
+    tests/test_codegen_moe.py)."""
     for b in blocks:
-        if b.kind == "moe" or "kv_lora_rank" in b.dims:
+        if "kv_lora_rank" in b.dims:
             return (
                 f"a dp axis splits the batch of every block, and {b.kind} blocks like {b.name} "
                 "are not yet verified under a split batch (--allow-unverified to plan anyway)"
