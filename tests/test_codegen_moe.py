@@ -35,13 +35,14 @@ def moe_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], wor
     blocks = []
     for b in graph.blocks:
         s = strategies.get(b.kind, "replicate")
-        if b.kind == "attention" and "kv_lora_rank" in b.dims:
+        if b.kind == "attention" and "kv_lora_rank" in b.dims and s != "dp":
             s = "replicate"
+        layout = "shard_batch" if s in ("dp", "ep_a2a") else "replicate"
         degrees = {a: full_mesh[a] for a in ("kvp", "tp") if full_mesh[a] > 1} if s != "replicate" else {}
         blocks.append(
             BlockPlan(
                 name=b.name, kind=b.kind, group=b.group, strategy=s, degrees=degrees,
-                layout_in="replicate", layout_out="replicate", dims=dict(b.dims), extras={},
+                layout_in=layout, layout_out=layout, dims=dict(b.dims), extras={},
             )
         )
     plan = Plan(
@@ -54,6 +55,9 @@ def moe_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], wor
 
 EP = {"attention": "tp", "mlp": "tp", "moe": "ep", "embedding": "vocab", "lm_head": "vocab"}
 DECODE = {"kind": "decode", "batch": 2, "seq": 1, "context": 6}
+# attention data parallel + EP: every block splits the batch; MoE tokens go by all-to-all
+DP_EP = {"attention": "dp", "mlp": "dp", "norm": "dp", "embedding": "dp", "lm_head": "dp", "moe": "ep_a2a"}
+DECODE4 = {"kind": "decode", "batch": 4, "seq": 1, "context": 6}
 
 
 def _graph(example: str, args: dict[str, str]) -> Graph:
@@ -61,23 +65,32 @@ def _graph(example: str, args: dict[str, str]) -> Graph:
 
 
 CASES = [
-    ("mixtral.py", MIXTRAL_ARGS, {"tp": 2}),
-    ("mixtral.py", MIXTRAL_ARGS, {"kvp": 2, "tp": 2}),
-    ("mixtral.py", MIXTRAL_ARGS, {"dp": 2, "tp": 2}),
-    ("deepseek.py", DEEPSEEK_ARGS, {"tp": 2}),
-    ("deepseek.py", DEEPSEEK_ARGS, {"tp": 4}),
+    ("mixtral.py", MIXTRAL_ARGS, {"tp": 2}, EP),
+    ("mixtral.py", MIXTRAL_ARGS, {"kvp": 2, "tp": 2}, EP),
+    ("mixtral.py", MIXTRAL_ARGS, {"dp": 2, "tp": 2}, EP),
+    ("deepseek.py", DEEPSEEK_ARGS, {"tp": 2}, EP),
+    ("deepseek.py", DEEPSEEK_ARGS, {"tp": 4}, EP),
+    ("deepseek.py", DEEPSEEK_ARGS, {"dp": 2, "tp": 2}, EP),
+    ("mixtral.py", MIXTRAL_ARGS, {"tp": 2}, DP_EP),
+    ("mixtral.py", MIXTRAL_ARGS, {"kvp": 2, "tp": 2}, DP_EP),
+    ("deepseek.py", DEEPSEEK_ARGS, {"tp": 2}, DP_EP),
+    ("deepseek.py", DEEPSEEK_ARGS, {"tp": 4}, DP_EP),
 ]
 
 
 @pytest.mark.parametrize(
-    ("example", "args", "mesh"), CASES,
-    ids=[f"{e.removesuffix('.py')}-{'x'.join(f'{k}{v}' for k, v in m.items())}" for e, _, m in CASES],
+    ("example", "args", "mesh", "strategies"), CASES,
+    ids=[
+        f"{e.removesuffix('.py')}-{'x'.join(f'{k}{v}' for k, v in m.items())}-{s['moe']}"
+        for e, _, m, s in CASES
+    ],
 )
-def test_expert_parallel_decode_is_exact(example, args, mesh, tmp_path):
+def test_expert_parallel_decode_is_exact(example, args, mesh, strategies, tmp_path):
     graph = _graph(example, args)
-    plan = moe_plan(graph, mesh, EP, DECODE)
+    workload = DECODE4 if strategies is DP_EP else DECODE
+    plan = moe_plan(graph, mesh, strategies, workload)
     path = write_run_plan(graph, plan, tmp_path)
-    argv = program_args(workload="decode", batch=2, seq=1, context=6, steps=6)
+    argv = program_args(workload="decode", batch=workload["batch"], seq=1, context=6, steps=6)
     results = run_threaded(path, plan.world_size, argv)
     report = judge(plan, results, plan.world_size)
     assert report.ok, (report.max_abs_err, report.ref_scale)

@@ -332,7 +332,9 @@ def _lower_block(builder: Builder, block: Block) -> None:
         from passes.lower.helix import lower_helix_attention
 
         lower_helix_attention(cx)
-    elif strategy.weights == "experts" or (block.kind == "moe" and strategy.weights == "replicate"):
+    elif strategy.weights in ("experts", "experts_dispatch") or (
+        block.kind == "moe" and strategy.weights == "replicate"
+    ):
         from passes.lower.moe import lower_moe
 
         lower_moe(cx)

@@ -19,7 +19,15 @@ and there is no capacity limit (an expert gets as many rows as tokens chose it).
 keeps the (token, expert) pairs of its own experts and returns a Partial [N, H] — the sum
 over ranks (one all-reduce, merged with the shared experts' row-parallel reduction where the
 block has them) is the block output. The router runs replicated; shared experts are
-Megatron TP like a dense MLP. A `replicate` MoE block runs the same kernel over all experts
+Megatron TP like a dense MLP.
+
+`ep_a2a` (attention data parallel + EP): the residual stream arrives split by batch over the
+model group; router and shared experts run on the rank's own tokens (weights replicated),
+`moe_dispatch` sends each token once to every distinct rank holding one of its experts
+(all_to_all_single, counts exchanged first, uneven splits), runs the local experts and
+returns the weighted outputs by a second all-to-all; the stream leaves split by batch.
+
+A `replicate` MoE block runs the same kernel over all experts
 (index 0, no split): exact on a batch split over dp too, where the dense expert einsums
 have no layout rule.
 """
@@ -155,7 +163,7 @@ def _dead_after(cx, routed: Op, kernel_inputs: set[str]) -> set[str]:
 
 def _expert_axes(cx) -> tuple[str, ...]:
     """The mesh axes the experts are split over: the model group for `ep`, none otherwise."""
-    return cx.split_axes if cx.strategy.weights == "experts" else ()
+    return cx.split_axes if cx.strategy.weights in ("experts", "experts_dispatch") else ()
 
 
 def _model_group_index(cx):
@@ -204,7 +212,46 @@ def _model_replicated(cx, value: str) -> Layout:
     return layout
 
 
+def _model_split_rows(cx, value: str) -> Layout:
+    layout = cx.layout(value)
+    for a in cx.split_axes:
+        layout = layout.with_axis(a, shard(0))
+    return layout
+
+
+def _emit_dispatch(cx, pt: MoePattern) -> None:
+    """`ep_a2a`: tokens split by batch over the model group, sent by all-to-all to the ranks
+    holding their experts and combined back by a second all-to-all (rows stay split)."""
+    axes = _expert_axes(cx)
+    tokens_layout = _model_split_rows(cx, pt.tokens)
+    x = cx.require(pt.tokens, tokens_layout)
+    ids = cx.require(pt.expert_ids, _model_split_rows(cx, pt.expert_ids))
+    weights = cx.require(pt.routing_weights, _model_split_rows(cx, pt.routing_weights))
+    expert_layout = Layout.replicated(cx.axes)
+    for a in axes:
+        expert_layout = expert_layout.with_axis(a, shard(0))
+    gate_up = cx.param(pt.gate_up, expert_layout)
+    down = cx.param(pt.down, expert_layout)
+    out = cx.define(pt.routed.outputs[0], tokens_layout, "routed")
+    group = JOINED_MODEL_AXIS if len(axes) == 2 else axes[0]
+    cx.steps.append(
+        Compute(
+            target="moe_dispatch",
+            args=(ValueRef(x), ValueRef(ids), ValueRef(weights), ValueRef(gate_up), ValueRef(down),
+                  _model_group_index(cx)),
+            kwargs={"group": group},
+            outputs=(out,),
+            source_op=pt.routed.name,
+        )
+    )
+
+
 def _emit_kernel(cx, pt: MoePattern) -> None:
+    if cx.strategy.weights == "experts_dispatch":
+        if not _expert_axes(cx):
+            raise LoweringError(f"block {cx.block.name!r}: ep_a2a needs a model group of 2 or more ranks")
+        _emit_dispatch(cx, pt)
+        return
     tokens_layout = _model_replicated(cx, pt.tokens)
     x = cx.require(pt.tokens, tokens_layout)
     ids = cx.require(pt.expert_ids, _model_replicated(cx, pt.expert_ids))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ir.graph import Block, Graph, Op
 from ir.layout import REPLICATE, LoweringError, Placement, shard
 
-WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix", "experts")
+WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix", "experts", "experts_dispatch")
 CACHE_RULES = ("replicate", "heads", "batch", "helix")
 STREAM_LAYOUTS = ("replicate", "shard_batch", "shard_seq")
 
@@ -32,7 +32,9 @@ class StrategyLowering:
     the KV-head dim; batch: the batch dim; helix: KV heads over tp and the sequence over kvp,
     round-robin in blocks, see passes/lower/helix.py); experts — the stacked expert weights
     split by expert over the whole group (passes/lower/moe.py), the router (a linear with E
-    output rows) replicated, other linears (shared experts) megatron.
+    output rows) replicated, other linears (shared experts) megatron; experts_dispatch — the
+    stacked expert weights split by expert, every linear replicated (the stream is split by
+    batch: router and shared experts run data parallel).
 
     The strategy spreads its block over the model axes (kvp and tp, those of size > 1); a
     tensor split over both is nested kvp-major (as one group of kvp×tp ranks), except inside
@@ -62,7 +64,7 @@ class StrategyLowering:
         """Placement on `self.axis` of `weight` read by `op`; `input_split_last` says the
         op's activation arrives split along its last (contracted) dim on this axis."""
         shape = graph.params[weight].shape if weight in graph.params else ()
-        if self.weights == "replicate" or len(shape) != 2:
+        if self.weights in ("replicate", "experts_dispatch") or len(shape) != 2:
             return REPLICATE
         if self.weights == "vocab_rows":
             # Every lookup table of the block (token and learned-position tables alike, as
@@ -97,6 +99,7 @@ LOWERINGS: dict[str, StrategyLowering] = {
         StrategyLowering(name="vocab", axis="tp", weights="vocab_rows", cache="replicate"),
         StrategyLowering(name="helix", axis="tp", weights="helix", cache="helix"),
         StrategyLowering(name="ep", axis="tp", weights="experts", cache="replicate"),
+        StrategyLowering(name="ep_a2a", axis="tp", weights="experts_dispatch", cache="replicate"),
     )
 }
 
