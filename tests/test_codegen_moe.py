@@ -37,7 +37,7 @@ def moe_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], wor
         s = strategies.get(b.kind, "replicate")
         if b.kind == "attention" and "kv_lora_rank" in b.dims and s != "dp":
             s = "replicate"
-        layout = "shard_batch" if s in ("dp", "ep_a2a") else "replicate"
+        layout = "shard_batch" if s in ("dp", "ep_dispatch") else "replicate"
         degrees = {a: full_mesh[a] for a in ("kvp", "tp") if full_mesh[a] > 1} if s != "replicate" else {}
         blocks.append(
             BlockPlan(
@@ -56,7 +56,7 @@ def moe_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], wor
 EP = {"attention": "tp", "mlp": "tp", "moe": "ep", "embedding": "vocab", "lm_head": "vocab"}
 DECODE = {"kind": "decode", "batch": 2, "seq": 1, "context": 6}
 # attention data parallel + EP: every block splits the batch; MoE tokens go by all-to-all
-DP_EP = {"attention": "dp", "mlp": "dp", "norm": "dp", "embedding": "dp", "lm_head": "dp", "moe": "ep_a2a"}
+DP_EP = {"attention": "dp", "mlp": "dp", "norm": "dp", "embedding": "dp", "lm_head": "dp", "moe": "ep_dispatch"}
 DECODE4 = {"kind": "decode", "batch": 4, "seq": 1, "context": 6}
 
 

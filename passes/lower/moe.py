@@ -21,7 +21,7 @@ over ranks (one all-reduce, merged with the shared experts' row-parallel reducti
 block has them) is the block output. The router runs replicated; shared experts are
 Megatron TP like a dense MLP.
 
-`ep_a2a` (attention data parallel + EP): the residual stream arrives split by batch over the
+`ep_dispatch` (attention data parallel + EP): the residual stream arrives split by batch over the
 model group; router and shared experts run on the rank's own tokens (weights replicated),
 `moe_dispatch` sends each token once to every distinct rank holding one of its experts
 (all_to_all_single, counts exchanged first, uneven splits), runs the local experts and
@@ -220,7 +220,7 @@ def _model_split_rows(cx, value: str) -> Layout:
 
 
 def _emit_dispatch(cx, pt: MoePattern) -> None:
-    """`ep_a2a`: tokens split by batch over the model group, sent by all-to-all to the ranks
+    """`ep_dispatch`: tokens split by batch over the model group, sent by all-to-all to the ranks
     holding their experts and combined back by a second all-to-all (rows stay split)."""
     axes = _expert_axes(cx)
     tokens_layout = _model_split_rows(cx, pt.tokens)
@@ -249,7 +249,7 @@ def _emit_dispatch(cx, pt: MoePattern) -> None:
 def _emit_kernel(cx, pt: MoePattern) -> None:
     if cx.strategy.weights == "experts_dispatch":
         if not _expert_axes(cx):
-            raise LoweringError(f"block {cx.block.name!r}: ep_a2a needs a model group of 2 or more ranks")
+            raise LoweringError(f"block {cx.block.name!r}: ep_dispatch needs a model group of 2 or more ranks")
         _emit_dispatch(cx, pt)
         return
     tokens_layout = _model_replicated(cx, pt.tokens)

@@ -99,7 +99,7 @@ LOWERINGS: dict[str, StrategyLowering] = {
         StrategyLowering(name="vocab", axis="tp", weights="vocab_rows", cache="replicate"),
         StrategyLowering(name="helix", axis="tp", weights="helix", cache="helix"),
         StrategyLowering(name="ep", axis="tp", weights="experts", cache="replicate"),
-        StrategyLowering(name="ep_a2a", axis="tp", weights="experts_dispatch", cache="replicate"),
+        StrategyLowering(name="ep_dispatch", axis="tp", weights="experts_dispatch", cache="replicate"),
     )
 }
 

@@ -22,6 +22,8 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
     "helix": frozenset({"attention"}),
     # experts over kvp×tp, replicated stream (tests/test_codegen_moe.py)
     "ep": frozenset({"moe"}),
+    # batch split over kvp×tp with all-to-all dispatch/combine (tests/test_codegen_moe.py)
+    "ep_dispatch": frozenset({"moe"}),
 }
 
 
@@ -33,7 +35,8 @@ def unverified_reason(strategy: str, block: Block) -> str | None:
             f"{strategy} for {block.kind} blocks is not yet verified end to end "
             "(pass --allow-unverified to plan with it anyway)"
         )
-    if "kv_lora_rank" in block.dims and strategy != "replicate":
+    # latent attention with its batch split (dp) is verified in tests/test_codegen_moe.py
+    if "kv_lora_rank" in block.dims and strategy not in ("replicate", "dp"):
         return (
             f"{strategy} for latent (MLA) attention is not yet verified end to end "
             "(pass --allow-unverified to plan with it anyway)"

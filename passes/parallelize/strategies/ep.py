@@ -16,6 +16,13 @@ the busiest rank over the mean, `Workload.expert_skew`):
 * router (replicated), shared experts (/n), the elementwise SwiGLU and weighting.
 * the all-reduce of R·H over kvp×tp.
 Memory: router + E/n experts + shared experts / n.
+
+`ep_dispatch` (attention data parallel + EP) keeps the stream split by batch over the n ranks:
+router and shared experts run on the rank's R/n tokens with replicated weights; each token
+goes once to every distinct rank holding one of its experts — expected
+n·(1 − (1 − 1/n)^k) ranks per token (k ≥ n: nearly all) — so dispatch and combine each move
+(R/n)·that·H elements per rank by all-to-all; the experts are priced as for `ep` (the
+busiest rank receives s·R·k/n pairs).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from cost_models import KernelWork
 from ir.graph import Block
 from passes.parallelize.context import PlanContext
 from passes.parallelize.pricing import Priced
-from passes.parallelize.strategy import MODEL_AXES, REPLICATE, Strategy
+from passes.parallelize.strategy import MODEL_AXES, REPLICATE, SHARD_BATCH, Strategy, batch_divides
 
 GEMM_TILE_ROWS = 64
 
@@ -115,6 +122,32 @@ def price_ep(block: Block, ctx: PlanContext) -> Priced:
     return Priced(compute + combine, compute, comm, combine, {"weights": sum(weights.values())})
 
 
+def distinct_ranks(ranks: int, top_k: int) -> float:
+    """Expected distinct ranks among a token's k experts when experts are split evenly over
+    `ranks` (k experts drawn uniformly; each rank missed with probability (1 − 1/n)^k)."""
+    return ranks * (1.0 - (1.0 - 1.0 / ranks) ** top_k)
+
+
+def price_ep_dispatch(block: Block, ctx: PlanContext) -> Priced:
+    n = ctx.group_size(MODEL_AXES)
+    rows = ctx.replica_batch() * ctx.workload.seq
+    local_rows = rows // n
+    d = block.dims
+    seconds, weights = moe_parts(block, ctx, rows, expert_groups=n, ffn_split=1, shared_split=1)
+    # router, shared experts and elementwise run on this rank's tokens only
+    own, _ = moe_parts(block, ctx, local_rows, expert_groups=n, ffn_split=1, shared_split=1)
+    seconds = {**{k: v for k, v in own.items() if k != "experts"}, "experts": seconds["experts"]}
+    compute = sum(seconds.values())
+    volume = local_rows * distinct_ranks(n, d["top_k"]) * d["hidden"] * ctx.act_bytes
+    dispatch = ctx.collective_s("all_to_all", volume, MODEL_AXES)
+    combine = ctx.collective_s("all_to_all", volume, MODEL_AXES)
+    axes = "×".join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)
+    comm = {f"all_to_all:{axes}:dispatch": dispatch, f"all_to_all:{axes}:combine": combine}
+    comm = {k: v for k, v in comm.items() if v}
+    exposed = dispatch + combine
+    return Priced(compute + exposed, compute, comm, exposed, {"weights": sum(weights.values())})
+
+
 EP = Strategy(
     name="ep",
     kinds=frozenset({"moe"}),
@@ -125,5 +158,20 @@ EP = Strategy(
     splits_weights=True,
     requirements=(ep_requirements,),
     price=price_ep,
+    workloads=frozenset({"decode", "prefill"}),
+)
+
+
+EP_DISPATCH = Strategy(
+    name="ep_dispatch",
+    kinds=frozenset({"moe"}),
+    axes=MODEL_AXES,
+    summary="batch split over kvp×tp (attention DP); tokens all-to-all to their experts' ranks and back",
+    layout_in=SHARD_BATCH,
+    layout_out=SHARD_BATCH,
+    splits_weights=True,
+    splits_batch=True,
+    requirements=(ep_requirements, batch_divides()),
+    price=price_ep_dispatch,
     workloads=frozenset({"decode", "prefill"}),
 )
