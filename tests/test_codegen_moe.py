@@ -6,7 +6,10 @@ step's logits compared (fp32, max abs err <= 1e-4 x max(1, |ref|)), and each ran
 bytes held against the plan (the experts split over the model group).
 
 The MoE block runs `ep` (experts split over kvp×tp, replicated residual stream, one
-all-reduce), attention and dense MLPs `tp`, embedding and LM head `vocab`. The routing is
+all-reduce), attention (DeepSeek: latent attention, heads split, latent cache replicated)
+and dense MLPs `tp`, embedding and LM head `vocab`; or `ep_dispatch` with every other block
+`dp` (attention data parallel: the batch split over kvp×tp, tokens sent to their experts'
+ranks by all-to-all). The routing is
 skewed on purpose — the tiny Mixtral with 8 experts and a batch of 2 leaves most experts
 without tokens in every decode step; the tiny DeepSeek's router bias (`router_skew`) sends
 most tokens to a few experts — and the tests check that skew on the reference model.
@@ -35,8 +38,6 @@ def moe_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], wor
     blocks = []
     for b in graph.blocks:
         s = strategies.get(b.kind, "replicate")
-        if b.kind == "attention" and "kv_lora_rank" in b.dims and s != "dp":
-            s = "replicate"
         layout = "shard_batch" if s in ("dp", "ep_dispatch") else "replicate"
         degrees = {a: full_mesh[a] for a in ("kvp", "tp") if full_mesh[a] > 1} if s != "replicate" else {}
         blocks.append(
@@ -140,3 +141,12 @@ def test_ep_lowering_splits_experts_and_reduces_once():
     assert not any(isinstance(s, Compute) and s.target in ("einsum", "scatter.src") for s in block.steps)
     reduces = [s for s in block.steps if isinstance(s, Collective)]
     assert [(s.kind, s.axis) for s in reduces] == [("all_reduce", "kvp_tp")]
+    # latent attention under tp: per-head projections split, low-rank ones and the cache whole
+    attn = "model.layers.1.self_attn."
+    assert weights[attn + "q_b_proj.weight"] == ("kvp=Shard(0) tp=Shard(0)", (24, 64))
+    assert weights[attn + "kv_b_proj.weight"][0] == "kvp=Shard(0) tp=Shard(0)"
+    assert weights[attn + "o_proj.weight"][0] == "kvp=Shard(1) tp=Shard(1)"
+    assert weights[attn + "q_a_proj.weight"][0] == "kvp=Replicate tp=Replicate"
+    assert weights[attn + "kv_a_proj_with_mqa.weight"][0] == "kvp=Replicate tp=Replicate"
+    cache = next(p for p in program.inputs if p.name == "past_kv_1")
+    assert program.values[cache.local].layout.is_replicated

@@ -253,7 +253,9 @@ def _input_layout(builder: Builder, name: str) -> Layout:
         if consumer:
             bp = _block_plan(builder.plan, consumer[0])
             strat = lowering_for(bp.strategy, bp.name)
-            if strat.cache in ("heads", "helix"):
+            if strat.cache == "heads" and len(spec.shape) == 3 and "kv_lora_rank" in _block_dims(builder, bp.name):
+                pass  # a latent cache: one KV "head" shared by all query heads, replicated
+            elif strat.cache in ("heads", "helix"):
                 # helix splits KV heads over tp only; tp-style strategies over kvp×tp
                 head_axes = ("tp",) if strat.cache == "helix" else model
                 head_axes = tuple(a for a in head_axes if a in model)
@@ -284,6 +286,10 @@ def _input_layout(builder: Builder, name: str) -> Layout:
                 for a in model:
                     layout = layout.with_axis(a, shard(0))
     return layout
+
+
+def _block_dims(builder: Builder, name: str) -> dict:
+    return next((b.dims for b in builder.graph.blocks if b.name == name), {})
 
 
 def _block_plan(plan: Plan, name: str) -> BlockPlan:

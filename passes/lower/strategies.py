@@ -79,6 +79,8 @@ class StrategyLowering:
             return REPLICATE
         if input_split_last:
             return shard(1)
+        if "kv_lora_rank" in block.dims and shape[0] not in latent_head_rows(block):
+            return REPLICATE
         if self.weights == "helix" and axis != "tp":
             return REPLICATE
         return shard(0)
@@ -102,6 +104,16 @@ LOWERINGS: dict[str, StrategyLowering] = {
         StrategyLowering(name="ep_dispatch", axis="tp", weights="experts_dispatch", cache="replicate"),
     )
 }
+
+
+def latent_head_rows(block: Block) -> tuple[int, ...]:
+    """Output widths of a latent (MLA) attention block's per-head projections — the query
+    (heads × qk head dim) and the latent's up-projection (heads × (nope + v)); the low-rank
+    down-projections are not split (their outputs are normalized and shared by all heads)."""
+    d = block.dims
+    heads, qk = d["q_heads"], d["head_dim"]
+    nope = qk - d.get("qk_rope_head_dim", 0)
+    return (heads * qk, heads * (nope + d.get("v_head_dim", nope)))
 
 
 def lowering_for(strategy: str, block: str) -> StrategyLowering:
