@@ -150,3 +150,8 @@ def test_ep_lowering_splits_experts_and_reduces_once():
     assert weights[attn + "kv_a_proj_with_mqa.weight"][0] == "kvp=Replicate tp=Replicate"
     cache = next(p for p in program.inputs if p.name == "past_kv_1")
     assert program.values[cache.local].layout.is_replicated
+    # absorbed form: one mla_attention over the latent, no SDPA and no per-head K/V expansion
+    steps = next(b for b in program.blocks if b.name == "layers.1.attention").steps
+    targets = [s.target for s in steps if isinstance(s, Compute)]
+    assert targets.count("mla_attention") == 1
+    assert "scaled_dot_product_attention" not in targets and "expand" not in targets

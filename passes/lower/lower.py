@@ -338,6 +338,10 @@ def _lower_block(builder: Builder, block: Block) -> None:
         from passes.lower.helix import lower_helix_attention
 
         lower_helix_attention(cx)
+    elif block.kind == "attention" and "kv_lora_rank" in block.dims:
+        from passes.lower.mla import lower_latent_attention
+
+        lower_latent_attention(cx)
     elif strategy.weights in ("experts", "experts_dispatch") or (
         block.kind == "moe" and strategy.weights == "replicate"
     ):
