@@ -192,7 +192,8 @@ class Renderer:
             self.state.uses_pg = True
             group = kw.pop("group")
             return self.call(t, tuple(a), kw)[:-1] + f", group=pg.{group})"
-        if t in ("vocab_embedding", "helix_partial_attention", "helix_combine", "moe_experts", "mla_attention"):
+        if t in ("vocab_embedding", "helix_partial_attention", "helix_combine", "moe_experts", "mla_attention",
+                 "mla_helix_partial", "mla_helix_combine"):
             return self.call(t, tuple(a), kw)
         if t == "embedding" and len(a) == 2 and not kw:
             return f"F.embedding({self.arg(a[1])}, {self.arg(a[0])})"

@@ -32,7 +32,8 @@ MIXTRAL_ARGS = {"experts": "8", "kv_heads": "4"}
 DEEPSEEK_ARGS = {"router_skew": "0.3"}
 
 
-def moe_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], workload: dict) -> Plan:
+def moe_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], workload: dict,
+             helix_extras: dict | None = None) -> Plan:
     """A hand-made plan (kind -> strategy) with the memory breakdown of its lowered program."""
     full_mesh = {"dp": 1, "cp": 1, "kvp": 1, "tp": 1, "ep": 1, **mesh}
     blocks = []
@@ -43,7 +44,8 @@ def moe_plan(graph: Graph, mesh: dict[str, int], strategies: dict[str, str], wor
         blocks.append(
             BlockPlan(
                 name=b.name, kind=b.kind, group=b.group, strategy=s, degrees=degrees,
-                layout_in=layout, layout_out=layout, dims=dict(b.dims), extras={},
+                layout_in=layout, layout_out=layout, dims=dict(b.dims),
+                extras=dict(helix_extras or {}) if s == "helix" else {},
             )
         )
     plan = Plan(
@@ -155,3 +157,28 @@ def test_ep_lowering_splits_experts_and_reduces_once():
     targets = [s.target for s in steps if isinstance(s, Compute)]
     assert targets.count("mla_attention") == 1
     assert "scaled_dot_product_attention" not in targets and "expand" not in targets
+
+
+HELIX_EP = {"attention": "helix", "mlp": "tp", "moe": "ep", "embedding": "vocab", "lm_head": "vocab"}
+HELIX_CASES = [({"kvp": 2}, 1), ({"kvp": 4}, 2)]
+
+
+@pytest.mark.parametrize(("mesh", "hopb"), HELIX_CASES, ids=[f"kvp{m['kvp']}-hopb{h}" for m, h in HELIX_CASES])
+def test_latent_helix_with_expert_parallel_ffn_is_exact(mesh, hopb, tmp_path):
+    """DeepSeek-like decode: Helix over the latent cache (TPA = 1, absorbed form, round-robin
+    appends of 2 tokens, uneven caches) with the MoE as `ep` over the same kvp ranks; 16
+    teacher-forced steps."""
+    graph = _graph("deepseek.py", DEEPSEEK_ARGS)
+    workload = {"kind": "decode", "batch": 4, "seq": 1, "context": 8}
+    plan = moe_plan(graph, mesh, HELIX_EP, workload, helix_extras={"hopb": hopb, "append_block": 2})
+    program = lower(graph, plan)
+    attn = next(b for b in program.blocks if b.name == "layers.1.attention")
+    targets = [s.target for s in attn.steps if isinstance(s, Compute)]
+    assert targets.count("mla_helix_partial") == hopb and "scaled_dot_product_attention" not in targets
+    path = write_run_plan(graph, plan, tmp_path)
+    argv = program_args(workload="decode", batch=4, seq=1, context=8, steps=16) + ["--uneven-cache"]
+    results = run_threaded(path, plan.world_size, argv)
+    report = judge(plan, results, plan.world_size)
+    assert report.ok, (report.max_abs_err, report.ref_scale)
+    assert report.memory_ok, report.problems
+    assert results[0]["steps_checked"] == 17

@@ -253,8 +253,13 @@ def _input_layout(builder: Builder, name: str) -> Layout:
         if consumer:
             bp = _block_plan(builder.plan, consumer[0])
             strat = lowering_for(bp.strategy, bp.name)
-            if strat.cache == "heads" and len(spec.shape) == 3 and "kv_lora_rank" in _block_dims(builder, bp.name):
+            latent = len(spec.shape) == 3 and "kv_lora_rank" in _block_dims(builder, bp.name)
+            if latent and strat.cache == "heads":
                 pass  # a latent cache: one KV "head" shared by all query heads, replicated
+            elif latent and strat.cache == "helix":
+                from passes.lower.helix import helix_cache_layout
+
+                layout = helix_cache_layout(builder, name, layout)
             elif strat.cache in ("heads", "helix"):
                 # helix splits KV heads over tp only; tp-style strategies over kvp×tp
                 head_axes = ("tp",) if strat.cache == "helix" else model
@@ -334,7 +339,11 @@ def _lower_block(builder: Builder, block: Block) -> None:
     if edge_steps:
         builder.items.append(EdgeProgram(before_block=block.name, steps=tuple(edge_steps)))
 
-    if strategy.cache == "helix":
+    if strategy.cache == "helix" and "kv_lora_rank" in block.dims:
+        from passes.lower.mla import lower_latent_helix
+
+        lower_latent_helix(cx)
+    elif strategy.cache == "helix":
         from passes.lower.helix import lower_helix_attention
 
         lower_helix_attention(cx)

@@ -156,3 +156,109 @@ def _emit(cx, pt: MlaPattern) -> None:
             source_op=pt.sdpa.name,
         )
     )
+
+
+def lower_latent_helix(cx) -> None:
+    """Helix over a latent cache (TPA = 1, KVP = N): the latent cache split along the
+    sequence over kvp (round-robin blocks, as for GQA Helix); every kvp rank absorbs W_UK
+    into the query of all heads and attends over its latent slice as one shared KV head
+    (keys: the latent, values: its c_kv part), producing partials + log-sum-exp; the
+    all-to-all over kvp regroups them by head, `helix_combine` makes them exact, and
+    `mla_value_up` applies W_UV to this rank's heads; the output projection is row-parallel
+    over kvp."""
+    from passes.lower.helix import _build, _shift, append_block
+    from passes.lower.rules import rule_for
+
+    pt = match_mla(cx)
+    if pt.past is None:
+        raise LoweringError(f"block {cx.block.name!r}: helix needs a KV cache (decode)")
+    if "tp" in cx.axes:
+        raise LoweringError(
+            f"block {cx.block.name!r}: latent attention has one shared KV head, so helix needs "
+            f"tpa = 1 (the plan's mesh has tp={cx.sizes['tp']})"
+        )
+    absorbed = set(pt.absorbed)
+    producer = _producers(cx)
+    cat = producer[pt.latent]
+    if not any(pt.latent in op.inputs for op in cx.ops if op.name not in absorbed and op is not pt.sdpa):
+        absorbed.add(cat.name)
+    for op in cx.ops:
+        if op is pt.sdpa:
+            _emit_helix(cx, pt, _build, _shift, append_block)
+        elif op.name not in absorbed:
+            rule_for(op)(cx, op)
+
+
+def _emit_helix(cx, pt: MlaPattern, _build, _shift, append_block) -> None:
+    import sympy
+
+    from ir.rank_program import AxisRank, Collective, Wait
+    from ir.tensor import TensorSpec
+
+    b = cx.b
+    d = cx.block.dims
+    kv_lora = d["kv_lora_rank"]
+    nope = d["head_dim"] - d.get("qk_rope_head_dim", 0)
+    rep = {"kvp": REPLICATE}
+    q = cx.require(pt.q, _with_axes(cx, pt.q, rep))
+    new = cx.require(pt.new, _with_axes(cx, pt.new, rep))
+    mask = cx.require(pt.mask, _with_axes(cx, pt.mask, rep))
+    past = cx.local(pt.past)
+    w = cx.param(pt.kv_b, _build(cx, {}))
+    q_layout = b.layout(q)
+    dp = {"dp": q_layout.on("dp")} if "dp" in cx.axes else {}
+    q_spec = cx.spec(pt.q)
+    batch, heads, tokens = q_spec.shape[0], q_spec.shape[1], q_spec.shape[2]
+    hopb = int(cx.plan.extras.get("hopb", 1))
+    kvp_block = append_block(cx.plan.extras)
+    local_batch = cx.local_shape_of(pt.q, q_layout)[0]
+    slice_global = sympy.simplify(batch / hopb)
+    slice_local = sympy.simplify(local_batch / hopb)
+    kvp = b.sizes["kvp"]
+    value_dim = d.get("v_head_dim", nope)
+    outs: list[str] = []
+    for s in range(hopb):
+        tag = f"{pt.sdpa.name}.helix{s}"
+        part_spec = TensorSpec((sympy.Integer(kvp), slice_global, heads, tokens, sympy.Integer(kv_lora + 1)), "float32")
+        cx.extra_specs[f"{tag}.part"] = part_spec
+        part = cx.define(f"{tag}.part", _build(cx, {**_shift(dp, 1), "kvp": shard(0)}),
+                         f"partial{s}" if hopb > 1 else "partial")
+        cx.steps.append(Compute(
+            target="mla_helix_partial",
+            args=(ValueRef(q), ValueRef(past), ValueRef(new), ValueRef(w), ValueRef(mask), AxisRank("kvp"),
+                  s * slice_local, slice_local),
+            kwargs={"kvp_block": kvp_block, "kv_lora": kv_lora, "nope": nope, "scale": pt.scale},
+            outputs=(part,), source_op=pt.sdpa.name,
+        ))
+        cx.extra_specs[f"{tag}.parts"] = part_spec
+        parts = b.new_value(f"{tag}.parts", part_spec, _build(cx, {**_shift(dp, 1), "kvp": shard(2)}),
+                            f"parts{s}" if hopb > 1 else "parts")
+        handle = f"work_{parts}"
+        cx.steps.append(Collective(kind="all_to_all", axis="kvp", input=part, output=parts, handle=handle,
+                                   src_dim=0, dst_dim=2))
+        cx.steps.append(Wait(handle=handle, output=parts))
+        out_spec = TensorSpec((slice_global, heads, tokens, sympy.Integer(value_dim)), q_spec.dtype)
+        out_layout = _build(cx, {**dp, "kvp": shard(1)})
+        if hopb == 1:
+            out = cx.define(pt.sdpa.outputs[0], out_layout, "attn")
+        else:
+            cx.extra_specs[f"{tag}.out"] = out_spec
+            out = cx.define(f"{tag}.out", out_layout, f"attn{s}")
+        cx.steps.append(Compute(
+            target="mla_helix_combine", args=(ValueRef(parts), ValueRef(w), AxisRank("kvp")),
+            kwargs={"kv_lora": kv_lora, "nope": nope, "like": ValueRef(q)}, outputs=(out,),
+            source_op=pt.sdpa.name,
+        ))
+        outs.append(out)
+    if hopb > 1:
+        out = cx.define(pt.sdpa.outputs[0], _build(cx, {**dp, "kvp": shard(1)}), "attn")
+        cx.steps.append(Compute(target="cat", args=([ValueRef(o) for o in outs], 0), kwargs={}, outputs=(out,),
+                                source_op=pt.sdpa.name))
+
+
+def _with_axes(cx, value: str, per_axis: dict):
+    layout = cx.layout(value)
+    for axis, p in per_axis.items():
+        if axis in cx.axes:
+            layout = layout.with_axis(axis, p)
+    return layout

@@ -18,7 +18,8 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
     "tp_sp": frozenset({"attention", "mlp", "norm"}),
     "dp": frozenset({"attention", "mlp", "norm", "embedding", "lm_head"}),
     "vocab": frozenset({"embedding", "lm_head"}),
-    # GQA attention in decode (tests/test_codegen_helix.py); latent attention is excluded below
+    # GQA attention in decode (tests/test_codegen_helix.py), latent attention with TPA = 1
+    # and an ep FFN (tests/test_codegen_moe.py)
     "helix": frozenset({"attention"}),
     # experts over kvp×tp, replicated stream (tests/test_codegen_moe.py)
     "ep": frozenset({"moe"}),
@@ -35,9 +36,10 @@ def unverified_reason(strategy: str, block: Block) -> str | None:
             f"{strategy} for {block.kind} blocks is not yet verified end to end "
             "(pass --allow-unverified to plan with it anyway)"
         )
-    # latent attention split by batch (dp) or heads (tp, latent cache replicated) is verified
-    # in tests/test_codegen_moe.py; Helix over the latent cache is not lowered yet
-    if "kv_lora_rank" in block.dims and strategy not in ("replicate", "dp", "tp"):
+    # latent attention split by batch (dp), heads (tp, latent cache replicated) or, in
+    # decode, the latent cache's sequence (helix, TPA = 1) is verified in
+    # tests/test_codegen_moe.py
+    if "kv_lora_rank" in block.dims and strategy not in ("replicate", "dp", "tp", "helix"):
         return (
             f"{strategy} for latent (MLA) attention is not yet verified end to end "
             "(pass --allow-unverified to plan with it anyway)"
