@@ -281,6 +281,7 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
             "shape": list(w.shape),
             "shards": _shards(program, w.layout),
             "local_shape": list(w.local_shape),
+            "view": list(w.view),
         }
         for w in program.weights
     ]

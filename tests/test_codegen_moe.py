@@ -61,6 +61,8 @@ DECODE = {"kind": "decode", "batch": 2, "seq": 1, "context": 6}
 # attention data parallel + EP: every block splits the batch; MoE tokens go by all-to-all
 DP_EP = {"attention": "dp", "mlp": "dp", "norm": "dp", "embedding": "dp", "lm_head": "dp", "moe": "ep_dispatch"}
 DECODE4 = {"kind": "decode", "batch": 4, "seq": 1, "context": 6}
+# TP×EP: experts over kvp, each expert's FFN columns over tp
+TP_EP = {**EP, "moe": "tp_ep"}
 
 
 def _graph(example: str, args: dict[str, str]) -> Graph:
@@ -78,6 +80,9 @@ CASES = [
     ("mixtral.py", MIXTRAL_ARGS, {"kvp": 2, "tp": 2}, DP_EP),
     ("deepseek.py", DEEPSEEK_ARGS, {"tp": 2}, DP_EP),
     ("deepseek.py", DEEPSEEK_ARGS, {"tp": 4}, DP_EP),
+    ("mixtral.py", MIXTRAL_ARGS, {"tp": 2}, TP_EP),
+    ("mixtral.py", MIXTRAL_ARGS, {"kvp": 2, "tp": 2}, TP_EP),
+    ("deepseek.py", DEEPSEEK_ARGS, {"kvp": 2, "tp": 2}, TP_EP),
 ]
 
 
@@ -182,3 +187,23 @@ def test_latent_helix_with_expert_parallel_ffn_is_exact(mesh, hopb, tmp_path):
     assert report.ok, (report.max_abs_err, report.ref_scale)
     assert report.memory_ok, report.problems
     assert results[0]["steps_checked"] == 17
+
+
+def test_gqa_helix_with_tp_ep_ffn_is_exact(tmp_path):
+    """Mixtral-like decode: Helix attention over kvp2×tpa2 and the MoE as TP×EP (experts over
+    kvp, FFN columns over tp) on the same 4 ranks."""
+    graph = _graph("mixtral.py", MIXTRAL_ARGS)
+    workload = {"kind": "decode", "batch": 4, "seq": 1, "context": 8}
+    plan = moe_plan(graph, {"kvp": 2, "tp": 2}, {**HELIX_EP, "moe": "tp_ep"}, workload,
+                    helix_extras={"hopb": 2, "append_block": 2})
+    program = lower(graph, plan)
+    weights = {w.fqn: (w.layout.describe(), w.local_shape, w.view) for w in program.weights}
+    gate_up = weights["model.layers.0.mlp.experts.gate_up_proj"]
+    assert gate_up == ("kvp=Shard(0) tp=Shard(2)", (4, 256, 128), (8, 2, 256, 128))
+    assert weights["model.layers.0.mlp.experts.down_proj"][:2] == ("kvp=Shard(0) tp=Shard(2)", (4, 128, 128))
+    path = write_run_plan(graph, plan, tmp_path)
+    argv = program_args(workload="decode", batch=4, seq=1, context=8, steps=12) + ["--uneven-cache"]
+    results = run_threaded(path, plan.world_size, argv)
+    report = judge(plan, results, plan.world_size)
+    assert report.ok, (report.max_abs_err, report.ref_scale)
+    assert report.memory_ok, report.problems

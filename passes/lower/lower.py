@@ -122,10 +122,11 @@ class BlockLowering:
         return self.layout(value).on(axis)
 
     # -- changes ------------------------------------------------------------------------------
-    def param(self, value: str, layout: Layout) -> str:
-        """The local weight shard of parameter `value` in `layout` (the first layout asked
-        for becomes the block's primary version)."""
-        ws = self.b.weight(value, layout)
+    def param(self, value: str, layout: Layout, view: tuple[int, ...] = ()) -> str:
+        """The local weight shard of parameter `value` in `layout` (over `view`, a reshape of
+        the stored weight, when given; the first layout asked for becomes the block's
+        primary version)."""
+        ws = self.b.weight(value, layout, view)
         local = self.param_locals.get(ws.key)
         if local is None:
             local = f"w__{identifier(ws.key)}"
@@ -351,7 +352,7 @@ def _lower_block(builder: Builder, block: Block) -> None:
         from passes.lower.mla import lower_latent_attention
 
         lower_latent_attention(cx)
-    elif strategy.weights in ("experts", "experts_dispatch") or (
+    elif strategy.weights in ("experts", "experts_dispatch", "experts_tp") or (
         block.kind == "moe" and strategy.weights == "replicate"
     ):
         from passes.lower.moe import lower_moe

@@ -162,8 +162,18 @@ def _dead_after(cx, routed: Op, kernel_inputs: set[str]) -> set[str]:
 
 
 def _expert_axes(cx) -> tuple[str, ...]:
-    """The mesh axes the experts are split over: the model group for `ep`, none otherwise."""
+    """The mesh axes the experts are split over: the model group for `ep` and `ep_dispatch`,
+    kvp for `tp_ep`, none otherwise."""
+    if cx.strategy.weights == "experts_tp":
+        return tuple(a for a in cx.split_axes if a == "kvp")
     return cx.split_axes if cx.strategy.weights in ("experts", "experts_dispatch") else ()
+
+
+def _ffn_axes(cx) -> tuple[str, ...]:
+    """The mesh axes each expert's FFN columns are split over (`tp_ep`: tp)."""
+    if cx.strategy.weights == "experts_tp":
+        return tuple(a for a in cx.split_axes if a == "tp")
+    return ()
 
 
 def _model_group_index(cx):
@@ -193,6 +203,14 @@ def lower_moe(cx) -> None:
     for a in _expert_axes(cx):
         group *= cx.sizes[a]
     experts = cx.block.dims["experts"]
+    ffn_split = 1
+    for a in _ffn_axes(cx):
+        ffn_split *= cx.sizes[a]
+    if cx.block.dims.get("ffn", 0) % ffn_split:
+        raise LoweringError(
+            f"block {cx.block.name!r}: the experts' FFN width {cx.block.dims.get('ffn')} does not "
+            f"split evenly over tp={ffn_split}"
+        )
     if experts % group:
         raise LoweringError(
             f"block {cx.block.name!r}: {experts} experts do not split evenly over the model "
@@ -259,10 +277,21 @@ def _emit_kernel(cx, pt: MoePattern) -> None:
     expert_layout = Layout.replicated(cx.axes)
     for a in _expert_axes(cx):
         expert_layout = expert_layout.with_axis(a, shard(0))
-    gate_up = cx.param(pt.gate_up, expert_layout)
-    down = cx.param(pt.down, expert_layout)
+    if _ffn_axes(cx):
+        # TP inside experts: gate_up [E, 2F, H] regrouped as [E, 2, F, H] so a rank's F slice
+        # keeps its gate rows and the matching up rows; down [E, H, F] split on F
+        gate_layout, down_layout = expert_layout, expert_layout
+        for a in _ffn_axes(cx):
+            gate_layout = gate_layout.with_axis(a, shard(2))
+            down_layout = down_layout.with_axis(a, shard(2))
+        e, two_f, h = cx.graph.params[pt.gate_up].shape
+        gate_up = cx.param(pt.gate_up, gate_layout, view=(e, 2, two_f // 2, h))
+        down = cx.param(pt.down, down_layout)
+    else:
+        gate_up = cx.param(pt.gate_up, expert_layout)
+        down = cx.param(pt.down, expert_layout)
     out_layout = tokens_layout
-    for a in _expert_axes(cx):
+    for a in _expert_axes(cx) + _ffn_axes(cx):
         out_layout = out_layout.with_axis(a, PARTIAL)
     out = cx.define(pt.routed.outputs[0], out_layout, "routed")
     cx.steps.append(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ir.graph import Block, Graph, Op
 from ir.layout import REPLICATE, LoweringError, Placement, shard
 
-WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix", "experts", "experts_dispatch")
+WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix", "experts", "experts_dispatch", "experts_tp")
 CACHE_RULES = ("replicate", "heads", "batch", "helix")
 STREAM_LAYOUTS = ("replicate", "shard_batch", "shard_seq")
 
@@ -34,7 +34,8 @@ class StrategyLowering:
     split by expert over the whole group (passes/lower/moe.py), the router (a linear with E
     output rows) replicated, other linears (shared experts) megatron; experts_dispatch — the
     stacked expert weights split by expert, every linear replicated (the stream is split by
-    batch: router and shared experts run data parallel).
+    batch: router and shared experts run data parallel); experts_tp — as experts, but the
+    experts split over kvp and each expert's FFN columns over tp (TP×EP).
 
     The strategy spreads its block over the model axes (kvp and tp, those of size > 1); a
     tensor split over both is nested kvp-major (as one group of kvp×tp ranks), except inside
@@ -75,7 +76,7 @@ class StrategyLowering:
             return shard(0) if vocab and shape[0] == vocab else REPLICATE
         if op.target != "linear":
             return REPLICATE
-        if self.weights == "experts" and shape[0] == block.dims.get("experts"):
+        if self.weights in ("experts", "experts_tp") and shape[0] == block.dims.get("experts"):
             return REPLICATE
         if input_split_last:
             return shard(1)
@@ -102,6 +103,7 @@ LOWERINGS: dict[str, StrategyLowering] = {
         StrategyLowering(name="helix", axis="tp", weights="helix", cache="helix"),
         StrategyLowering(name="ep", axis="tp", weights="experts", cache="replicate"),
         StrategyLowering(name="ep_dispatch", axis="tp", weights="experts_dispatch", cache="replicate"),
+        StrategyLowering(name="tp_ep", axis="tp", weights="experts_tp", cache="replicate"),
     )
 }
 
