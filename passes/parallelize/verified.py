@@ -25,6 +25,8 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
     "ep": frozenset({"moe"}),
     # batch split over kvp×tp with all-to-all dispatch/combine (tests/test_codegen_moe.py)
     "ep_dispatch": frozenset({"moe"}),
+    # experts over kvp, FFN columns over tp, incl. beside Helix (tests/test_codegen_moe.py)
+    "tp_ep": frozenset({"moe"}),
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from passes.parallelize.strategies.dp import DP
-from passes.parallelize.strategies.ep import EP, EP_DISPATCH
+from passes.parallelize.strategies.ep import EP, EP_DISPATCH, TP_EP
 from passes.parallelize.strategies.helix import HELIX
 from passes.parallelize.strategies.replicate import REPLICATE_STRATEGY
 from passes.parallelize.strategies.tp import TP
@@ -11,7 +11,7 @@ from passes.parallelize.strategies.tp_sp import TP_SP
 from passes.parallelize.strategies.vocab import VOCAB
 from passes.parallelize.strategy import Strategy
 
-STRATEGIES: tuple[Strategy, ...] = (REPLICATE_STRATEGY, DP, TP, TP_SP, VOCAB, HELIX, EP, EP_DISPATCH)
+STRATEGIES: tuple[Strategy, ...] = (REPLICATE_STRATEGY, DP, TP, TP_SP, VOCAB, HELIX, EP, EP_DISPATCH, TP_EP)
 BY_NAME: dict[str, Strategy] = {s.name: s for s in STRATEGIES}
 # Offered unless the user asks otherwise: the strategies verified end to end.
 DEFAULT_STRATEGIES: frozenset[str] = frozenset(s.name for s in STRATEGIES if s.default)

@@ -23,6 +23,11 @@ goes once to every distinct rank holding one of its experts — expected
 n·(1 − (1 − 1/n)^k) ranks per token (k ≥ n: nearly all) — so dispatch and combine each move
 (R/n)·that·H elements per rank by all-to-all; the experts are priced as for `ep` (the
 busiest rank receives s·R·k/n pairs).
+
+`tp_ep` (TP×EP) splits the experts over kvp and each expert's FFN columns over tp: a rank
+holds E/kvp experts' 1/tp slices; the expert GEMM reads 1/(kvp·tp) of the expert weights
+with fewer, wider per-expert row blocks than `ep` over the same ranks (better tile use when
+tokens per expert are few); one all-reduce over kvp×tp combines.
 """
 
 from __future__ import annotations
@@ -173,5 +178,45 @@ EP_DISPATCH = Strategy(
     splits_batch=True,
     requirements=(ep_requirements, batch_divides()),
     price=price_ep_dispatch,
+    workloads=frozenset({"decode", "prefill"}),
+)
+
+
+def tp_ep_requirements(block: Block, ctx: PlanContext) -> str | None:
+    experts, ffn = block.dims.get("experts"), block.dims.get("ffn")
+    if not experts or not block.dims.get("top_k"):
+        return "the block has no experts/top_k dims"
+    ep, tp = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    if experts % ep:
+        return f"experts={experts} is not divisible by kvp={ep} (experts split over kvp)"
+    if ffn % tp:
+        return f"the experts' ffn={ffn} is not divisible by tp={tp} (FFN columns split over tp)"
+    shared_ffn = block.dims.get("shared_experts", 0) * ffn
+    if shared_ffn % (ep * tp):
+        return f"the shared experts' width {shared_ffn} is not divisible by kvp×tp={ep * tp}"
+    return None
+
+
+def price_tp_ep(block: Block, ctx: PlanContext) -> Priced:
+    ep, tp = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    rows = ctx.replica_batch() * ctx.workload.seq
+    seconds, weights = moe_parts(block, ctx, rows, expert_groups=ep, ffn_split=tp, shared_split=ep * tp)
+    compute = sum(seconds.values())
+    combine = ctx.collective_s("all_reduce", rows * block.dims["hidden"] * ctx.act_bytes, MODEL_AXES)
+    axes = "×".join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)
+    comm = {f"all_reduce:{axes}": combine} if combine else {}
+    return Priced(compute + combine, compute, comm, combine, {"weights": sum(weights.values())})
+
+
+TP_EP = Strategy(
+    name="tp_ep",
+    kinds=frozenset({"moe"}),
+    axes=MODEL_AXES,
+    summary="experts split over kvp, each expert's FFN columns over tp (TP×EP); one all-reduce",
+    layout_in=REPLICATE,
+    layout_out=REPLICATE,
+    splits_weights=True,
+    requirements=(tp_ep_requirements,),
+    price=price_tp_ep,
     workloads=frozenset({"decode", "prefill"}),
 )

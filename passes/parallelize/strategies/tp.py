@@ -39,7 +39,8 @@ def tp_requirements(block: Block, ctx: PlanContext) -> str | None:
 
 TP = Strategy(
     name="tp",
-    kinds=frozenset({"attention", "mlp", "moe"}),
+    # MoE blocks: TP inside the experts is `tp_ep` (with kvp = 1, the experts unsplit)
+    kinds=frozenset({"attention", "mlp"}),
     axes=MODEL_AXES,
     summary="heads / FFN columns split over tp; all-reduce after the row-parallel projection",
     layout_in=REPLICATE,
