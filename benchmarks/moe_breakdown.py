@@ -41,11 +41,13 @@ def breakdown(run, hardware: str, workload: Workload) -> dict:
     block = next(b for b in run.graph.blocks if b.name == moe.name)
     n = ctx.group_size(MODEL_AXES)
     rows = ctx.replica_batch() * workload.seq
-    split = moe.strategy in ("ep", "ep_dispatch")
-    seconds, _ = moe_parts(
-        block, ctx, rows, expert_groups=n if split else 1, ffn_split=1,
-        shared_split=n if moe.strategy == "ep" else 1,
-    )
+    groups, ffn_split, shared_split = {
+        "ep": (n, 1, n),
+        "ep_dispatch": (n, 1, 1),
+        "tp_ep": (mesh.size("kvp"), mesh.size("tp"), n),
+    }.get(moe.strategy, (1, 1, 1))
+    seconds, _ = moe_parts(block, ctx, rows, expert_groups=groups, ffn_split=ffn_split,
+                           shared_split=shared_split)
     comm = moe.comm_s or {}
     dispatch = sum(v for k, v in comm.items() if k.endswith(":dispatch"))
     combine = sum(v for k, v in comm.items() if not k.endswith(":dispatch"))
@@ -60,6 +62,7 @@ def breakdown(run, hardware: str, workload: Workload) -> dict:
         "layer": layer,
         "attention_us": attention.predicted_s * 1e6,
         "attention_strategy": attention.strategy,
+        "attention_extras": attention.extras,
         "moe_strategy": moe.strategy,
         "moe_us": moe.predicted_s * 1e6,
         "router_and_shared_us": (seconds["router"] + seconds.get("shared_experts", 0.0)) * 1e6,

@@ -19,10 +19,12 @@ from passes.parallelize.search import search
 from passes.parallelize.strategies.ep import (
     EP,
     EP_DISPATCH,
+    TP_EP,
     active_experts,
     distinct_ranks,
     price_ep,
     price_ep_dispatch,
+    price_tp_ep,
 )
 from tests.conftest import EXAMPLES
 
@@ -59,6 +61,10 @@ def test_ep_prices_split_weights_and_skew(load):
     assert list(ep.comm_s) == ["all_reduce:tp"]
     skewed = price_ep(block, dataclasses.replace(ctx, workload=dataclasses.replace(ctx.workload, expert_skew=2.0)))
     assert skewed.compute_s > ep.compute_s
+    # TP×EP over kvp2×tp4 holds the same expert bytes per GPU as ep over 8
+    grid = price_tp_ep(block, _ctx({"kvp": 2, "tp": 4}))
+    assert grid.memory["weights"] == pytest.approx(expert_bytes + router_bytes)
+    assert list(grid.comm_s) == ["all_reduce:kvp×tp"]
     a2a = price_ep_dispatch(block, ctx)
     assert set(a2a.comm_s) == {"all_to_all:tp:dispatch", "all_to_all:tp:combine"}
 
@@ -73,4 +79,4 @@ def test_ilp_picks_expert_parallel_when_experts_do_not_fit(load):
     wl = Workload(kind="decode", batch=8, seq=1, context=4096)
     best = search(graph, wl, H100, 4, verified_only=True).best
     chosen = {s for n, s in best.solution.assignment.items() if ".moe" in n}
-    assert chosen and chosen <= {EP.name, EP_DISPATCH.name}, chosen
+    assert chosen and chosen <= {EP.name, EP_DISPATCH.name, TP_EP.name}, chosen
