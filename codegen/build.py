@@ -35,6 +35,11 @@ STRATEGY_NOTES = {
         "Helix: KV split along the sequence over kvp, heads over tp; partial attention, "
         "all-to-all over kvp, log-sum-exp combine; output projection row-parallel over kvp×tp"
     ),
+    "ep": "experts split over kvp×tp; each rank computes its experts' tokens, one all-reduce",
+    "ep_dispatch": (
+        "batch split over kvp×tp; tokens sent by all-to-all to their experts' ranks and back"
+    ),
+    "tp_ep": "experts split over kvp, each expert's FFN columns over tp; one all-reduce",
 }
 
 
@@ -283,6 +288,7 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
             "shape": list(w.shape),
             "shards": _shards(program, w.layout),
             "local_shape": list(w.local_shape),
+            "view": list(w.view),
         }
         for w in program.weights
     ]

@@ -191,9 +191,15 @@ class Renderer:
             return f"-{self.arg(a[0])}"
         if t == "linear":
             return self.call("F.linear", tuple(a), kw)
+        if t == "moe_dispatch":
+            # the all-to-alls run over the model group the kernel is given (`pg.tp`, ...)
+            self.state.uses_pg = True
+            group = kw.pop("group")
+            return self.call(t, tuple(a), kw)[:-1] + f", group=pg.{group})"
         if t in (
             "vocab_embedding", "helix_partial_attention", "helix_combine",
             "ring_attention_pass_kv", "ring_attention_pass_q",
+            "moe_experts", "mla_attention", "mla_helix_partial", "mla_helix_combine",
         ):
             return self.call(t, tuple(a), kw)
         if t == "embedding" and len(a) == 2 and not kw:

@@ -59,6 +59,9 @@ class DeepseekV3Config:
     topk_group: int = 1
     routed_scaling_factor: float = 2.5
     norm_topk_prob: bool = True
+    # Initial e_score_correction_bias of expert e: router_skew * (1 - e / (E - 1)), so low
+    # experts are chosen more (tests use it for skewed routing); 0 is the usual zero bias.
+    router_skew: float = 0.0
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
 
@@ -243,14 +246,19 @@ class DeepseekV3MLP(nn.Module):
 class DeepseekV3Router(nn.Linear):
     """The router: an ``nn.Linear(hidden, E)`` plus the load-balancing bias used for choice."""
 
-    def __init__(self, hidden: int, num_experts: int) -> None:
+    def __init__(self, hidden: int, num_experts: int, skew: float = 0.0) -> None:
+        self.skew = skew
         super().__init__(hidden, num_experts, bias=False)
         self.register_buffer("e_score_correction_bias", torch.zeros(num_experts))
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         if hasattr(self, "e_score_correction_bias"):
-            nn.init.zeros_(self.e_score_correction_bias)
+            experts = self.e_score_correction_bias.shape[0]
+            with torch.no_grad():
+                ramp = 1.0 - torch.arange(experts, dtype=torch.float32) / max(experts - 1, 1)
+                self.e_score_correction_bias.copy_(self.skew * ramp)
 
 
 class DeepseekV3Experts(nn.Module):
@@ -279,7 +287,9 @@ class DeepseekV3MoE(nn.Module):
     def __init__(self, config: DeepseekV3Config) -> None:
         super().__init__()
         self.config = config
-        self.gate = DeepseekV3Router(config.hidden_size, config.n_routed_experts)
+        self.gate = DeepseekV3Router(
+            config.hidden_size, config.n_routed_experts, config.router_skew
+        )
         self.experts = DeepseekV3Experts(
             config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
         )

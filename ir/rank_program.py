@@ -162,6 +162,11 @@ class EdgeProgram:
 
 @dataclass(frozen=True)
 class WeightShard:
+    """One rank's piece of a weight. `view`, when set, is a reshape of the stored `shape`
+    that `layout` splits (e.g. stacked experts' gate_up [E, 2F, H] as [E, 2, F, H], so an
+    FFN split keeps matching gate and up rows); the piece is then reshaped to
+    `local_shape`, whose rank is the stored one."""
+
     key: str
     param: str
     fqn: str
@@ -170,6 +175,7 @@ class WeightShard:
     dtype: str
     layout: Layout
     local_shape: tuple[int, ...]
+    view: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class Workload:
     optimizer: Literal["sgd", "adamw"] = "adamw"
     ttl_slo_s: float | None = None
     ttft_slo_s: float | None = None
+    # Tokens on the busiest expert-parallel rank over the mean (routing load imbalance).
+    expert_skew: float = 1.2
 
     def __post_init__(self) -> None:
         if self.kind not in WORKLOAD_KINDS:
@@ -75,6 +77,13 @@ class Workload:
                     f"--{name.replace('_', '-')} {getattr(self, name)!r} is unknown; "
                     f"choose one of {DTYPES}"
                 )
+        if isinstance(self.expert_skew, bool) or not isinstance(self.expert_skew, (int, float)) or not (
+            self.expert_skew >= 1.0 and self.expert_skew < float("inf")
+        ):
+            raise InputError(
+                f"--expert-skew {self.expert_skew!r} is not a number >= 1 (the busiest expert "
+                "rank's tokens over the mean; 1 is perfectly balanced routing)"
+            )
         if self.optimizer not in ("sgd", "adamw"):
             raise InputError(f"optimizer {self.optimizer!r} is unknown; choose sgd or adamw")
 

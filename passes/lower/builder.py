@@ -228,13 +228,17 @@ class Builder:
         )
 
     # -- weights ----------------------------------------------------------------------------
-    def weight(self, param: str, layout: Layout) -> WeightShard:
+    def weight(self, param: str, layout: Layout, view: tuple[int, ...] = ()) -> WeightShard:
         spec = self.graph.params[param]
         key = f"{spec.name}@{layout.tag()}" if layout.axes else spec.name
+        if view:
+            key += "@view" + "x".join(str(d) for d in view)
         ws = self.weights.get(key)
         if ws is None:
-            shape = tuple(sympy.Integer(d) for d in spec.shape)
+            shape = tuple(sympy.Integer(d) for d in (view or spec.shape))
             local = local_shape(shape, layout, self.sizes, what=f"weight {spec.name!r}")
+            if view:
+                local = _merge_view(tuple(spec.shape), view, tuple(int(d) for d in local))
             ws = WeightShard(
                 key=key,
                 param=param,
@@ -244,6 +248,7 @@ class Builder:
                 dtype=spec.dtype,
                 layout=layout,
                 local_shape=tuple(int(d) for d in local),
+                view=tuple(view),
             )
             self.weights[key] = ws
         return ws
@@ -269,6 +274,22 @@ class Builder:
         if d is None:
             raise LoweringError(f"value {value!r} {spec} has no {symbol} dim for {layout_name}")
         return shard(d)
+
+
+def _merge_view(shape: tuple[int, ...], view: tuple[int, ...], local_view: tuple[int, ...]) -> tuple[int, ...]:
+    """The local shape in the stored rank: consecutive view dims whose sizes multiply to a
+    stored dim merge back into it."""
+    out, i = [], 0
+    for size in shape:
+        prod, local = 1, 1
+        while prod < size and i < len(view):
+            prod, local, i = prod * view[i], local * local_view[i], i + 1
+        if prod != size:
+            raise LoweringError(f"view {view} does not regroup weight shape {shape}")
+        out.append(local)
+    if i != len(view):
+        raise LoweringError(f"view {view} does not regroup weight shape {shape}")
+    return tuple(out)
 
 
 def _collective_kind(p: Placement, q: Placement) -> str:

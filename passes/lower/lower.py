@@ -124,10 +124,11 @@ class BlockLowering:
         return self.layout(value).on(axis)
 
     # -- changes ------------------------------------------------------------------------------
-    def param(self, value: str, layout: Layout) -> str:
-        """The local weight shard of parameter `value` in `layout` (the first layout asked
-        for becomes the block's primary version)."""
-        ws = self.b.weight(value, layout)
+    def param(self, value: str, layout: Layout, view: tuple[int, ...] = ()) -> str:
+        """The local weight shard of parameter `value` in `layout` (over `view`, a reshape of
+        the stored weight, when given; the first layout asked for becomes the block's
+        primary version)."""
+        ws = self.b.weight(value, layout, view)
         local = self.param_locals.get(ws.key)
         if local is None:
             local = f"w__{identifier(ws.key)}"
@@ -263,7 +264,14 @@ def _input_layout(builder: Builder, name: str) -> Layout:
         if consumer:
             bp = _block_plan(builder.plan, consumer[0])
             strat = lowering_for(bp.strategy, bp.name)
-            if strat.cache in ("heads", "helix", "cp"):
+            latent = len(spec.shape) == 3 and "kv_lora_rank" in _block_dims(builder, bp.name)
+            if latent and strat.cache == "heads":
+                pass  # a latent cache: one KV "head" shared by all query heads, replicated
+            elif latent and strat.cache == "helix":
+                from passes.lower.helix import helix_cache_layout
+
+                layout = helix_cache_layout(builder, name, layout)
+            elif strat.cache in ("heads", "helix", "cp"):
                 # helix splits KV heads over tp only; tp-style strategies over kvp×tp
                 head_axes = ("tp",) if strat.cache == "helix" else model
                 head_axes = tuple(a for a in head_axes if a in model)
@@ -294,6 +302,10 @@ def _input_layout(builder: Builder, name: str) -> Layout:
                 for a in model:
                     layout = layout.with_axis(a, shard(0))
     return layout
+
+
+def _block_dims(builder: Builder, name: str) -> dict:
+    return next((b.dims for b in builder.graph.blocks if b.name == name), {})
 
 
 def _block_plan(plan: Plan, name: str) -> BlockPlan:
@@ -338,7 +350,11 @@ def _lower_block(builder: Builder, block: Block) -> None:
     if edge_steps:
         builder.items.append(EdgeProgram(before_block=block.name, steps=tuple(edge_steps)))
 
-    if strategy.cache == "helix":
+    if strategy.cache == "helix" and "kv_lora_rank" in block.dims:
+        from passes.lower.mla import lower_latent_helix
+
+        lower_latent_helix(cx)
+    elif strategy.cache == "helix":
         from passes.lower.helix import lower_helix_attention
 
         lower_helix_attention(cx)
@@ -346,6 +362,16 @@ def _lower_block(builder: Builder, block: Block) -> None:
         from passes.lower.cp import lower_cp_attention
 
         lower_cp_attention(cx)
+    elif block.kind == "attention" and "kv_lora_rank" in block.dims:
+        from passes.lower.mla import lower_latent_attention
+
+        lower_latent_attention(cx)
+    elif strategy.weights in ("experts", "experts_dispatch", "experts_tp") or (
+        block.kind == "moe" and strategy.weights == "replicate"
+    ):
+        from passes.lower.moe import lower_moe
+
+        lower_moe(cx)
     else:
         for op in cx.ops:
             rule_for(op)(cx, op)

@@ -393,3 +393,45 @@ def sdpa(cx: BlockLowering, op: Op) -> None:
             d = covers(cx, mask, out_shape, split.dim) if split.is_shard else None
             want[mask][axis] = shard(d) if d is not None else REPLICATE
     cx.emit_compute(op, {t: with_axes(cx, t, want[t]) for t in want}, [(out, build(cx, out_pl))])
+
+
+# -- routing: ops along one dim (top-k, gather/scatter, *_like) ------------------------------
+
+# target -> (argument index of the dim the op works along, its name); None: no such dim
+ALONG_DIM: dict[str, tuple[int, str] | None] = {
+    "topk": (2, "dim"),
+    "sort": (1, "dim"),
+    "argsort": (1, "dim"),
+    "gather": (1, "dim"),
+    "scatter.src": (1, "dim"),
+    "scatter.value": (1, "dim"),
+    "zeros_like": None,
+    "ones_like": None,
+    "empty_like": None,
+    "full_like": None,
+}
+
+
+@rule(*ALONG_DIM)
+def along_dim(cx: BlockLowering, op: Op) -> None:
+    """Ops whose tensor operands and results share one shape and work along one dim: a shard
+    on any other dim passes through (the same shard on every operand); a shard on the op's
+    dim, or a Partial, is made Replicate first."""
+    values = operands(op, cx)
+    first = values[0]
+    rank = cx.rank(first)
+    where = ALONG_DIM[op.target]
+    dim = None
+    if where is not None:
+        default = -1 if op.target in ("topk", "sort", "argsort") else None
+        dim = norm_dim(arg(op, where[0], where[1], default), rank)
+    want = {}
+    for axis in cx.axes:
+        p = cx.on(first, axis)
+        ok = p.is_shard and p.dim != dim and all(
+            cx.rank(v) == rank and same(cx.spec(v).shape[p.dim], cx.spec(first).shape[p.dim])
+            for v in values
+        )
+        want[axis] = p if ok else REPLICATE
+    outputs = [(o, build(cx, want)) for o in op.outputs if o in cx.graph.values]
+    cx.emit_compute(op, {v: with_axes(cx, v, want) for v in values}, outputs)

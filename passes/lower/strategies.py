@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ir.graph import Block, Graph, Op
 from ir.layout import REPLICATE, LoweringError, Placement, shard
 
-WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix")
+WEIGHT_RULES = ("replicate", "megatron", "vocab_rows", "helix", "experts", "experts_dispatch", "experts_tp")
 CACHE_RULES = ("replicate", "heads", "batch", "helix", "cp")
 STREAM_LAYOUTS = ("replicate", "shard_batch", "shard_seq")
 
@@ -31,7 +31,12 @@ class StrategyLowering:
     all kvp×tp ranks). `cache`: which dim of the KV cache this block's ranks split (heads:
     the KV-head dim; batch: the batch dim; helix: KV heads over tp and the sequence over kvp,
     round-robin in blocks, see passes/lower/helix.py; cp: KV heads over tp and the cached
-    prefix in contiguous slices of L over cp, see passes/lower/cp.py).
+    prefix in contiguous slices of L over cp, see passes/lower/cp.py); experts — the stacked expert weights
+    split by expert over the whole group (passes/lower/moe.py), the router (a linear with E
+    output rows) replicated, other linears (shared experts) megatron; experts_dispatch — the
+    stacked expert weights split by expert, every linear replicated (the stream is split by
+    batch: router and shared experts run data parallel); experts_tp — as experts, but the
+    experts split over kvp and each expert's FFN columns over tp (TP×EP).
 
     The strategy spreads its block over the model axes (kvp and tp, those of size > 1); a
     tensor split over both is nested kvp-major (as one group of kvp×tp ranks), except inside
@@ -61,7 +66,7 @@ class StrategyLowering:
         """Placement on `self.axis` of `weight` read by `op`; `input_split_last` says the
         op's activation arrives split along its last (contracted) dim on this axis."""
         shape = graph.params[weight].shape if weight in graph.params else ()
-        if self.weights == "replicate" or len(shape) != 2:
+        if self.weights in ("replicate", "experts_dispatch") or len(shape) != 2:
             return REPLICATE
         if self.weights == "vocab_rows":
             # Every lookup table of the block (token and learned-position tables alike, as
@@ -72,8 +77,12 @@ class StrategyLowering:
             return shard(0) if vocab and shape[0] == vocab else REPLICATE
         if op.target != "linear":
             return REPLICATE
+        if self.weights in ("experts", "experts_tp") and shape[0] == block.dims.get("experts"):
+            return REPLICATE
         if input_split_last:
             return shard(1)
+        if "kv_lora_rank" in block.dims and shape[0] not in latent_head_rows(block):
+            return REPLICATE
         if self.weights == "helix" and axis != "tp":
             return REPLICATE
         return shard(0)
@@ -96,8 +105,21 @@ LOWERINGS: dict[str, StrategyLowering] = {
         # ring attention over cp (passes/lower/cp.py), heads over tp as in `tp`
         StrategyLowering(name="cp_pass_kv", axis="tp", weights="megatron", cache="cp"),
         StrategyLowering(name="cp_pass_q", axis="tp", weights="megatron", cache="cp"),
+        StrategyLowering(name="ep", axis="tp", weights="experts", cache="replicate"),
+        StrategyLowering(name="ep_dispatch", axis="tp", weights="experts_dispatch", cache="replicate"),
+        StrategyLowering(name="tp_ep", axis="tp", weights="experts_tp", cache="replicate"),
     )
 }
+
+
+def latent_head_rows(block: Block) -> tuple[int, ...]:
+    """Output widths of a latent (MLA) attention block's per-head projections — the query
+    (heads × qk head dim) and the latent's up-projection (heads × (nope + v)); the low-rank
+    down-projections are not split (their outputs are normalized and shared by all heads)."""
+    d = block.dims
+    heads, qk = d["q_heads"], d["head_dim"]
+    nope = qk - d.get("qk_rope_head_dim", 0)
+    return (heads * qk, heads * (nope + d.get("v_head_dim", nope)))
 
 
 def lowering_for(strategy: str, block: str) -> StrategyLowering:

@@ -117,6 +117,26 @@ def expand(cx: BlockLowering, op: Op) -> None:
     cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(out, out_layout)], args=[ValueRef(x), sizes])
 
 
+@rule("expand_as")
+def expand_as(cx: BlockLowering, op: Op) -> None:
+    """`x.expand_as(other)`: other gives only the shape, so it is emitted as `expand` to the
+    local shape of the result (x's shard carried over like `expand`)."""
+    x = arg(op, 0, "self").name
+    out = op.outputs[0]
+    offset = cx.rank(out) - cx.rank(x)
+    want, out_pl = {}, {}
+    for axis in cx.axes:
+        p = cx.on(x, axis)
+        if p.is_shard and covers(cx, x, cx.spec(out).shape, p.dim + offset) is not None:
+            want[axis], out_pl[axis] = p, shard(p.dim + offset)
+        else:
+            want[axis] = out_pl[axis] = REPLICATE
+    out_layout = build(cx, out_pl)
+    sizes = list(cx.local_shape_of(out, out_layout))
+    cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(out, out_layout)], target="expand",
+                    args=[ValueRef(x), sizes], kwargs={})
+
+
 def _permuted(cx: BlockLowering, op: Op, perm: list[int]) -> None:
     """Output dim i is input dim perm[i]."""
     x = arg(op, 0, "self").name

@@ -65,6 +65,19 @@ def local_sizes(strategy: Strategy, ctx: PlanContext) -> LocalSizes:
     )
 
 
+def split_param_count(block: Block, split: int) -> float:
+    """Parameters per GPU when a strategy splits the block's weights `split` ways. Latent
+    (MLA) attention keeps its low-rank down-projections and their norms whole (their outputs
+    are shared by every head); only the per-head projections split."""
+    if split == 1 or block.kind != "attention" or "kv_lora_rank" not in block.dims:
+        return block.param_count / split
+    d = block.dims
+    hidden, q_rank = d["hidden"], d.get("q_lora_rank") or 0
+    latent = d["kv_lora_rank"] + d.get("qk_rope_head_dim", 0)
+    whole = hidden * q_rank + q_rank + hidden * latent + d["kv_lora_rank"]
+    return whole + (block.param_count - whole) / split
+
+
 def _projection(ctx: PlanContext, rows: int, params: float, hidden: int) -> KernelWork:
     """All of a block's weight matmuls as one GEMM-family kernel: 2·rows·params FLOPs, the
     weights read once, activations in and out."""
@@ -135,7 +148,7 @@ def compute_seconds(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
     hidden = block.dims.get("hidden", 1)
     rows, e = s.rows, ctx.act_bytes
     if block.kind == "attention":
-        params = block.param_count / s.weight_split
+        params = split_param_count(block, s.weight_split)
         t = ctx.cost.kernel(_projection(ctx, rows, params, hidden))
         return t + _attention_kernel_s(block, ctx, s) + _elementwise(ctx, 6 * rows * hidden * e)
     if block.kind == "mlp":
@@ -215,7 +228,7 @@ def price(block: Block, strategy: Strategy, ctx: PlanContext, **extras: int) -> 
         key = f"{c.kind}:{'×'.join(a for a in c.axes if ctx.mesh.size(a) > 1)}"
         if seconds:
             comm[key] = comm.get(key, 0.0) + seconds
-    weights = block.param_count / s.weight_split
+    weights = split_param_count(block, s.weight_split)
     memory = {"weights": weights * ctx.weight_bytes, "kv_cache": kv_cache_bytes(block, ctx, s)}
     if not ctx.is_train:
         exposed = sum(comm.values())

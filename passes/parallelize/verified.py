@@ -18,11 +18,18 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
     "tp_sp": frozenset({"attention", "mlp", "norm"}),
     "dp": frozenset({"attention", "mlp", "norm", "embedding", "lm_head"}),
     "vocab": frozenset({"embedding", "lm_head"}),
-    # GQA attention in decode (tests/test_codegen_helix.py); latent attention is excluded below
+    # GQA attention in decode (tests/test_codegen_helix.py), latent attention with TPA = 1
+    # and an ep FFN (tests/test_codegen_moe.py)
     "helix": frozenset({"attention"}),
     # GQA attention in prefill (tests/test_codegen_cp.py)
     "cp_pass_kv": frozenset({"attention"}),
     "cp_pass_q": frozenset({"attention"}),
+    # experts over kvp×tp, replicated stream (tests/test_codegen_moe.py)
+    "ep": frozenset({"moe"}),
+    # batch split over kvp×tp with all-to-all dispatch/combine (tests/test_codegen_moe.py)
+    "ep_dispatch": frozenset({"moe"}),
+    # experts over kvp, FFN columns over tp, incl. beside Helix (tests/test_codegen_moe.py)
+    "tp_ep": frozenset({"moe"}),
 }
 
 
@@ -34,7 +41,10 @@ def unverified_reason(strategy: str, block: Block) -> str | None:
             f"{strategy} for {block.kind} blocks is not yet verified end to end "
             "(pass --allow-unverified to plan with it anyway)"
         )
-    if "kv_lora_rank" in block.dims and strategy != "replicate":
+    # latent attention split by batch (dp), heads (tp, latent cache replicated) or, in
+    # decode, the latent cache's sequence (helix, TPA = 1) is verified in
+    # tests/test_codegen_moe.py
+    if "kv_lora_rank" in block.dims and strategy not in ("replicate", "dp", "tp", "helix"):
         return (
             f"{strategy} for latent (MLA) attention is not yet verified end to end "
             "(pass --allow-unverified to plan with it anyway)"
@@ -57,9 +67,11 @@ def token_split_reason(blocks: list[Block]) -> str | None:
 
 def batch_split_reason(blocks: list[Block]) -> str | None:
     """A dp mesh axis splits every block's batch; blocks whose lowering under a split batch is
-    not verified (MoE routing, latent attention) rule such meshes out."""
+    not verified (latent attention) rule such meshes out. MoE blocks run the top-k expert
+    kernel on the replica's tokens (replicate and ep verified under dp,
+    tests/test_codegen_moe.py)."""
     for b in blocks:
-        if b.kind == "moe" or "kv_lora_rank" in b.dims:
+        if "kv_lora_rank" in b.dims:
             return (
                 f"a dp axis splits the batch of every block, and {b.kind} blocks like {b.name} "
                 "are not yet verified under a split batch (--allow-unverified to plan anyway)"

@@ -40,6 +40,10 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, gpus_required: bool = True
     )
     p.add_argument("--per-layer", action="store_true", help="let identical layers differ")
     p.add_argument(
+        "--expert-skew", type=float, default=1.2,
+        help="MoE load imbalance: tokens on the busiest expert rank over the mean (default 1.2)",
+    )
+    p.add_argument(
         "--allow-unverified", action="store_true",
         help="also plan with strategies whose generated program is not yet verified "
         "(no run_plan.py is written for such a plan)",
@@ -78,6 +82,7 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
         optimizer=args.optimizer,
         ttl_slo_s=args.ttl_slo / 1e3 if args.ttl_slo else None,
         ttft_slo_s=args.ttft_slo / 1e3 if args.ttft_slo else None,
+        expert_skew=args.expert_skew,
     )
 
 

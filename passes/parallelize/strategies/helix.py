@@ -49,14 +49,13 @@ def kv_tokens_per_rank(tokens: int, kvp: int, append_block: int = DEFAULT_APPEND
 
 
 def _split_params(block: Block) -> tuple[float, float]:
-    """(params before the all-to-all, params after it): QKV (and, for MLA, the query and
-    latent projections plus the key absorption) vs the per-head value up-projection and the
-    output projection, which Helix splits over all N GPUs."""
+    """(params before the all-to-all, params after it): QKV (for MLA the query and latent
+    projections and the whole kv_b_proj: its key half is absorbed into every head's query,
+    and the generated program keeps its value half beside it) vs the output projection,
+    which Helix splits over all N GPUs."""
     d = block.dims
     value_dim = d.get("v_head_dim", d.get("head_dim", 0))
     after = d["q_heads"] * value_dim * d["hidden"]
-    if "kv_lora_rank" in d:
-        after += d["q_heads"] * value_dim * d["kv_lora_rank"]
     before = max(0.0, block.param_count - after)
     return before, float(after)
 

@@ -1,0 +1,222 @@
+"""Expert parallelism over the model group with a replicated residual stream.
+
+The E routed experts are split over the n = kvp×tp ranks (E/n each); every rank runs the
+router on all of its replica's tokens, computes the (token, expert) pairs whose expert it
+holds and returns a partial sum; one all-reduce of B·T·H combines them (the shared experts,
+Megatron TP over the same ranks, join that reduction). No token moves before the experts:
+the dispatch is the routing every rank already has, the combine the all-reduce.
+
+Cost terms per GPU (R = tokens on the replica, k experts per token, skew s ≥ 1 the load of
+the busiest rank over the mean, `Workload.expert_skew`):
+* experts: one grouped GEMM over the active local experts. Rows: s·R·k/n (token, expert)
+  pairs, each padded up to whole GEMM tiles of `GEMM_TILE_ROWS` rows per expert (a
+  grouped GEMM computes on tiles, so 3 tokens on an expert cost a 64-row tile); weight
+  bytes: the local experts that receive any token, (E/n)·(1 − (1 − k/E)^R) in expectation
+  (every local expert once R·k ≫ E) — at decode batch sizes weight reads dominate.
+* router (replicated), shared experts (/n), the elementwise SwiGLU and weighting.
+* the all-reduce of R·H over kvp×tp.
+Memory: router + E/n experts + shared experts / n.
+
+`ep_dispatch` (attention data parallel + EP) keeps the stream split by batch over the n ranks:
+router and shared experts run on the rank's R/n tokens with replicated weights; each token
+goes once to every distinct rank holding one of its experts — expected
+n·(1 − (1 − 1/n)^k) ranks per token (k ≥ n: nearly all) — so dispatch and combine each move
+(R/n)·that·H elements per rank by all-to-all; the experts are priced as for `ep` (the
+busiest rank receives s·R·k/n pairs).
+
+`tp_ep` (TP×EP) splits the experts over kvp and each expert's FFN columns over tp: a rank
+holds E/kvp experts' 1/tp slices; the expert GEMM reads 1/(kvp·tp) of the expert weights
+with fewer, wider per-expert row blocks than `ep` over the same ranks (better tile use when
+tokens per expert are few); one all-reduce over kvp×tp combines.
+"""
+
+from __future__ import annotations
+
+import math
+
+from cost_models import KernelWork
+from ir.graph import Block
+from passes.parallelize.context import PlanContext
+from passes.parallelize.pricing import Priced
+from passes.parallelize.strategy import MODEL_AXES, REPLICATE, SHARD_BATCH, Strategy, batch_divides
+
+GEMM_TILE_ROWS = 64
+
+
+def ep_requirements(block: Block, ctx: PlanContext) -> str | None:
+    n = ctx.group_size(MODEL_AXES)
+    experts = block.dims.get("experts")
+    if not experts or not block.dims.get("top_k"):
+        return "the block has no experts/top_k dims"
+    if experts % n:
+        return f"experts={experts} is not divisible by the model group kvp×tp={n}"
+    shared_ffn = block.dims.get("shared_experts", 0) * block.dims.get("ffn", 0)
+    if shared_ffn % n:
+        return f"the shared experts' width {shared_ffn} is not divisible by kvp×tp={n}"
+    return None
+
+
+def active_experts(experts: int, top_k: int, tokens: int) -> float:
+    """Expected number of the E experts chosen by at least one of `tokens` tokens (each picks
+    k distinct experts; uniform routing)."""
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+def expert_gemm_work(
+    ctx: PlanContext, *, local_experts: int, experts: int, top_k: int, tokens: int,
+    hidden: int, ffn: int, ffn_split: int = 1,
+) -> KernelWork:
+    """The grouped expert GEMM of the busiest rank holding `local_experts` experts (each
+    expert's FFN columns split `ffn_split` ways) for `tokens` routed tokens."""
+    skew = ctx.workload.expert_skew
+    n_groups = experts // local_experts
+    pairs = min(tokens * top_k / n_groups * skew, tokens * min(top_k, local_experts))
+    active = max(1.0, min(local_experts, active_experts(experts, top_k, tokens) / n_groups * skew))
+    rows_per_expert = pairs / active
+    padded = active * math.ceil(rows_per_expert / GEMM_TILE_ROWS) * GEMM_TILE_ROWS
+    per_expert = 3 * hidden * ffn / ffn_split
+    return KernelWork(
+        kind="gemm",
+        flops=2.0 * padded * per_expert,
+        nbytes=active * per_expert * ctx.weight_bytes + pairs * (2 * hidden + 3 * ffn / ffn_split) * ctx.act_bytes,
+        dtype=ctx.workload.weight_dtype,
+    )
+
+
+def moe_parts(block: Block, ctx: PlanContext, rows: int, *, expert_groups: int, ffn_split: int,
+              shared_split: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(seconds by part, weight bytes by part) of a MoE block on one GPU whose experts are
+    split over `expert_groups` rank groups and each expert's FFN over `ffn_split` ranks."""
+    d = block.dims
+    hidden, experts, top_k, ffn = d["hidden"], d["experts"], d["top_k"], d["ffn"]
+    shared = d.get("shared_experts", 0)
+    w = ctx.weight_bytes
+    router = KernelWork(kind="gemm", flops=2.0 * rows * hidden * experts,
+                        nbytes=hidden * experts * w + rows * (hidden + experts) * ctx.act_bytes,
+                        dtype=ctx.workload.weight_dtype)
+    work = expert_gemm_work(ctx, local_experts=experts // expert_groups, experts=experts,
+                            top_k=top_k, tokens=rows, hidden=hidden, ffn=ffn, ffn_split=ffn_split)
+    seconds = {
+        "router": ctx.cost.kernel(router),
+        "experts": ctx.cost.kernel(work),
+        "elementwise": ctx.cost.elementwise(4 * rows * top_k * hidden * ctx.act_bytes),
+    }
+    weights = {
+        "router": hidden * experts * w,
+        "experts": 3 * hidden * ffn * experts / (expert_groups * ffn_split) * w,
+    }
+    if shared:
+        params = 3 * hidden * ffn * shared / shared_split
+        seconds["shared_experts"] = ctx.cost.kernel(KernelWork(
+            kind="gemm", flops=2.0 * rows * params,
+            nbytes=params * w + rows * (hidden + 3 * ffn * shared / shared_split) * ctx.act_bytes,
+            dtype=ctx.workload.weight_dtype,
+        ))
+        weights["shared_experts"] = params * w
+    return seconds, weights
+
+
+def price_ep(block: Block, ctx: PlanContext) -> Priced:
+    n = ctx.group_size(MODEL_AXES)
+    rows = ctx.replica_batch() * ctx.workload.seq
+    seconds, weights = moe_parts(block, ctx, rows, expert_groups=n, ffn_split=1, shared_split=n)
+    compute = sum(seconds.values())
+    combine = ctx.collective_s("all_reduce", rows * block.dims["hidden"] * ctx.act_bytes, MODEL_AXES)
+    axes = "×".join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)
+    comm = {f"all_reduce:{axes}": combine} if combine else {}
+    return Priced(compute + combine, compute, comm, combine, {"weights": sum(weights.values())})
+
+
+def distinct_ranks(ranks: int, top_k: int) -> float:
+    """Expected distinct ranks among a token's k experts when experts are split evenly over
+    `ranks` (k experts drawn uniformly; each rank missed with probability (1 − 1/n)^k)."""
+    return ranks * (1.0 - (1.0 - 1.0 / ranks) ** top_k)
+
+
+def price_ep_dispatch(block: Block, ctx: PlanContext) -> Priced:
+    n = ctx.group_size(MODEL_AXES)
+    rows = ctx.replica_batch() * ctx.workload.seq
+    local_rows = rows // n
+    d = block.dims
+    seconds, weights = moe_parts(block, ctx, rows, expert_groups=n, ffn_split=1, shared_split=1)
+    # router, shared experts and elementwise run on this rank's tokens only
+    own, _ = moe_parts(block, ctx, local_rows, expert_groups=n, ffn_split=1, shared_split=1)
+    seconds = {**{k: v for k, v in own.items() if k != "experts"}, "experts": seconds["experts"]}
+    compute = sum(seconds.values())
+    volume = local_rows * distinct_ranks(n, d["top_k"]) * d["hidden"] * ctx.act_bytes
+    dispatch = ctx.collective_s("all_to_all", volume, MODEL_AXES)
+    combine = ctx.collective_s("all_to_all", volume, MODEL_AXES)
+    axes = "×".join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)
+    comm = {f"all_to_all:{axes}:dispatch": dispatch, f"all_to_all:{axes}:combine": combine}
+    comm = {k: v for k, v in comm.items() if v}
+    exposed = dispatch + combine
+    return Priced(compute + exposed, compute, comm, exposed, {"weights": sum(weights.values())})
+
+
+EP = Strategy(
+    name="ep",
+    kinds=frozenset({"moe"}),
+    axes=MODEL_AXES,
+    summary="experts split over kvp×tp; each rank computes its experts' tokens; one all-reduce",
+    layout_in=REPLICATE,
+    layout_out=REPLICATE,
+    splits_weights=True,
+    requirements=(ep_requirements,),
+    price=price_ep,
+    workloads=frozenset({"decode", "prefill"}),
+)
+
+
+EP_DISPATCH = Strategy(
+    name="ep_dispatch",
+    kinds=frozenset({"moe"}),
+    axes=MODEL_AXES,
+    summary="batch split over kvp×tp (attention DP); tokens all-to-all to their experts' ranks and back",
+    layout_in=SHARD_BATCH,
+    layout_out=SHARD_BATCH,
+    splits_weights=True,
+    splits_batch=True,
+    requirements=(ep_requirements, batch_divides()),
+    price=price_ep_dispatch,
+    workloads=frozenset({"decode", "prefill"}),
+)
+
+
+def tp_ep_requirements(block: Block, ctx: PlanContext) -> str | None:
+    experts, ffn = block.dims.get("experts"), block.dims.get("ffn")
+    if not experts or not block.dims.get("top_k"):
+        return "the block has no experts/top_k dims"
+    ep, tp = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    if experts % ep:
+        return f"experts={experts} is not divisible by kvp={ep} (experts split over kvp)"
+    if ffn % tp:
+        return f"the experts' ffn={ffn} is not divisible by tp={tp} (FFN columns split over tp)"
+    shared_ffn = block.dims.get("shared_experts", 0) * ffn
+    if shared_ffn % (ep * tp):
+        return f"the shared experts' width {shared_ffn} is not divisible by kvp×tp={ep * tp}"
+    return None
+
+
+def price_tp_ep(block: Block, ctx: PlanContext) -> Priced:
+    ep, tp = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    rows = ctx.replica_batch() * ctx.workload.seq
+    seconds, weights = moe_parts(block, ctx, rows, expert_groups=ep, ffn_split=tp, shared_split=ep * tp)
+    compute = sum(seconds.values())
+    combine = ctx.collective_s("all_reduce", rows * block.dims["hidden"] * ctx.act_bytes, MODEL_AXES)
+    axes = "×".join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)
+    comm = {f"all_reduce:{axes}": combine} if combine else {}
+    return Priced(compute + combine, compute, comm, combine, {"weights": sum(weights.values())})
+
+
+TP_EP = Strategy(
+    name="tp_ep",
+    kinds=frozenset({"moe"}),
+    axes=MODEL_AXES,
+    summary="experts split over kvp, each expert's FFN columns over tp (TP×EP); one all-reduce",
+    layout_in=REPLICATE,
+    layout_out=REPLICATE,
+    splits_weights=True,
+    requirements=(tp_ep_requirements,),
+    price=price_tp_ep,
+    workloads=frozenset({"decode", "prefill"}),
+)
