@@ -17,6 +17,8 @@ from passes.parallelize.strategy import Strategy
 from passes.parallelize.verified import unverified_reason
 
 EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {"helix": ("hopb",)}
+# Training decisions every strategy takes (passes.parallelize.training).
+TRAINING_PARAMETERS: tuple[str, ...] = ("zero", "recompute")
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,10 @@ class ForceRule:
                 key = "tp"
             if key in ("dp", "cp", "kvp", "tp", "ep"):
                 degrees[key] = int(value)
-            elif key in EXTRA_PARAMETERS.get(strategy, ()):
+            elif key in EXTRA_PARAMETERS.get(strategy, ()) + TRAINING_PARAMETERS:
                 extras[key] = int(value)
             else:
-                known = ", ".join(EXTRA_PARAMETERS.get(strategy, ())) or "none"
+                known = ", ".join(EXTRA_PARAMETERS.get(strategy, ()) + TRAINING_PARAMETERS)
                 raise InputError(
                     f"--force {text!r}: {key!r} is not a mesh axis (dp, cp, kvp, tp, ep) or a "
                     f"parameter of {strategy} (its parameters: {known})"
