@@ -285,6 +285,8 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
         for w in program.weights
     ]
     block_weights = {b.name: {p.local_name: p.key for p in b.params} for b in program.blocks}
+    zero_levels = _zero_levels(plan, block_weights)
+    vocab_size = max((int(b.dims.get("vocab", 0)) for b in plan.blocks), default=0)
     inputs = {
         p.name: {"role": p.role, "shards": _shards(program, program.values[p.local].layout)}
         for p in program.inputs
@@ -342,7 +344,21 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
         inputs=_literal(inputs),
         outputs=_literal(outputs),
         caches=_literal(caches),
+        zero_levels=_literal(zero_levels),
+        vocab_size=vocab_size,
     )
+
+
+def _zero_levels(plan: Plan, block_weights: dict[str, dict[str, str]]) -> dict[str, int]:
+    """Per weight key, the dp sharding level the plan chose for the blocks reading it (the
+    lowest, when blocks that share a weight differ); inference plans have none."""
+    levels: dict[str, int] = {}
+    for bp in plan.blocks:
+        if "zero" not in bp.extras:
+            continue
+        for key in block_weights.get(bp.name, {}).values():
+            levels[key] = min(levels.get(key, 3), int(bp.extras["zero"]))
+    return levels
 
 
 def _table(rows: list[PlanRow]) -> tuple[str, ...]:
