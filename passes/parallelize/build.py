@@ -140,7 +140,7 @@ def build_problem(
             key = (block.group, s.name)
             if key not in group_reasons:
                 group_reasons[key] = s.why_not(block, ctx) or (
-                    unverified_reason(s.name, block)
+                    unverified_reason(s.name, block, ctx.workload.kind)
                     if verified_only and s.name in DEFAULT_STRATEGIES
                     and not (wanted and s.name in wanted)
                     else None
