@@ -124,3 +124,41 @@ def test_planted_missing_gradient_reduction_is_caught(load, tmp_path):
             "8", "--steps", "3", "--optimizer", "sgd"]
     results = run_threaded(program, 2, argv)
     assert results[0]["ok"] is False and results[0]["grad_rel_err"] > 0.1
+
+
+# -- under torchrun, through `helixplan verify` ------------------------------------------
+
+
+@pytest.mark.slow
+def test_verify_cli_trains_planner_plan_on_two_ranks(tmp_path):
+    """The planner's own training plan (TP attention, vocab-parallel head), launched by
+    `helixplan verify` under torchrun for 3 AdamW steps."""
+    from tests.test_codegen_torchrun import verify
+
+    code, out, log = verify(
+        str(ROOT / "examples" / "llama.py"), "--nproc", "2", "--workload", "train",
+        "--force", "layers.*.attention=tp(tp=2)", "--force", "lm_head=vocab",
+        "--out", str(tmp_path),
+    )
+    assert code == 0, log
+    assert out["ok"] is True and out["nproc"] == 2
+
+
+@pytest.mark.slow
+def test_verify_cli_trains_dp2_tp2_with_sharded_state(load, tmp_path):
+    """4 ranks, dp2 × tp2, TP+SP blocks and vocab head; the plan shards attention's
+    gradients and optimizer state (level 2) and the MLP's optimizer state (level 1)."""
+    from tests.test_codegen_torchrun import verify
+
+    graph = load(str(ROOT / "examples" / "llama.py")).graph
+    plan = make_plan(graph, {"dp": 2, "tp": 2}, TP_SP, TRAIN)
+    levels = {"attention": 2, "mlp": 1}
+    plan = dataclasses.replace(plan, blocks=[
+        dataclasses.replace(b, extras={"zero": levels.get(b.kind, 0), "recompute": 0})
+        for b in plan.blocks
+    ])
+    plan.save(tmp_path / "plan.json")
+    write_run_plan(graph, plan, tmp_path)
+    code, out, log = verify(str(tmp_path), "--nproc", "4", "--batch", "4", "--seq", "8")
+    assert code == 0, log
+    assert out["ok"] is True and out["nproc"] == 4
