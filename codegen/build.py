@@ -185,8 +185,14 @@ def _tuple_text(items: list[str]) -> str:
     return "(" + ", ".join(items) + ")"
 
 
-def _forward(program: RankProgram, call_of: dict[str, tuple[str, _Rendered]]) -> FunctionContext:
-    namer = Namer({"inputs", "weights", "pg", "device"})
+def _forward(
+    program: RankProgram,
+    call_of: dict[str, tuple[str, _Rendered]],
+    recomputed: frozenset[str] = frozenset(),
+) -> FunctionContext:
+    """forward(): the blocks in order. A block in `recomputed` (a training plan's choice)
+    runs through `recompute`, which keeps only its inputs for backward."""
+    namer = Namer({"inputs", "weights", "pg", "device", "recompute"})
     names: dict[str, str] = {}
     body: list[Line] = []
     for sym in program.symbols:
@@ -223,7 +229,13 @@ def _forward(program: RankProgram, call_of: dict[str, tuple[str, _Rendered]]) ->
                 ctx.append(f"{c}={c}")
         outs = [define(o) for o in item.outputs]
         lhs = (", ".join(outs) + ("," if len(outs) == 1 else "")) if outs else "_"
-        body.append(Line(f"{lhs} = {fn}({', '.join(args + ctx)})", f"{item.name}"))
+        if item.name in recomputed:
+            body.append(Line(
+                f"{lhs} = recompute({fn}, {', '.join(args + ctx)})",
+                f"{item.name} (recomputed in backward)",
+            ))
+        else:
+            body.append(Line(f"{lhs} = {fn}({', '.join(args + ctx)})", f"{item.name}"))
     returns = ", ".join(f"{_q(o.name)}: {names[o.local]}" for o in program.outputs)
     body.append(Line("return {" + returns + "}"))
     doc = (
@@ -267,7 +279,8 @@ def _literal(x: Any) -> str:
 
 def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> ProgramContext:
     funcs, call_of = _functions(program)
-    forward = _forward(program, call_of)
+    recomputed = frozenset(b.name for b in plan.blocks if b.extras.get("recompute"))
+    forward = _forward(program, call_of, recomputed)
     rows = []
     for bp in plan.blocks:
         fn = call_of.get(bp.name, ("-", None))[0]

@@ -23,11 +23,14 @@ TRAIN = {"kind": "train", "batch": 4, "seq": 8, "context": 0, "optimizer": "adam
 F64 = ["--dtype", "float64"]
 
 
-def train_run(load, tmp_path, model, mesh, strategies, extra=(), *, zero_of=None):
+def train_run(load, tmp_path, model, mesh, strategies, extra=(), *, zero_of=None,
+              recompute=frozenset()):
     graph = load(str(ROOT / "examples" / f"{model}.py")).graph
     plan = make_plan(graph, mesh, strategies, TRAIN)
-    if zero_of:
-        blocks = [dataclasses.replace(b, extras={"zero": zero_of.get(b.kind, 0), "recompute": 0})
+    if zero_of or recompute:
+        zero_of = zero_of or {}
+        blocks = [dataclasses.replace(b, extras={"zero": zero_of.get(b.kind, 0),
+                                                 "recompute": int(b.kind in recompute)})
                   for b in plan.blocks]
         plan = dataclasses.replace(plan, blocks=blocks)
     program = write_run_plan(graph, plan, tmp_path)
@@ -103,6 +106,16 @@ def test_four_ranks_dp_tp_sp_fsdp(load, tmp_path):
                            ["--zero", "3", *F64])
     assert_exact(results, tol=1e-9)
     assert len(results) == 4 and all(r["full_vocab_tensors"] == 0 for r in results)
+
+
+def test_recomputed_blocks_rerun_their_collectives_in_backward(load, tmp_path):
+    """TP+SP attention and MLP recomputed (checkpointed): their all-gathers and
+    reduce-scatters run again inside backward, on every rank in the same order."""
+    program, results = train_run(load, tmp_path, "llama", {"tp": 2}, TP_SP, F64,
+                                 recompute=frozenset({"attention", "mlp"}))
+    assert_exact(results, tol=1e-9)
+    text = program.read_text()
+    assert text.count("(recomputed in backward)") == 4  # 2 layers × (attention, MLP)
 
 
 def test_gpt2_tied_head_tp(load, tmp_path):
