@@ -192,8 +192,14 @@ def _tuple_text(items: list[str]) -> str:
     return "(" + ", ".join(items) + ")"
 
 
-def _forward(program: RankProgram, call_of: dict[str, tuple[str, _Rendered]]) -> FunctionContext:
-    namer = Namer({"inputs", "weights", "pg", "device"})
+def _forward(
+    program: RankProgram,
+    call_of: dict[str, tuple[str, _Rendered]],
+    recomputed: frozenset[str] = frozenset(),
+) -> FunctionContext:
+    """forward(): the blocks in order. A block in `recomputed` (a training plan's choice)
+    runs through `recompute`, which keeps only its inputs for backward."""
+    namer = Namer({"inputs", "weights", "pg", "device", "recompute"})
     names: dict[str, str] = {}
     body: list[Line] = []
     for sym in program.symbols:
@@ -230,7 +236,13 @@ def _forward(program: RankProgram, call_of: dict[str, tuple[str, _Rendered]]) ->
                 ctx.append(f"{c}={c}")
         outs = [define(o) for o in item.outputs]
         lhs = (", ".join(outs) + ("," if len(outs) == 1 else "")) if outs else "_"
-        body.append(Line(f"{lhs} = {fn}({', '.join(args + ctx)})", f"{item.name}"))
+        if item.name in recomputed:
+            body.append(Line(
+                f"{lhs} = recompute({fn}, {', '.join(args + ctx)})",
+                f"{item.name} (recomputed in backward)",
+            ))
+        else:
+            body.append(Line(f"{lhs} = {fn}({', '.join(args + ctx)})", f"{item.name}"))
     returns = ", ".join(f"{_q(o.name)}: {names[o.local]}" for o in program.outputs)
     body.append(Line("return {" + returns + "}"))
     doc = (
@@ -274,7 +286,8 @@ def _literal(x: Any) -> str:
 
 def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> ProgramContext:
     funcs, call_of = _functions(program)
-    forward = _forward(program, call_of)
+    recomputed = frozenset(b.name for b in plan.blocks if b.extras.get("recompute"))
+    forward = _forward(program, call_of, recomputed)
     rows = []
     for bp in plan.blocks:
         fn = call_of.get(bp.name, ("-", None))[0]
@@ -293,6 +306,8 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
         for w in program.weights
     ]
     block_weights = {b.name: {p.local_name: p.key for p in b.params} for b in program.blocks}
+    zero_levels = _zero_levels(plan, block_weights)
+    vocab_size = max((int(b.dims.get("vocab", 0)) for b in plan.blocks), default=0)
     inputs = {
         p.name: {"role": p.role, "shards": _shards(program, program.values[p.local].layout)}
         for p in program.inputs
@@ -350,7 +365,21 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
         inputs=_literal(inputs),
         outputs=_literal(outputs),
         caches=_literal(caches),
+        zero_levels=_literal(zero_levels),
+        vocab_size=vocab_size,
     )
+
+
+def _zero_levels(plan: Plan, block_weights: dict[str, dict[str, str]]) -> dict[str, int]:
+    """Per weight key, the dp sharding level the plan chose for the blocks reading it (the
+    lowest, when blocks that share a weight differ); inference plans have none."""
+    levels: dict[str, int] = {}
+    for bp in plan.blocks:
+        if "zero" not in bp.extras:
+            continue
+        for key in block_weights.get(bp.name, {}).values():
+            levels[key] = min(levels.get(key, 3), int(bp.extras["zero"]))
+    return levels
 
 
 def _table(rows: list[PlanRow]) -> tuple[str, ...]:

@@ -58,6 +58,8 @@ class ProgramContext:
     functions: tuple[FunctionContext, ...]
     forward: FunctionContext
     cache_shapes: FunctionContext
+    zero_levels: str
+    vocab_size: int
     weights: str
     block_weights: str
     inputs: str

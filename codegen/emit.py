@@ -32,7 +32,7 @@ from ir.rank_program import (
 )
 
 RESERVED = frozenset(
-    {"B", "T", "L", "w", "pg", "device", "torch", "F", "dist", "inputs", "weights", "work"}
+    {"B", "T", "L", "w", "pg", "device", "torch", "F", "dist", "comm", "inputs", "weights", "work"}
     | set(keyword.kwlist)
     | {"input", "id", "len", "list", "dict", "type", "sum", "min", "max", "slice", "range", "all", "any"}
     | {"pow", "abs", "round", "iter", "next", "map", "filter", "zip", "format", "hash", "object"}
@@ -290,14 +290,14 @@ class Renderer:
                 copy = ".clone()" if readers.get(step.input, 0) > 1 else ".contiguous()"
                 return [
                     Line(f"{out} = {src}{copy}"),
-                    Line(f"{handle} = dist.all_reduce({out}, group={group}, async_op=True)", what),
+                    Line(f"{handle} = comm.all_reduce({out}, group={group}, async_op=True)", what),
                 ]
             if step.kind == "all_gather":
                 buf = define(f"{step.output}_parts")
                 return [
                     Line(f"{buf} = {src}.new_empty((pg.size_{step.axis} * {src}.shape[0], *{src}.shape[1:]))"),
                     Line(
-                        f"{handle} = dist.all_gather_into_tensor({buf}, {src}.contiguous(), group={group}, async_op=True)",
+                        f"{handle} = comm.all_gather_into_tensor({buf}, {src}.contiguous(), group={group}, async_op=True)",
                         what,
                     ),
                 ]
@@ -308,7 +308,7 @@ class Renderer:
                     Line(f"{send} = {src}.movedim({step.dst_dim}, 0).contiguous()"),
                     Line(f"{buf} = {send}.new_empty((({send}.shape[0] // pg.size_{step.axis}), *{send}.shape[1:]))"),
                     Line(
-                        f"{handle} = dist.reduce_scatter_tensor({buf}, {send}, group={group}, async_op=True)",
+                        f"{handle} = comm.reduce_scatter_tensor({buf}, {send}, group={group}, async_op=True)",
                         what,
                     ),
                 ]
@@ -319,7 +319,7 @@ class Renderer:
                     Line(f"{send} = torch.stack({src}.chunk(pg.size_{step.axis}, {step.dst_dim}))"),
                     Line(f"{buf} = torch.empty_like({send})"),
                     Line(
-                        f"{handle} = dist.all_to_all_single({buf}, {send}, group={group}, async_op=True)",
+                        f"{handle} = comm.all_to_all_single({buf}, {send}, group={group}, async_op=True)",
                         what,
                     ),
                 ]

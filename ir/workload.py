@@ -24,6 +24,11 @@ def dtype_size_bytes(dtype: str) -> float:
             f"dtype {dtype!r} is unknown; choose one of {', '.join(DTYPE_BYTES)}"
         ) from None
 
+# Sharding levels over the dp axis a training plan may choose per block (ZeRO / FSDP):
+# 0 everything replicated; 1 optimizer state sharded; 2 + gradients; 3 + parameters.
+ZERO_LEVELS: tuple[int, ...] = (0, 1, 2, 3)
+RECOMPUTE_CHOICES: tuple[str, ...] = ("auto", "none", "full")
+
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
@@ -57,6 +62,8 @@ class Workload:
     kv_dtype: Dtype = "bf16"
     act_dtype: Dtype = "bf16"
     optimizer: Literal["sgd", "adamw"] = "adamw"
+    zero_levels: tuple[int, ...] = ZERO_LEVELS
+    recompute: Literal["auto", "none", "full"] = "auto"
     ttl_slo_s: float | None = None
     ttft_slo_s: float | None = None
     # Tokens on the busiest expert-parallel rank over the mean (routing load imbalance).
@@ -86,6 +93,19 @@ class Workload:
             )
         if self.optimizer not in ("sgd", "adamw"):
             raise InputError(f"optimizer {self.optimizer!r} is unknown; choose sgd or adamw")
+        levels = tuple(self.zero_levels)
+        if not levels or any(v not in ZERO_LEVELS for v in levels) or len(set(levels)) != len(levels):
+            raise InputError(
+                f"zero levels {list(levels)!r} are not distinct values among {list(ZERO_LEVELS)}; "
+                "e.g. --zero 0,1,2,3 (0 replicated, 1 optimizer state sharded over dp, "
+                "2 + gradients, 3 + parameters)"
+            )
+        object.__setattr__(self, "zero_levels", tuple(sorted(levels)))
+        if self.recompute not in RECOMPUTE_CHOICES:
+            raise InputError(
+                f"recompute {self.recompute!r} is unknown; choose one of {RECOMPUTE_CHOICES} "
+                "(auto lets the planner decide per block)"
+            )
 
     @property
     def symbol_values(self) -> dict[str, int]:

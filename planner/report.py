@@ -49,6 +49,18 @@ def group_rows(plan: Plan) -> list[dict]:
     return list(rows.values())
 
 
+def training_rows(plan: Plan) -> list[dict]:
+    """Per (group, zero level, recompute): the blocks' count (training plans)."""
+    rows: dict[tuple[str, int, int], dict] = {}
+    for b in plan.blocks:
+        zero, recompute = int(b.extras.get("zero", 0)), int(b.extras.get("recompute", 0))
+        key = (b.group, zero, recompute)
+        if key not in rows:
+            rows[key] = {"group": b.group, "zero": zero, "recompute": recompute, "count": 0}
+        rows[key]["count"] += 1
+    return list(rows.values())
+
+
 def plan_table(plan: Plan) -> Table:
     wl = plan.workload
     table = Table(
@@ -92,6 +104,18 @@ def explain_text(plan: Plan) -> str:
     for group, notes in p.get("notes", {}).items():
         lines += ["", f"## `{group}`: {next(r['strategy'] for r in group_rows(plan) if r['group'] == group)}"]
         lines += [f"- {n}" for n in notes]
+    if plan.workload.get("kind") == "train":
+        lines += ["", "## Training: dp sharding level and recomputation per group", ""]
+        lines.append(
+            f"Optimizer {plan.workload.get('optimizer')}; level 0 replicated, 1 optimizer state "
+            "sharded over dp, 2 + gradients, 3 + parameters (FSDP-style); recompute re-runs "
+            "the block's forward in backward."
+        )
+        for g in training_rows(plan):
+            lines.append(
+                f"- `{g['group']}` ({g['count']} blocks): zero level **{g['zero']}**, "
+                f"recompute **{'yes' if g['recompute'] else 'no'}**"
+            )
     lines += ["", "## Binding constraints"]
     used = m["per_gpu_bytes"] / m["capacity_bytes"]
     lines.append(

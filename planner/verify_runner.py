@@ -42,7 +42,7 @@ def write_run_plan(graph: Graph, plan: Plan, out_dir: str | Path) -> Path:
 def program_args(
     *, workload: str, batch: int, seq: int, context: int, steps: int, backend: str = "gloo"
 ) -> list[str]:
-    return [
+    argv = [
         "--verify",
         "--backend", backend,
         "--workload", workload,
@@ -51,6 +51,10 @@ def program_args(
         "--context", str(context),
         "--steps", str(steps),
     ]
+    if workload == "train":
+        # exact arithmetic isolates the parallel program's error (see run_train's docstring)
+        argv += ["--dtype", "float64"]
+    return argv
 
 
 def run_torchrun(program: Path, nproc: int, argv: list[str], *, timeout_s: float = 600) -> list[dict]:

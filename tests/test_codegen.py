@@ -379,7 +379,7 @@ def test_generated_file_is_lint_clean_and_shares_functions(load, tmp_path):
     # one function per group x strategy, called once per layer
     assert text.count("def attention_0_tp_sp(") == 1
     assert text.count("= attention_0_tp_sp(") == 2
-    assert "dist.all_gather_into_tensor(" in text and "dist.reduce_scatter_tensor(" in text
+    assert "comm.all_gather_into_tensor(" in text and "comm.reduce_scatter_tensor(" in text
     assert "async_op=True" in text and ".wait()" in text
     assert "tp=Shard(1)" in text  # layouts are stated per tensor
     imports = {line.split()[1] for line in text.splitlines() if line.startswith(("import ", "from "))}

@@ -127,7 +127,7 @@ def test_hopb_schedule_overlaps_all_to_all_with_next_slice(llama, tmp_path):
     lines = body.splitlines()
     pos = {
         "attn": [i for i, ln in enumerate(lines) if "= helix_partial_attention(" in ln],
-        "a2a": [i for i, ln in enumerate(lines) if "dist.all_to_all_single(" in ln and "async_op=True" in ln],
+        "a2a": [i for i, ln in enumerate(lines) if "comm.all_to_all_single(" in ln and "async_op=True" in ln],
         "wait": [i for i, ln in enumerate(lines) if ln.strip().startswith("work_partial") and ".wait()" in ln],
     }
     assert all(len(v) == hopb for v in pos.values()), pos

@@ -66,7 +66,7 @@ def test_verify_every_collective_kind_on_four_ranks(load, tmp_path):
     d = plan_dir(load, tmp_path, "gpt2", {"dp": 2, "tp": 2}, ATTN_DP_MLP_SP, PREFILL)
     text = (d / "run_plan.py").read_text()
     for call in ("all_to_all_single", "reduce_scatter_tensor", "all_gather_into_tensor", "all_reduce"):
-        assert f"dist.{call}(" in text
+        assert f"comm.{call}(" in text
     code, out, log = verify(str(d), "--nproc", "4", "--batch", "4", "--seq", "4", "--context", "4")
     assert code == 0, log
     assert out["ok"] is True and out["nproc"] == 4
@@ -78,7 +78,7 @@ def test_planted_missing_all_reduce_is_caught(llama_tp2, tmp_path):
     program = planted / "run_plan.py"
     text = program.read_text()
     # drop the MLP's all-reduce (and its wait): each rank keeps only its partial sum
-    issue = re.search(r"^ +(\w+) = dist\.all_reduce\(down_proj_sum.*\n", text, re.M)
+    issue = re.search(r"^ +(\w+) = comm\.all_reduce\(down_proj_sum.*\n", text, re.M)
     assert issue, "the MLP all-reduce was not found"
     text = text.replace(issue.group(0), "")
     text = re.sub(rf"^ +{issue.group(1)}\.wait\(\).*\n", "", text, flags=re.M)
@@ -107,7 +107,7 @@ def test_verify_helix_hopb2_on_four_ranks(load, tmp_path):
     plan = helix_plan(graph, {"kvp": 2, "tp": 2}, hopb=2)
     plan.save(tmp_path / "plan.json")
     text = write_run_plan(graph, plan, tmp_path).read_text()
-    assert text.count("dist.all_to_all_single(") >= 2 and "async_op=True" in text
+    assert text.count("comm.all_to_all_single(") >= 2 and "async_op=True" in text
     code, out, log = verify(str(tmp_path), "--nproc", "4", "--steps", "8")
     assert code == 0, log
     assert out["ok"] is True and out["nproc"] == 4

@@ -393,6 +393,10 @@ def _lower_block(builder: Builder, block: Block) -> None:
             if strategy.cache == "helix":
                 # every kvp rank computes the new tokens' K/V; the owner rank stores them
                 target = target.with_axis("kvp", REPLICATE)
+        elif value == logits and (builder.plan.workload or {}).get("kind") == "train":
+            # training completes the loss from vocabulary-split logits (run_train's
+            # cross_entropy_sum): no rank gathers them
+            target = current
         elif value == logits or builder.is_stream(value):
             target = _stream_target(builder, value, current, layout_out)
         else:

@@ -17,6 +17,8 @@ from passes.parallelize.strategy import Strategy
 from passes.parallelize.verified import unverified_reason
 
 EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {"helix": ("hopb", "append_block")}
+# Training decisions every strategy takes (passes.parallelize.training).
+TRAINING_PARAMETERS: tuple[str, ...] = ("zero", "recompute")
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,10 @@ class ForceRule:
                 key = "tp"
             if key in ("dp", "cp", "kvp", "tp", "ep"):
                 degrees[key] = int(value)
-            elif key in EXTRA_PARAMETERS.get(strategy, ()):
+            elif key in EXTRA_PARAMETERS.get(strategy, ()) + TRAINING_PARAMETERS:
                 extras[key] = int(value)
             else:
-                known = ", ".join(EXTRA_PARAMETERS.get(strategy, ())) or "none"
+                known = ", ".join(EXTRA_PARAMETERS.get(strategy, ()) + TRAINING_PARAMETERS)
                 raise InputError(
                     f"--force {text!r}: {key!r} is not a mesh axis (dp, cp, kvp, tp, ep) or a "
                     f"parameter of {strategy} (its parameters: {known})"
@@ -138,7 +140,7 @@ def build_problem(
             key = (block.group, s.name)
             if key not in group_reasons:
                 group_reasons[key] = s.why_not(block, ctx) or (
-                    unverified_reason(s.name, block)
+                    unverified_reason(s.name, block, ctx.workload.kind)
                     if verified_only and s.name in DEFAULT_STRATEGIES
                     and not (wanted and s.name in wanted)
                     else None

@@ -6,22 +6,27 @@ weights divides parameters, heads, FFN width and vocabulary by tp. Kernels are p
 `cost_models` (roofline with size-dependent efficiency and a launch floor); collectives over
 the mesh axis they run on, with the topology's placement.
 
-Training multiplies compute by 3 (backward ≈ 2× forward), doubles each forward collective
-(its transpose runs in backward) and adds the gradient all-reduce of every weight replicated
-over an axis, overlapped with the block's backward compute.
+Training multiplies compute by 3 (backward ≈ 2× forward; 4 with recomputation), adds each
+forward collective's transpose in backward, and prices gradients, optimizer state and the
+dp-axis collectives by the block's sharding level (`passes.parallelize.training`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cost_models import KernelWork, OverlapStage, exposed_comm_seconds, optimizer_state_bytes
+from cost_models import KernelWork, OverlapStage, exposed_comm_seconds
 from ir.graph import Block
 from ir.tensor import evaluate
 from passes.parallelize.context import PlanContext
 from passes.parallelize.strategy import MODEL_AXES, Strategy
-
-BACKWARD_FACTOR = 2.0
+from passes.parallelize.training import (
+    BACKWARD_FACTOR,
+    OVERLAP_SLOWDOWN,
+    TRANSPOSE,
+    dp_collectives,
+    sharded_state_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -212,7 +217,8 @@ def training_activation_bytes(block: Block, ctx: PlanContext, s: LocalSizes) -> 
 
 def price(block: Block, strategy: Strategy, ctx: PlanContext, **extras: int) -> Priced:
     """Time (objective contribution) and per-GPU memory of `block` under `strategy` (with the
-    strategy's extra parameters, e.g. Helix's `hopb` batch slices)."""
+    strategy's extra parameters, e.g. Helix's `hopb` batch slices; in training the dp
+    sharding level `zero` and activation recomputation `recompute`)."""
     if strategy.price is not None:
         return strategy.price(block, ctx, **extras)
     s = local_sizes(strategy, ctx)
@@ -222,32 +228,83 @@ def price(block: Block, strategy: Strategy, ctx: PlanContext, **extras: int) -> 
     if block.kind == "lm_head":
         rows = lm_head_rows(ctx, rows // tokens, rows)
     comm: dict[str, float] = {}
+    backward_comm: dict[str, float] = {}
     for c in strategy.collectives:
+        if ctx.workload.kind not in c.phases:
+            continue
         nbytes = c.bytes_of(block, rows, ctx.act_bytes)
-        seconds = ctx.collective_s(c.kind, nbytes, c.axes)
-        key = f"{c.kind}:{'×'.join(a for a in c.axes if ctx.mesh.size(a) > 1)}"
-        if seconds:
-            comm[key] = comm.get(key, 0.0) + seconds
+        _add_collective(comm, ctx, c.kind, nbytes, c.axes)
+        if ctx.is_train and c.backward is not None:
+            kind = TRANSPOSE[c.kind] if c.backward == "transpose" else c.backward
+            if c.backward_bytes_of is not None:
+                nbytes = c.backward_bytes_of(block, rows, ctx.act_bytes)
+            _add_collective(backward_comm, ctx, kind, nbytes, c.axes)
     weights = split_param_count(block, s.weight_split)
     memory = {"weights": weights * ctx.weight_bytes, "kv_cache": kv_cache_bytes(block, ctx, s)}
     if not ctx.is_train:
         exposed = sum(comm.values())
         return Priced(forward + exposed, forward, comm, exposed, memory)
-    compute = forward * (1 + BACKWARD_FACTOR)
-    comm = {k: 2 * v for k, v in comm.items()}
-    grad_bytes = weights * ctx.weight_bytes
-    grad_sync = ctx.collective_s("all_reduce", grad_bytes, "dp")
-    if not strategy.splits_weights:
-        grad_sync += ctx.collective_s("all_reduce", grad_bytes, MODEL_AXES)
-    if grad_sync:
-        comm["all_reduce:grads"] = grad_sync
-    tp_comm = sum(v for k, v in comm.items() if k != "all_reduce:grads")
-    exposed = tp_comm + exposed_comm_seconds(
-        [OverlapStage(comm_s=grad_sync, overlappable_compute_s=forward * BACKWARD_FACTOR)]
+    return _price_training(
+        block, strategy, ctx, s, forward, comm, backward_comm, weights,
+        zero=extras.get("zero", 0), recompute=extras.get("recompute", 0),
     )
-    memory["gradients"] = grad_bytes
-    memory["optimizer"] = optimizer_state_bytes(
-        int(weights), ctx.workload.optimizer, ctx.workload.weight_dtype
+
+
+def _add_collective(
+    into: dict[str, float], ctx: PlanContext, kind: str, nbytes: float, axes: tuple[str, ...]
+) -> None:
+    seconds = ctx.collective_s(kind, nbytes, axes)
+    key = f"{kind}:{'×'.join(a for a in axes if ctx.mesh.size(a) > 1)}"
+    if seconds:
+        into[key] = into.get(key, 0.0) + seconds
+
+
+def _price_training(
+    block: Block,
+    strategy: Strategy,
+    ctx: PlanContext,
+    s: LocalSizes,
+    forward: float,
+    comm: dict[str, float],
+    backward_comm: dict[str, float],
+    params: float,
+    *,
+    zero: int,
+    recompute: int,
+) -> Priced:
+    """Forward + backward (2× forward) + recomputed forward, the strategy's collectives and
+    their transposes on the critical path, and the gradient / parameter collectives over dp
+    (by sharding level) and over the model axes (weights replicated there but fed different
+    tokens) overlapped with compute (`passes.parallelize.training`)."""
+    backward = forward * BACKWARD_FACTOR + forward * recompute
+    compute = forward + backward
+    total: dict[str, float] = {}
+    for part, times in ((comm, 1 + recompute), (backward_comm, 1)):
+        for k, v in part.items():
+            total[k] = total.get(k, 0.0) + times * v
+    model_axes_s = sum(total.values())
+    hidden_by = {"forward": 0.0, "backward": 0.0, "step": 0.0}
+    for name, (seconds, phase) in dp_collectives(params, ctx, zero).items():
+        total[name] = seconds
+        hidden_by[phase] += seconds
+    partial_grads = not strategy.splits_weights and (
+        strategy.splits_batch or strategy.splits_norm_tokens
     )
-    memory["activations"] = training_activation_bytes(block, ctx, s)
-    return Priced(compute + exposed, compute, comm, exposed, memory)
+    if partial_grads:
+        seconds = ctx.collective_s("all_reduce", params * ctx.weight_bytes, MODEL_AXES)
+        if seconds:
+            total["all_reduce:grads_tp"] = seconds
+            hidden_by["backward"] += seconds
+    exposed = model_axes_s + hidden_by["step"] + exposed_comm_seconds([
+        OverlapStage(comm_s=hidden_by["forward"], overlappable_compute_s=forward),
+        OverlapStage(comm_s=hidden_by["backward"], overlappable_compute_s=backward),
+    ])
+    compute += OVERLAP_SLOWDOWN * (hidden_by["forward"] + hidden_by["backward"])
+    memory = {"kv_cache": 0.0, **sharded_state_bytes(params, ctx, zero)}
+    if recompute:
+        memory["activations"] = s.rows * block.dims.get("hidden", 1) * ctx.act_bytes / (
+            s.norm_token_split
+        )
+    else:
+        memory["activations"] = training_activation_bytes(block, ctx, s)
+    return Priced(compute + exposed, compute, total, exposed, memory)

@@ -16,7 +16,7 @@ from cost_models import CostModel, HardwareSpec
 from ir.errors import InfeasiblePlanError, InputError
 from ir.graph import Graph
 from ir.mesh import Mesh
-from ir.workload import Workload
+from ir.workload import Workload, dtype_size_bytes
 from passes.parallelize.build import ForceRule, MeshProblem, _NoOption, build_problem, hidden_edges
 from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import Solution, solve
@@ -65,7 +65,9 @@ def workspace_bytes(
     graph: Graph, workload: Workload, mesh: Mesh, act_bytes: float, reserve_bytes: float
 ) -> float:
     """Transient activations of the widest block on one replica (not summed over blocks),
-    plus a runtime reserve (CUDA context, allocator slack; 1 GiB by default)."""
+    plus a runtime reserve (CUDA context, allocator slack; 1 GiB by default). Training on a
+    dp axis adds two gathered blocks' parameters (the one running and the one prefetched,
+    when a block shards its parameters over dp, level 3), split over the model axes."""
     cp = mesh.size("cp")
     tokens = workload.seq if cp == 1 else -(-workload.seq // (2 * cp)) * 2
     rows = workload.batch // mesh.size("dp") * tokens
@@ -73,7 +75,12 @@ def workspace_bytes(
         [b.dims.get("ffn", 0) * max(1, b.dims.get("top_k", 1)) for b in graph.blocks]
         + [4 * b.dims.get("hidden", 0) for b in graph.blocks]
     )
-    return rows * widest * act_bytes * 2 + reserve_bytes
+    gathered = 0.0
+    if workload.kind == "train" and mesh.size("dp") > 1 and 3 in workload.zero_levels:
+        model_split = mesh.size("kvp") * mesh.size("tp")
+        largest = max(b.param_count for b in graph.blocks)
+        gathered = 2 * largest / model_split * dtype_size_bytes(workload.weight_dtype)
+    return rows * widest * act_bytes * 2 + gathered + reserve_bytes
 
 
 def search(
@@ -186,6 +193,16 @@ def _infeasible_message(
             target = 1
             while target < more:
                 target *= 2
+            if workload.kind == "train":
+                return (
+                    f"the model does not fit on {gpus} GPUs under any plan: the smallest plan "
+                    f"(mesh {best.mesh}, dp sharding levels {list(workload.zero_levels)}, "
+                    f"recompute {workload.recompute}, optimizer {workload.optimizer}) needs "
+                    f"{_gib(need)} per GPU; {_gib(capacity)} available. At least ~{target} "
+                    f"GPUs are needed at batch {workload.batch} × seq {workload.seq}; or allow "
+                    "every sharding level (--zero 0,1,2,3) and --recompute auto, lower "
+                    "--batch/--seq, or use --optimizer sgd"
+                )
             return (
                 f"the model does not fit on {gpus} GPUs under any plan: the smallest plan "
                 f"(mesh {best.mesh}) needs {_gib(need)} per GPU; {_gib(capacity)} available. "

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ir.graph import Block
 from ir.mesh import MODEL_AXES
 from passes.parallelize.context import PlanContext
+from passes.parallelize.training import training_options
 
 # Activation layouts of the residual stream over the strategy axis (the dp axis always
 # splits the batch and is not part of these names).
@@ -32,12 +33,20 @@ class Collective:
     """One collective the block issues per forward pass over `axes`. `bytes_of` gives the
     per-rank buffer in the cost model's convention (all-reduce: the buffer; all-gather: the
     output; reduce-scatter: the input; all-to-all: the send buffer) from the block's token
-    count on this replica and the activation dtype size."""
+    count on this replica and the activation dtype size.
+
+    In training, `backward` is the collective the backward pass issues for it: "transpose"
+    (all-reduce ↔ all-reduce, all-gather ↔ reduce-scatter, all-to-all ↔ all-to-all, same
+    bytes), another kind (of `backward_bytes_of` bytes), or None when the backward needs
+    none. `phases` says in which workloads the collective runs at all."""
 
     kind: str
     axes: tuple[str, ...]
     what: str
     bytes_of: Callable[[Block, int, float], float]
+    backward: str | None = "transpose"
+    backward_bytes_of: Callable[[Block, int, float], float] | None = None
+    phases: frozenset[str] = frozenset({"decode", "prefill", "train"})
 
 
 Requirement = Callable[[Block, PlanContext], "str | None"]
@@ -70,8 +79,12 @@ class Strategy:
     workloads: frozenset[str] = frozenset({"decode", "prefill", "train"})
 
     def options(self, block: Block, ctx: PlanContext) -> list[dict[str, int]]:
-        """The strategy's extra-parameter choices the ILP picks among ({} when none)."""
-        return self.variants(block, ctx) if self.variants else [{}]
+        """The strategy's extra-parameter choices the ILP picks among ({} when none); a
+        training plan adds each block's dp sharding level and recomputation choice."""
+        own = self.variants(block, ctx) if self.variants else [{}]
+        if not ctx.is_train:
+            return own
+        return [{**o, **t} for o in own for t in training_options(block, ctx)]
 
     def option_name(self, extras: dict[str, int]) -> str:
         if not extras:

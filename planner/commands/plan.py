@@ -30,6 +30,15 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, gpus_required: bool = True
     p.add_argument("--act-dtype", default="bf16")
     p.add_argument("--optimizer", default="adamw", choices=("sgd", "adamw"))
     p.add_argument(
+        "--zero", default="0,1,2,3", metavar="LEVELS",
+        help="training: dp sharding levels the planner may pick per block (0 replicated, "
+        "1 optimizer state, 2 + gradients, 3 + parameters), comma-separated",
+    )
+    p.add_argument(
+        "--recompute", default="auto", choices=("auto", "none", "full"),
+        help="training: activation recomputation (auto: the planner decides per block)",
+    )
+    p.add_argument(
         "--force", action="append", default=[], metavar="BLOCK_GLOB=STRATEGY",
         help="pin matching blocks, e.g. 'layers.*.attention=tp(tp=4)' (repeatable)",
     )
@@ -80,10 +89,22 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
         kind=args.workload, batch=batch, seq=seq, context=context,
         weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, act_dtype=args.act_dtype,
         optimizer=args.optimizer,
+        zero_levels=_zero_levels(args.zero),
+        recompute=args.recompute,
         ttl_slo_s=args.ttl_slo / 1e3 if args.ttl_slo else None,
         ttft_slo_s=args.ttft_slo / 1e3 if args.ttft_slo else None,
         expert_skew=args.expert_skew,
     )
+
+
+def _zero_levels(text: str) -> tuple[int, ...]:
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not parts or not all(t.isdigit() for t in parts):
+        raise InputError(
+            f"--zero {text!r} is not a comma-separated list of levels; e.g. --zero 0,1,2,3 "
+            "or --zero 3"
+        )
+    return tuple(int(t) for t in parts)
 
 
 def strategies_from_args(text: str | None) -> frozenset[str] | None:

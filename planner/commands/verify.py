@@ -2,7 +2,10 @@
 
 Given a plan directory (plan.json, and run_plan.py — written from the plan when missing) or a
 model file (planned first, for --nproc GPUs), launches the program under torchrun with gloo
-(`--verify`: rank 0 compares every step's logits with the single-process model) and prints
+(`--verify`: rank 0 compares every step's logits with the single-process model; a training
+plan runs optimizer steps and compares the loss, every gradient and every updated weight,
+in float64 so that AdamW's division by tiny second moments does not blow rounding noise up
+into the comparison) and prints
 `{"ok", "max_abs_err", "ref_scale", "nproc"}`. Exit 0 only when the program is exact and
 each rank's weight and KV-cache bytes are within 10% of the plan's memory breakdown.
 """
@@ -27,8 +30,9 @@ HELP = "Run a plan's program under torchrun (CPU, gloo) and compare it with the 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="MODEL|DIR", help="plan directory (plan.json) or model file")
     p.add_argument("--nproc", type=int, required=True, help="ranks to launch (the plan's GPU count)")
-    p.add_argument("--steps", type=int, default=3, help="decode steps to compare (default 3)")
-    p.add_argument("--workload", choices=("decode", "prefill"), default=None,
+    p.add_argument("--steps", type=int, default=3,
+                   help="decode steps / training optimizer steps to compare (default 3)")
+    p.add_argument("--workload", choices=("decode", "prefill", "train"), default=None,
                    help="what to run (default: the plan's workload)")
     p.add_argument("--batch", type=int, default=None, help="sequences (default: one per rank)")
     p.add_argument("--seq", type=parse_tokens, default=None, help="new tokens (prefill)")
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         plan, program = _plan_model(args, out)
     else:
         plan, program = _plan_dir(target)
-    kind = args.workload or ("decode" if plan.workload.get("kind") == "decode" else "prefill")
+    kind = args.workload or plan.workload.get("kind", "prefill")
     batch, seq, context = _sizes(args, plan, kind, from_plan=planned_here)
     report = verify_program(
         program,
