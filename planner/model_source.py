@@ -16,11 +16,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ir.errors import InputError, ModelLoadError
+
+if TYPE_CHECKING:  # torch is imported only to build a model: a cached plan never needs it
+    import torch
 
 TRACE_BATCH, TRACE_SEQ, TRACE_CONTEXT = 3, 5, 7  # >= 2 so each stays symbolic; distinct
 
@@ -132,6 +133,8 @@ def _coerce(value: str) -> Any:
 
 def build_model(source: ModelSource, *, device: str | torch.device = "meta") -> torch.nn.Module:
     """Build the model (on the meta device by default: no memory, no init)."""
+    import torch
+
     if source.kind == "hf":
         return _build_hf(source, device)
     mod = load_module_file(source.path)
@@ -153,6 +156,10 @@ def build_model(source: ModelSource, *, device: str | torch.device = "meta") -> 
 
 
 def _build_hf(source: ModelSource, device) -> torch.nn.Module:
+    import torch
+
+    from planner.hf_adapter import HFAdapter
+
     try:
         import transformers
     except ImportError as exc:
@@ -179,22 +186,6 @@ def _build_hf(source: ModelSource, device) -> torch.nn.Module:
     return HFAdapter(model).eval()
 
 
-class HFAdapter(torch.nn.Module):
-    """Presents a transformers causal LM under the forward convention for tracing:
-    `forward(input_ids, position_ids) -> logits` (prefill, no cache object). Module paths of
-    the wrapped model keep their names (`model.layers.0...`) once `hf.` is stripped."""
-
-    prefix = "hf"
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.hf = model
-        self.config = model.config
-
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
-
-
 def example_kwargs(
     source: ModelSource,
     model: torch.nn.Module,
@@ -205,6 +196,8 @@ def example_kwargs(
     context: int,
     device: str | torch.device = "meta",
 ) -> dict[str, Any]:
+    import torch
+
     if source.kind == "hf":
         vocab = int(model.config.vocab_size)
         ids = torch.randint(0, vocab, (batch, seq), device="cpu").to(device)
