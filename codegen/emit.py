@@ -9,6 +9,7 @@ torch.distributed calls they are: issue with `async_op=True`, `.wait()` where sc
 
 from __future__ import annotations
 
+import functools
 import keyword
 import math
 import re
@@ -70,7 +71,14 @@ class Namer:
 
 def py_expr(e: Any) -> str:
     """A sympy size as Python integer arithmetic."""
-    e = sympy.sympify(e)
+    if isinstance(e, int) and not isinstance(e, bool):
+        return str(e)
+    return _sympy_expr_text(sympy.sympify(e))
+
+
+@functools.lru_cache(maxsize=65536)
+def _sympy_expr_text(e: sympy.Expr) -> str:
+    """py_expr of a sympy expression; cached since every repeated layer has the same sizes."""
     if e.is_Integer:
         return str(int(e))
     if e.is_Symbol:

@@ -128,6 +128,13 @@ def build_problem(
     group_prices: dict[tuple[str, str], Priced] = {}  # identical blocks price identically
     group_reasons: dict[tuple[str, str], str | None] = {}
     for block in graph.blocks:
+        if share_groups and not force and block.group in group_options:
+            # A later member of a shared group: same options, same prices as the first.
+            opts = group_options[block.group]
+            for option in opts:
+                priced[(block.name, option.name)] = group_prices[(block.group, option.name)]
+            blocks.append(BlockVars(name=block.name, group=block.group, options=opts))
+            continue
         rules = [r for r in force if r.matches(block.name)]
         wanted = {rules[-1].strategy} if rules else None
         options: list[Option] = []

@@ -9,6 +9,7 @@ block, memory) are reported with their reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from cost_models import CostModel, HardwareSpec
@@ -18,7 +19,7 @@ from ir.mesh import Mesh
 from ir.workload import Workload
 from passes.parallelize.build import ForceRule, MeshProblem, _NoOption, build_problem, hidden_edges
 from passes.parallelize.context import PlanContext
-from passes.parallelize.ilp import Solution, solve
+from passes.parallelize.ilp import Problem, Solution, solve
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
 from passes.parallelize.verified import batch_split_reason
 
@@ -83,7 +84,15 @@ def search(
     strategies: frozenset[str] = DEFAULT_STRATEGIES,
     top_k: int = 3,
     verified_only: bool = False,
+    prune: bool = False,
 ) -> SearchResult:
+    """The fastest plan over every mesh of `gpus` GPUs (see the module docstring).
+
+    With `prune` (for sweeps, which need only the best plan) meshes are solved in the order
+    of a lower bound on their plan time, and a mesh whose bound exceeds the best plan found
+    so far is not solved: its outcome has no solution and says so. The best plan is the same
+    (bounds are exact lower bounds; a margin keeps ties solved), but the other meshes' best
+    plans, which the report lists as alternatives, are missing."""
     force = list(force or [])
     unknown = sorted(set(strategies) - set(BY_NAME))
     if unknown:
@@ -122,12 +131,8 @@ def search(
             outcomes.append(MeshOutcome(mesh, None, None, str(exc)))
             continue
         min_mem = fixed + sum(min(o.memory_bytes for o in b.options) for b in built.problem.blocks)
-        try:
-            solution = solve(built.problem, time_limit_s=time_limit_s, top_k=top_k)
-        except InfeasiblePlanError as exc:
-            outcomes.append(MeshOutcome(mesh, built, None, str(exc), min_mem))
-            continue
-        outcomes.append(MeshOutcome(mesh, built, solution, "", min_mem))
+        outcomes.append(MeshOutcome(mesh, built, None, "", min_mem))
+    _solve_meshes(outcomes, time_limit_s=time_limit_s, prune=prune)
     feasible = [o for o in outcomes if o.solution is not None]
     if not feasible:
         message = _infeasible_message(outcomes, gpus, capacity, workload)
@@ -142,7 +147,42 @@ def search(
         feasible,
         key=lambda o: (float(f"{o.solution.objective_s:.9g}"), o.mesh.size("kvp"), outcomes.index(o)),
     )
+    if top_k > 1:
+        # Only the winning mesh's runner-ups reach the plan; the solver is deterministic, so
+        # solving that mesh again with them returns the same best plan.
+        best.solution = solve(best.built.problem, time_limit_s=time_limit_s, top_k=top_k)
     return SearchResult(best, outcomes, capacity, best.built.problem.fixed_memory_bytes)
+
+
+def lower_bound_s(problem: Problem) -> float:
+    """No plan of `problem` is faster: each block at its fastest option, resharding free
+    (edge costs are >= 0)."""
+    return sum(min(o.time_s for o in b.options) for b in problem.blocks)
+
+
+PRUNE_MARGIN = 1e-6  # relative; well above the 1e-9 at which search treats plan times as tied
+
+
+def _solve_meshes(outcomes: list[MeshOutcome], *, time_limit_s: float, prune: bool) -> None:
+    """Solve every built mesh in place (solution or reason); see `search` for `prune`."""
+    todo = [o for o in outcomes if o.built is not None and not o.reason]
+    if prune:
+        bounds = {id(o): lower_bound_s(o.built.problem) for o in todo}
+        todo.sort(key=lambda o: bounds[id(o)])  # stable: mesh order among equal bounds
+    best_s = math.inf
+    for o in todo:
+        if prune and bounds[id(o)] > best_s * (1 + PRUNE_MARGIN):
+            o.reason = (
+                f"not solved: no plan on this mesh beats {bounds[id(o)] * 1e3:.4g} ms, slower "
+                f"than the best plan found ({best_s * 1e3:.4g} ms)"
+            )
+            continue
+        try:
+            o.solution = solve(o.built.problem, time_limit_s=time_limit_s, top_k=1)
+        except InfeasiblePlanError as exc:
+            o.reason = str(exc)
+            continue
+        best_s = min(best_s, o.solution.objective_s)
 
 
 def _mesh_reason(mesh: Mesh, workload: Workload, force: list[ForceRule]) -> str:
