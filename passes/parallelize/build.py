@@ -116,16 +116,23 @@ def build_problem(
     edges: dict[tuple[str, str], int],
     allowed: frozenset[str],
     verified_only: bool = False,
+    compact: bool = False,
+    price_cache: dict | None = None,
 ) -> MeshProblem:
     """Options per block (strategies in `allowed`, valid on this mesh; with `verified_only`,
     default strategies only where their program is verified — a strategy the user named in
-    --strategies or --force is theirs to try), resharding edges and limits."""
+    --strategies or --force is theirs to try), resharding edges and limits. `compact`
+    builds the equivalent program with one block per shared group (see `_compact`)."""
     priced: dict[tuple[str, str], Priced] = {}
     meaning: dict[str, tuple[str, dict[str, int]]] = {}
     excluded: list[dict] = []
     blocks: list[BlockVars] = []
     group_options: dict[str, tuple[Option, ...]] = {}
-    group_prices: dict[tuple[str, str], Priced] = {}  # identical blocks price identically
+    # Identical blocks price identically; a caller's `price_cache` (one workload and cost
+    # model, see `search`) carries the prices over to another search on the same mesh.
+    group_prices: dict[tuple[str, str], Priced] = (
+        {} if price_cache is None else price_cache.setdefault(ctx.mesh, {})
+    )
     group_reasons: dict[tuple[str, str], str | None] = {}
     for block in graph.blocks:
         if share_groups and not force and block.group in group_options:
@@ -185,16 +192,31 @@ def build_problem(
         blocks.append(BlockVars(name=block.name, group=block.group, options=opts))
     by_name = {b.name: b for b in blocks}
     replica_rows = ctx.replica_batch() * ctx.workload.seq
-    ilp_edges = []
+    edge_costs: list[tuple[str, str, dict]] = []
     costs: dict[tuple, dict] = {}  # edges between the same option lists and sizes cost the same
+    signatures: dict[int, tuple] = {}  # by option tuple (shared groups share one)
+
+    def signature(options: tuple[Option, ...]) -> tuple:
+        if id(options) not in signatures:
+            signatures[id(options)] = tuple((o.name, o.layout_in, o.layout_out) for o in options)
+        return signatures[id(options)]
+
     for (src, dst), hidden in sorted(edges.items()):
         full = replica_rows * hidden * ctx.act_bytes
-        key = (by_name[src].options, by_name[dst].options, full)
+        key = (signature(by_name[src].options), signature(by_name[dst].options), full)
         if key not in costs:
             costs[key] = Edge.from_layouts(
                 by_name[src], by_name[dst], lambda a, b, full=full: reshard_seconds(a, b, full, ctx)
             ).cost_s
-        ilp_edges.append(Edge(src=src, dst=dst, cost_s=costs[key]))
+        edge_costs.append((src, dst, costs[key]))
+    if compact:
+        if force or not share_groups:
+            raise ValueError("a compact problem needs shared groups and no --force rules")
+        blocks, ilp_edges = _compact(blocks, edge_costs)
+        priced = {(b.name, name): group_prices[(b.name, name)] for b in blocks for name in
+                  (o.name for o in b.options)}
+    else:
+        ilp_edges = [Edge(src=src, dst=dst, cost_s=cost) for src, dst, cost in edge_costs]
     problem = Problem(
         blocks=tuple(blocks),
         edges=tuple(ilp_edges),
@@ -205,6 +227,50 @@ def build_problem(
     )
     dedup = {(e["group"], e["strategy"]): e for e in excluded}
     return MeshProblem(ctx, problem, priced, list(dedup.values()), meaning)
+
+
+def _compact(
+    blocks: list[BlockVars], edge_costs: list[tuple[str, str, dict]]
+) -> tuple[list[BlockVars], list[Edge]]:
+    """The same program with one block per shared group: a group of n blocks is one block
+    whose option times and memory are n times a member's, edges between two groups are
+    summed into one, and an edge inside a group (which costs only when both ends differ,
+    impossible when they share an option) adds its same-option cost to the option. This is
+    the decision-unit reduction of `ilp` done once per group instead of per block, so a
+    126-layer model costs what a few layers cost to build and check (sweeps)."""
+    group_of = {b.name: b.group for b in blocks}
+    first: dict[str, BlockVars] = {}
+    count: dict[str, int] = {}
+    for b in blocks:
+        first.setdefault(b.group, b)
+        count[b.group] = count.get(b.group, 0) + 1
+    inside: dict[str, dict[str, float]] = {}
+    between: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
+    for src, dst, cost in edge_costs:
+        gs, gd = group_of[src], group_of[dst]
+        if gs == gd:
+            own = inside.setdefault(gs, {})
+            for (s, t), seconds in cost.items():
+                if s == t:
+                    own[s] = own.get(s, 0.0) + seconds
+            continue
+        acc = between.setdefault((gs, gd), {})
+        for pair, seconds in cost.items():
+            acc[pair] = acc.get(pair, 0.0) + seconds
+    compact = [
+        BlockVars(name=g, group=g, options=tuple(
+            Option(
+                name=o.name,
+                time_s=o.time_s * count[g] + inside.get(g, {}).get(o.name, 0.0),
+                memory_bytes=o.memory_bytes * count[g],
+                layout_in=o.layout_in,
+                layout_out=o.layout_out,
+            )
+            for o in b.options
+        ))
+        for g, b in first.items()
+    ]
+    return compact, [Edge(src=gs, dst=gd, cost_s=c) for (gs, gd), c in between.items()]
 
 
 class _NoOption(Exception):

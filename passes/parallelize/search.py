@@ -10,7 +10,7 @@ block, memory) are reported with their reason.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cost_models import CostModel, HardwareSpec
 from ir.errors import InfeasiblePlanError, InputError
@@ -31,6 +31,24 @@ class MeshOutcome:
     solution: Solution | None
     reason: str = ""
     min_memory_bytes: float | None = None
+
+
+@dataclass
+class PriceCache:
+    """Block prices per mesh, shared by searches of one graph under one workload and cost
+    model that differ only in the strategies offered (a sweep point with and without
+    Helix): the second search prices only the meshes the first did not."""
+
+    graph: Graph
+    workload: Workload
+    hardware: HardwareSpec
+    cuda_graphs: bool = False
+    by_mesh: dict = field(default_factory=dict)
+
+    def check(self, graph: Graph, workload: Workload, hardware: HardwareSpec, cuda_graphs: bool) -> None:
+        if not (self.graph is graph and self.workload == workload and self.hardware is hardware
+                and self.cuda_graphs == cuda_graphs):
+            raise ValueError("a PriceCache serves one graph, workload, hardware and cuda_graphs")
 
 
 @dataclass
@@ -85,6 +103,9 @@ def search(
     top_k: int = 3,
     verified_only: bool = False,
     prune: bool = False,
+    compact: bool = False,
+    price_cache: PriceCache | None = None,
+    incumbent_s: float = math.inf,
 ) -> SearchResult:
     """The fastest plan over every mesh of `gpus` GPUs (see the module docstring).
 
@@ -92,7 +113,10 @@ def search(
     of a lower bound on their plan time, and a mesh whose bound exceeds the best plan found
     so far is not solved: its outcome has no solution and says so. The best plan is the same
     (bounds are exact lower bounds; a margin keeps ties solved), but the other meshes' best
-    plans, which the report lists as alternatives, are missing."""
+    plans, which the report lists as alternatives, are missing. `compact` solves the program
+    with one block per shared group (same optimum; `build._compact`): its outcomes name groups
+    where the full program names blocks. `incumbent_s`, the time of a plan known to be
+    feasible here (with `prune`), prunes from the start."""
     force = list(force or [])
     unknown = sorted(set(strategies) - set(BY_NAME))
     if unknown:
@@ -107,7 +131,9 @@ def search(
             )
     cost = CostModel(hardware=hardware, cuda_graphs=cuda_graphs)
     capacity = float(hardware.hbm_capacity_bytes)
-    edges = hidden_edges(graph)
+    if price_cache is not None:
+        price_cache.check(graph, workload, hardware, cuda_graphs)
+    edges = _hidden_edges(graph)
     slo = workload.ttl_slo_s if workload.kind == "decode" else workload.ttft_slo_s
     outcomes: list[MeshOutcome] = []
     helix = "helix" in allowed and workload.kind == "decode"
@@ -125,14 +151,15 @@ def search(
             built = build_problem(
                 graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
                 time_budget_s=slo, share_groups=share_groups, edges=edges, allowed=allowed,
-                verified_only=verified_only,
+                verified_only=verified_only, compact=compact,
+                price_cache=None if price_cache is None else price_cache.by_mesh,
             )
         except _NoOption as exc:
             outcomes.append(MeshOutcome(mesh, None, None, str(exc)))
             continue
         min_mem = fixed + sum(min(o.memory_bytes for o in b.options) for b in built.problem.blocks)
         outcomes.append(MeshOutcome(mesh, built, None, "", min_mem))
-    _solve_meshes(outcomes, time_limit_s=time_limit_s, prune=prune)
+    _solve_meshes(outcomes, time_limit_s=time_limit_s, prune=prune, incumbent_s=incumbent_s)
     feasible = [o for o in outcomes if o.solution is not None]
     if not feasible:
         message = _infeasible_message(outcomes, gpus, capacity, workload)
@@ -154,6 +181,21 @@ def search(
     return SearchResult(best, outcomes, capacity, best.built.problem.fixed_memory_bytes)
 
 
+_EDGES: dict[int, tuple[Graph, dict]] = {}
+
+
+def _hidden_edges(graph: Graph) -> dict[tuple[str, str], int]:
+    """`hidden_edges`, computed once per graph object (a sweep searches one graph often)."""
+    hit = _EDGES.get(id(graph))
+    if hit is not None and hit[0] is graph:
+        return hit[1]
+    if len(_EDGES) >= 8:
+        _EDGES.clear()
+    edges = hidden_edges(graph)
+    _EDGES[id(graph)] = (graph, edges)
+    return edges
+
+
 def lower_bound_s(problem: Problem) -> float:
     """No plan of `problem` is faster: each block at its fastest option, resharding free
     (edge costs are >= 0)."""
@@ -163,18 +205,20 @@ def lower_bound_s(problem: Problem) -> float:
 PRUNE_MARGIN = 1e-6  # relative; well above the 1e-9 at which search treats plan times as tied
 
 
-def _solve_meshes(outcomes: list[MeshOutcome], *, time_limit_s: float, prune: bool) -> None:
+def _solve_meshes(
+    outcomes: list[MeshOutcome], *, time_limit_s: float, prune: bool, incumbent_s: float
+) -> None:
     """Solve every built mesh in place (solution or reason); see `search` for `prune`."""
     todo = [o for o in outcomes if o.built is not None and not o.reason]
     if prune:
         bounds = {id(o): lower_bound_s(o.built.problem) for o in todo}
         todo.sort(key=lambda o: bounds[id(o)])  # stable: mesh order among equal bounds
-    best_s = math.inf
+    best_s = incumbent_s if prune else math.inf
     for o in todo:
         if prune and bounds[id(o)] > best_s * (1 + PRUNE_MARGIN):
             o.reason = (
                 f"not solved: no plan on this mesh beats {bounds[id(o)] * 1e3:.4g} ms, slower "
-                f"than the best plan found ({best_s * 1e3:.4g} ms)"
+                f"than a plan already found ({best_s * 1e3:.4g} ms)"
             )
             continue
         try:
