@@ -59,7 +59,13 @@ class PlanContext:
         if self.group_size(axes) == 1 or nbytes <= 0:
             return 0.0
         groups = _groups_by_shape(self.mesh, axes, self.cost.hardware.scaleup_domain_gpus)
-        return max(self.cost.collective(kind, nbytes, g) for g in groups)
+        return max(_collective_s(self.cost, kind, nbytes, g) for g in groups)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _collective_s(cost: CostModel, kind: str, nbytes: float, group: tuple[int, ...]) -> float:
+    """Meshes of one search (and the points of a sweep) ask for the same collectives often."""
+    return cost.collective(kind, nbytes, group)
 
 
 @functools.lru_cache(maxsize=4096)

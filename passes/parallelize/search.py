@@ -17,7 +17,15 @@ from ir.errors import InfeasiblePlanError, InputError
 from ir.graph import Graph
 from ir.mesh import Mesh
 from ir.workload import Workload
-from passes.parallelize.build import ForceRule, MeshProblem, _NoOption, build_problem, hidden_edges
+from passes.parallelize.build import (
+    ForceRule,
+    GroupSkeleton,
+    MeshProblem,
+    _NoOption,
+    build_problem,
+    group_skeleton,
+    hidden_edges,
+)
 from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import Problem, Solution, solve
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
@@ -81,11 +89,7 @@ def workspace_bytes(
     """Transient activations of the widest block on one replica (not summed over blocks),
     plus a runtime reserve (CUDA context, allocator slack; 1 GiB by default)."""
     rows = workload.batch // mesh.size("dp") * workload.seq
-    widest = max(
-        [b.dims.get("ffn", 0) * max(1, b.dims.get("top_k", 1)) for b in graph.blocks]
-        + [4 * b.dims.get("hidden", 0) for b in graph.blocks]
-    )
-    return rows * widest * act_bytes * 2 + reserve_bytes
+    return rows * _graph_facts(graph).widest * act_bytes * 2 + reserve_bytes
 
 
 def search(
@@ -133,7 +137,8 @@ def search(
     capacity = float(hardware.hbm_capacity_bytes)
     if price_cache is not None:
         price_cache.check(graph, workload, hardware, cuda_graphs)
-    edges = _hidden_edges(graph)
+    facts = _graph_facts(graph)
+    edges = facts.edges
     slo = workload.ttl_slo_s if workload.kind == "decode" else workload.ttft_slo_s
     outcomes: list[MeshOutcome] = []
     helix = "helix" in allowed and workload.kind == "decode"
@@ -151,7 +156,7 @@ def search(
             built = build_problem(
                 graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
                 time_budget_s=slo, share_groups=share_groups, edges=edges, allowed=allowed,
-                verified_only=verified_only, compact=compact,
+                verified_only=verified_only, compact=compact, skeleton=facts.skeleton,
                 price_cache=None if price_cache is None else price_cache.by_mesh,
             )
         except _NoOption as exc:
@@ -181,19 +186,37 @@ def search(
     return SearchResult(best, outcomes, capacity, best.built.problem.fixed_memory_bytes)
 
 
-_EDGES: dict[int, tuple[Graph, dict]] = {}
+@dataclass(frozen=True)
+class _GraphFacts:
+    """What every search of a graph derives from it alone."""
+
+    graph: Graph
+    edges: dict[tuple[str, str], int]
+    skeleton: GroupSkeleton
+    widest: int
 
 
-def _hidden_edges(graph: Graph) -> dict[tuple[str, str], int]:
-    """`hidden_edges`, computed once per graph object (a sweep searches one graph often)."""
-    hit = _EDGES.get(id(graph))
-    if hit is not None and hit[0] is graph:
-        return hit[1]
-    if len(_EDGES) >= 8:
-        _EDGES.clear()
+_FACTS: dict[int, _GraphFacts] = {}
+
+
+def _graph_facts(graph: Graph) -> _GraphFacts:
+    """Computed once per graph object: a sweep searches one graph thousands of times."""
+    hit = _FACTS.get(id(graph))
+    if hit is not None and hit.graph is graph:
+        return hit
+    if len(_FACTS) >= 8:
+        _FACTS.clear()
     edges = hidden_edges(graph)
-    _EDGES[id(graph)] = (graph, edges)
-    return edges
+    facts = _GraphFacts(graph, edges, group_skeleton(graph, edges), _widest(graph))
+    _FACTS[id(graph)] = facts
+    return facts
+
+
+def _widest(graph: Graph) -> int:
+    return max(
+        [b.dims.get("ffn", 0) * max(1, b.dims.get("top_k", 1)) for b in graph.blocks]
+        + [4 * b.dims.get("hidden", 0) for b in graph.blocks]
+    )
 
 
 def lower_bound_s(problem: Problem) -> float:
