@@ -348,10 +348,23 @@ class Renderer:
         raise ValueError(f"unknown step {step!r}")
 
     def collective_of(self, handle: str) -> Collective:
-        for s in self.program.steps():
-            if isinstance(s, Collective) and s.handle == handle:
-                return s
-        raise KeyError(handle)
+        return _collectives_by_handle(self.program)[handle]
+
+
+_COLLECTIVES: dict[int, tuple[RankProgram, dict[str, Collective]]] = {}
+
+
+def _collectives_by_handle(program: RankProgram) -> dict[str, Collective]:
+    """Handle -> collective, indexed once per program (a deep model waits on hundreds)."""
+    hit = _COLLECTIVES.get(id(program))
+    if hit is None or hit[0] is not program:
+        index: dict[str, Collective] = {}
+        for s in program.steps():
+            if isinstance(s, Collective):
+                index.setdefault(s.handle, s)
+        _COLLECTIVES.clear()
+        hit = _COLLECTIVES[id(program)] = (program, index)
+    return hit[1]
 
 
 def _placement_on(layout, axis: str):
