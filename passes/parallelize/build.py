@@ -80,6 +80,7 @@ class MeshProblem:
     priced: dict[tuple[str, str], Priced]
     excluded: list[dict]
     meaning: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
+    group_sizes: dict[str, int] = field(default_factory=dict)  # compact: blocks per group
 
 
 def hidden_edges(graph: Graph) -> dict[tuple[str, str], int]:
@@ -346,7 +347,8 @@ def _build_compact(
         time_budget_s=time_budget_s,
         share_groups=True,
     )
-    return MeshProblem(ctx, problem, priced, options_of.excluded_list(), options_of.meaning)
+    return MeshProblem(ctx, problem, priced, options_of.excluded_list(), options_of.meaning,
+                       dict(skeleton.count))
 
 
 class _NoOption(Exception):

@@ -108,6 +108,7 @@ def search(
     verified_only: bool = False,
     prune: bool = False,
     compact: bool = False,
+    full_best: bool = False,
     price_cache: PriceCache | None = None,
     incumbent_s: float = math.inf,
 ) -> SearchResult:
@@ -119,7 +120,8 @@ def search(
     (bounds are exact lower bounds; a margin keeps ties solved), but the other meshes' best
     plans, which the report lists as alternatives, are missing. `compact` solves the program
     with one block per shared group (same optimum; `build._compact`): its outcomes name groups
-    where the full program names blocks. `incumbent_s`, the time of a plan known to be
+    where the full program names blocks; with `full_best` the winning mesh is then built and
+    solved block by block (with its `top_k` runner-ups), as a plan needs. `incumbent_s`, the time of a plan known to be
     feasible here (with `prune`), prunes from the start."""
     force = list(force or [])
     unknown = sorted(set(strategies) - set(BY_NAME))
@@ -143,6 +145,16 @@ def search(
     outcomes: list[MeshOutcome] = []
     helix = "helix" in allowed and workload.kind == "decode"
     split_reason = batch_split_reason(graph.blocks) if verified_only else None
+
+    def build(ctx: PlanContext, compact: bool) -> MeshProblem:
+        fixed = workspace_bytes(graph, workload, ctx.mesh, ctx.act_bytes, reserve_bytes)
+        return build_problem(
+            graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
+            time_budget_s=slo, share_groups=share_groups, edges=edges, allowed=allowed,
+            verified_only=verified_only, compact=compact, skeleton=facts.skeleton,
+            price_cache=None if price_cache is None else price_cache.by_mesh,
+        )
+
     for mesh in mesh_candidates(gpus, kvp=helix):
         reason = _mesh_reason(mesh, workload, force)
         if not reason and split_reason and mesh.size("dp") > 1:
@@ -151,18 +163,14 @@ def search(
             outcomes.append(MeshOutcome(mesh, None, None, reason))
             continue
         ctx = PlanContext(workload=workload, cost=cost, mesh=mesh)
-        fixed = workspace_bytes(graph, workload, mesh, ctx.act_bytes, reserve_bytes)
         try:
-            built = build_problem(
-                graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
-                time_budget_s=slo, share_groups=share_groups, edges=edges, allowed=allowed,
-                verified_only=verified_only, compact=compact, skeleton=facts.skeleton,
-                price_cache=None if price_cache is None else price_cache.by_mesh,
-            )
+            built = build(ctx, compact)
         except _NoOption as exc:
             outcomes.append(MeshOutcome(mesh, None, None, str(exc)))
             continue
-        min_mem = fixed + sum(min(o.memory_bytes for o in b.options) for b in built.problem.blocks)
+        min_mem = built.problem.fixed_memory_bytes + sum(
+            min(o.memory_bytes for o in b.options) for b in built.problem.blocks
+        )
         outcomes.append(MeshOutcome(mesh, built, None, "", min_mem))
     _solve_meshes(outcomes, time_limit_s=time_limit_s, prune=prune, incumbent_s=incumbent_s)
     feasible = [o for o in outcomes if o.solution is not None]
@@ -179,7 +187,11 @@ def search(
         feasible,
         key=lambda o: (float(f"{o.solution.objective_s:.9g}"), o.mesh.size("kvp"), outcomes.index(o)),
     )
-    if top_k > 1:
+    if compact and full_best:
+        # The plan names blocks: the winning mesh's program again, block by block.
+        best.built = build(best.built.ctx, False)
+        best.solution = solve(best.built.problem, time_limit_s=time_limit_s, top_k=top_k)
+    elif top_k > 1:
         # Only the winning mesh's runner-ups reach the plan; the solver is deterministic, so
         # solving that mesh again with them returns the same best plan.
         best.solution = solve(best.built.problem, time_limit_s=time_limit_s, top_k=top_k)
