@@ -89,15 +89,15 @@ def main() -> None:
                 "--batches", ",".join(map(str, BATCHES)), "--out", out]
         if a.workers:
             args += ["--workers", str(a.workers)]
-        wall, cpu, text = run_cli_timed(args, cache_dir=cache)
+        wall, cpu, _ = run_cli_timed(args, cache_dir=cache)
         data = json.loads((Path(out) / "pareto.json").read_text())
         row = {"design_points": len(HARDWARE) * len(CONTEXTS) * len(GPUS) * len(BATCHES),
                "plans": len(data["points"]), "no_plan": len(data["skipped"]),
                "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
                "workers": a.workers or "default", "trace_s": round(trace_s, 2)}
         print(f"{row['design_points']} design points (x2 with/without Helix): {row['plans']} plans, "
-              f"{row['no_plan']} without a feasible plan; wall {wall:.1f} s, CPU {cpu:.1f} s "
-              f"({text.splitlines()[0] if text else ''})", flush=True)
+              f"{row['no_plan']} without a feasible plan; wall {wall:.1f} s, CPU {cpu:.1f} s",
+              flush=True)
         if a.sample:
             ratio = _sample_ratio(a.sample, cache)
             row.update(ratio)
