@@ -80,3 +80,11 @@ def test_warm_plan_does_not_import_torch(tmp_path):
     assert warm.returncode == 0, warm.stderr
     assert warm.stdout.strip().splitlines()[-1] == "False False"
     assert (tmp_path / "out" / "run_plan.py").is_file()
+
+    # --no-program: the same plan, no lowering or code generation.
+    lean = tmp_path / "lean"
+    r = subprocess.run([sys.executable, "-m", "planner", *args[:-1], str(lean), "--no-program"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in lean.iterdir()) == ["plan.json", "report.md"]
+    assert (lean / "plan.json").read_text() == (tmp_path / "out" / "plan.json").read_text()
