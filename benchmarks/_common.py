@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -26,6 +27,35 @@ def run_cli(args: list[str], *, cache_dir: str, allow_exit_2: bool = False) -> t
     if r.returncode != 0:
         raise SystemExit(f"helixplan {' '.join(args)} failed:\n{r.stderr}")
     return elapsed, r.stdout
+
+
+def run_cli_timed(
+    args: list[str], *, cache_dir: str, allow_exit_2: bool = False
+) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system of the child) and stdout of `helixplan ARGS`
+    in a fresh process. CPU time is what the command costs when the machine is shared; wall
+    time is what a user waits. Bytecode is cached as in an ordinary install (the sandbox's
+    PYTHONDONTWRITEBYTECODE would recompile helixplan's modules in every process)."""
+    env = dict(os.environ, HELIXPLAN_CACHE_DIR=cache_dir)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "planner", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if r.returncode == 2 and allow_exit_2:
+        return elapsed, cpu, "ERROR " + r.stderr
+    if r.returncode != 0:
+        raise SystemExit(f"helixplan {' '.join(args)} failed:\n{r.stderr}")
+    return elapsed, cpu, r.stdout
+
+
+def load_note() -> str:
+    """The 1-minute load average and CPU count: wall times on a shared machine need it."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
 
 
 def add_llama_size_arguments(p: argparse.ArgumentParser, *, layers: int, kv_heads_help: str) -> None:

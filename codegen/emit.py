@@ -9,6 +9,7 @@ torch.distributed calls they are: issue with `async_op=True`, `.wait()` where sc
 
 from __future__ import annotations
 
+import functools
 import keyword
 import math
 import re
@@ -71,7 +72,14 @@ class Namer:
 
 def py_expr(e: Any) -> str:
     """A sympy size as Python integer arithmetic."""
-    e = sympy.sympify(e)
+    if isinstance(e, int) and not isinstance(e, bool):
+        return str(e)
+    return _sympy_expr_text(sympy.sympify(e))
+
+
+@functools.lru_cache(maxsize=65536)
+def _sympy_expr_text(e: sympy.Expr) -> str:
+    """py_expr of a sympy expression; cached since every repeated layer has the same sizes."""
     if e.is_Integer:
         return str(int(e))
     if e.is_Symbol:
@@ -353,10 +361,23 @@ class Renderer:
         raise ValueError(f"unknown step {step!r}")
 
     def collective_of(self, handle: str) -> Collective:
-        for s in self.program.steps():
-            if isinstance(s, Collective) and s.handle == handle:
-                return s
-        raise KeyError(handle)
+        return _collectives_by_handle(self.program)[handle]
+
+
+_COLLECTIVES: dict[int, tuple[RankProgram, dict[str, Collective]]] = {}
+
+
+def _collectives_by_handle(program: RankProgram) -> dict[str, Collective]:
+    """Handle -> collective, indexed once per program (a deep model waits on hundreds)."""
+    hit = _COLLECTIVES.get(id(program))
+    if hit is None or hit[0] is not program:
+        index: dict[str, Collective] = {}
+        for s in program.steps():
+            if isinstance(s, Collective):
+                index.setdefault(s.handle, s)
+        _COLLECTIVES.clear()
+        hit = _COLLECTIVES[id(program)] = (program, index)
+    return hit[1]
 
 
 def _placement_on(layout, axis: str):

@@ -14,11 +14,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import product
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from cost_models.hardware import HardwareSpec
 from ir.errors import InputError
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 SCALEUP = "scaleup"
 SCALEOUT = "scaleout"
@@ -33,6 +35,8 @@ def build_cluster_graph(hw: HardwareSpec, num_gpus: int) -> nx.Graph:
     `kind`, per-direction effective `bytes_per_s` (peak × link efficiency) and `latency_s`."""
     if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
         raise InputError(f"number of GPUs is {num_gpus!r}; needed a positive integer")
+    import networkx as nx  # the planner prices groups by shape (`group_shape`), not the graph
+
     graph = nx.Graph(hardware=hw.name, num_gpus=num_gpus)
     domains = sorted({hw.domain_of(g) for g in range(num_gpus)})
     for d in domains:
@@ -58,6 +62,8 @@ def build_cluster_graph(hw: HardwareSpec, num_gpus: int) -> nx.Graph:
 
 def path_link_kinds(graph: nx.Graph, a: int, b: int) -> set[str]:
     """Kinds of the links on the lowest-latency path between two GPUs."""
+    import networkx as nx
+
     path = nx.shortest_path(graph, gpu_node(a), gpu_node(b), weight="latency_s")
     return {graph.edges[u, v]["kind"] for u, v in zip(path, path[1:], strict=False)}
 

@@ -138,8 +138,9 @@ class _Converter:
             if a.name in sym_nodes:
                 return sym_nodes[a.name]
             return ValueRef(names.get(a.name, a.name))
-        if isinstance(a, (list, tuple)):
-            return type(a)(self.arg(x, names, sym_nodes) for x in a)
+        if isinstance(a, (list, tuple)):  # plain containers: the IR must load without torch
+            items = [self.arg(x, names, sym_nodes) for x in a]
+            return items if isinstance(a, list) else tuple(items)
         if isinstance(a, dict):
             return {k: self.arg(v, names, sym_nodes) for k, v in a.items()}
         if isinstance(a, (torch.dtype, torch.device, torch.layout, torch.memory_format)):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import sympy
+
+if TYPE_CHECKING:
+    import networkx
 
 from ir.tensor import TensorSpec
 
@@ -134,8 +136,10 @@ class Graph:
                 out.setdefault(v, []).append(o)
         return out
 
-    def nx(self) -> nx.DiGraph:
+    def nx(self) -> networkx.DiGraph:
         """Op-level dataflow graph (nodes are op names; edges carry the value name)."""
+        import networkx as nx  # only analyses need it; loading a cached graph does not
+
         g = nx.DiGraph()
         prod = self.producers()
         for o in self.ops:

@@ -7,6 +7,7 @@ which the topology maps into one scale-up domain first.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import Enum
 from itertools import product
@@ -48,11 +49,15 @@ class Mesh:
                 raise InputError(f"mesh axis {k} must have a positive integer size, got {v!r}")
         return Mesh(tuple((a, int(sizes.get(a.value, 1))) for a in AXIS_ORDER))
 
+    @functools.cached_property
+    def _size_of(self) -> dict[str, int]:
+        return {a.value: s for a, s in self.sizes}
+
     def size(self, axis: MeshAxis | str) -> int:
         name = axis.value if isinstance(axis, MeshAxis) else axis
-        for a, s in self.sizes:
-            if a.value == name:
-                return s
+        size = self._size_of.get(name)
+        if size is not None:
+            return size
         raise InputError(f"unknown mesh axis {axis!r}; axes are {[a.value for a in AXIS_ORDER]}")
 
     @property

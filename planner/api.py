@@ -57,6 +57,7 @@ def make_plan(
     result = search(
         loaded.graph, workload, hw, gpus, force=rules, share_groups=not per_layer,
         time_limit_s=time_limit_s, cuda_graphs=cuda_graphs,
+        compact=not per_layer and not rules, full_best=True,
         strategies=strategies if strategies is not None else DEFAULT_STRATEGIES,
         verified_only=verified_only,
     )
@@ -195,7 +196,8 @@ def assemble_plan(
                 "changes": _strategy_summary(o),
                 "why": f"best plan on mesh {o.mesh}",
             })
-    alternatives.sort(key=lambda a: a["seconds"])
+    # Plans within 1e-9 of each other tie (as in the mesh search) and keep their order.
+    alternatives.sort(key=lambda a: float(f"{a['seconds']:.9g}"))
     excluded = [dict(e, mesh=str(best.mesh)) for e in built.excluded]
     excluded += [
         {"mesh": str(o.mesh), "reason": o.reason} for o in result.outcomes if o.solution is None
@@ -238,9 +240,9 @@ def assemble_plan(
 
 def _strategy_summary(o: MeshOutcome) -> list[dict]:
     counts: dict[tuple[str, str], int] = {}
-    for block in o.built.problem.blocks:
+    for block in o.built.problem.blocks:  # a compact program has one block per group
         key = (block.group, o.solution.assignment[block.name])
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] = counts.get(key, 0) + o.built.group_sizes.get(block.group, 1)
     return [{"group": g, "blocks": n, "to": s} for (g, s), n in sorted(counts.items())]
 
 

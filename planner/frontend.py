@@ -4,32 +4,26 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ir.capture import capture
 from ir.errors import CaptureError, IRVerificationError
 from ir.graph import Graph
-from passes.manager import PassRunner
-from passes.pipeline import analyze
-from passes.unroll import NotUnrollable, UnrollLayers
-from planner.model_source import (
-    TRACE_BATCH,
-    TRACE_CONTEXT,
-    TRACE_SEQ,
-    HFAdapter,
-    ModelSource,
-    build_model,
-    example_kwargs,
-)
-from planner.truncate import Truncation, plan_truncation, truncate_inputs, truncated
+from planner.model_source import TRACE_BATCH, TRACE_CONTEXT, TRACE_SEQ, ModelSource
+
+if TYPE_CHECKING:
+    import torch
+
+    from planner.truncate import Truncation
+
+# torch, torch.export and the tracing passes are imported only when a graph is traced: a
+# cache hit loads the pickled IR (sympy and networkx only) and skips ~1 s of `import torch`.
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +44,20 @@ def cache_dir() -> Path | None:
     return Path(value) if value else Path.home() / ".cache" / "helixplan"
 
 
+def _torch_version_bytes() -> bytes:
+    """torch's `version.py` (version, git commit, CUDA), read without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return b"no torch"
+    version_file = Path(spec.origin).parent / "version.py"
+    return version_file.read_bytes() if version_file.is_file() else spec.origin.encode()
+
+
 @functools.cache
 def _code_fingerprint() -> str:
     """Hash of the capture and analysis code: a cached graph from other code is stale."""
     root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256(torch.__version__.encode())
+    h = hashlib.sha256(_torch_version_bytes())
     for pkg in ("ir", "passes"):
         for f in sorted((root / pkg).rglob("*.py")):
             if "parallelize" in f.parts or "lower" in f.parts:
@@ -111,6 +114,9 @@ def load_graph(source: ModelSource, *, use_cache: bool = True) -> LoadedModel:
 def load_module_graph(module: torch.nn.Module, example_inputs: dict[str, Any]) -> LoadedModel:
     """Trace an in-memory module (the `planner.plan` API). Not cached: there is no file to
     key on. Every layer is traced."""
+    from ir.capture import capture
+    from passes.pipeline import analyze
+
     t0 = time.perf_counter()
     name = type(module).__name__
     source = ModelSource("module", f"<{type(module).__module__}.{name}>", {}, "")
@@ -131,6 +137,10 @@ def trace_graph(source: ModelSource, *, dedup: bool | None = None) -> LoadedMode
     full depth (`planner.truncate`, `passes.unroll`): the graph a full trace gives (op names
     aside where export emits extra shape arithmetic in early layers), at the cost of a few
     layers. When the model does not allow it, every layer is traced and the reason logged."""
+    from passes.unroll import NotUnrollable
+    from planner.model_source import build_model, example_kwargs
+    from planner.truncate import Truncation, plan_truncation
+
     if dedup is None:
         dedup = not trace_all_layers()
     t0 = time.perf_counter()
@@ -166,6 +176,10 @@ def _trace(
     source: ModelSource, model: torch.nn.Module, kwargs: dict[str, Any], seconds: dict[str, float]
 ) -> Graph:
     """Capture and analyze; adds capture, passes and per-pass times to `seconds`."""
+    from ir.capture import capture
+    from passes.pipeline import analyze
+    from planner.hf_adapter import HFAdapter
+
     t0 = time.perf_counter()
     strip = HFAdapter.prefix if isinstance(model, HFAdapter) else ""
     graph = capture(model, kwargs, what=source.display, strip_prefix=strip, source=source.to_dict())
@@ -184,6 +198,11 @@ def _trace_truncated(
     seconds: dict[str, float],
 ) -> Graph:
     """Trace the kept layers only, then unroll the analyzed graph to every layer."""
+    from passes.manager import PassRunner
+    from passes.unroll import UnrollLayers
+    from planner.hf_adapter import HFAdapter
+    from planner.truncate import truncate_inputs, truncated
+
     short_kwargs, per_layer = truncate_inputs(kwargs, truncation)
     with truncated(model, truncation):
         graph = _trace(source, model, short_kwargs, seconds)

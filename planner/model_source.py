@@ -16,11 +16,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ir.errors import InputError, ModelLoadError
+
+if TYPE_CHECKING:  # torch is imported only to build a model: a cached plan never needs it
+    import torch
 
 TRACE_BATCH, TRACE_SEQ, TRACE_CONTEXT = 3, 5, 7  # >= 2 so each stays symbolic; distinct
 
@@ -83,11 +84,59 @@ def resolve_source(spec: str, model_args: dict[str, str] | None = None) -> Model
         raise ModelLoadError(
             f"model file {spec!r} is not a .py file; for a Hugging Face config write hf:{spec}"
         )
-    return ModelSource("file", str(path), model_args, _sha256(path))
+    return ModelSource("file", str(path), model_args, _file_hash(path))
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    """The model file's sha256 or, when it imports modules that live beside it, the hash of
+    its content and theirs: editing a local helper module must not serve a stale trace."""
+    deps = local_imports(path)
+    if not deps:
+        return _sha256(path)
+    h = hashlib.sha256(path.read_bytes())
+    for dep in deps:
+        h.update(b"\0" + str(dep.relative_to(path.parent.resolve())).encode() + b"\0")
+        h.update(dep.read_bytes())
+    return h.hexdigest()
+
+
+def local_imports(path: Path) -> list[Path]:
+    """Python files beside `path` (or in packages beside it) that it imports, directly or
+    through each other, found by reading the import statements (nothing is executed)."""
+    import ast
+
+    root = path.parent.resolve()
+    found: set[Path] = set()
+    todo = [path.resolve()]
+    while todo:
+        current = todo.pop()
+        try:
+            tree = ast.parse(current.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue  # importing the file reports it properly
+        names: list[str] = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolved against the importing file's folder
+                    base = ".".join(current.parent.relative_to(root).parts + (base,)).strip(".")
+                names += [base] + [f"{base}.{a.name}".strip(".") for a in node.names]
+        for name in names:
+            parts = [p for p in name.split(".") if p]
+            for i in range(1, len(parts) + 1):
+                stem = root.joinpath(*parts[:i])
+                for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+                    if candidate.is_file() and candidate.resolve() not in found:
+                        if candidate.resolve() != path.resolve():
+                            found.add(candidate.resolve())
+                            todo.append(candidate.resolve())
+    return sorted(found)
 
 
 def load_module_file(path: str) -> ModuleType:
@@ -132,6 +181,8 @@ def _coerce(value: str) -> Any:
 
 def build_model(source: ModelSource, *, device: str | torch.device = "meta") -> torch.nn.Module:
     """Build the model (on the meta device by default: no memory, no init)."""
+    import torch
+
     if source.kind == "hf":
         return _build_hf(source, device)
     mod = load_module_file(source.path)
@@ -153,6 +204,10 @@ def build_model(source: ModelSource, *, device: str | torch.device = "meta") -> 
 
 
 def _build_hf(source: ModelSource, device) -> torch.nn.Module:
+    import torch
+
+    from planner.hf_adapter import HFAdapter
+
     try:
         import transformers
     except ImportError as exc:
@@ -179,22 +234,6 @@ def _build_hf(source: ModelSource, device) -> torch.nn.Module:
     return HFAdapter(model).eval()
 
 
-class HFAdapter(torch.nn.Module):
-    """Presents a transformers causal LM under the forward convention for tracing:
-    `forward(input_ids, position_ids) -> logits` (prefill, no cache object). Module paths of
-    the wrapped model keep their names (`model.layers.0...`) once `hf.` is stripped."""
-
-    prefix = "hf"
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.hf = model
-        self.config = model.config
-
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
-
-
 def example_kwargs(
     source: ModelSource,
     model: torch.nn.Module,
@@ -205,6 +244,8 @@ def example_kwargs(
     context: int,
     device: str | torch.device = "meta",
 ) -> dict[str, Any]:
+    import torch
+
     if source.kind == "hf":
         vocab = int(model.config.vocab_size)
         ids = torch.randint(0, vocab, (batch, seq), device="cpu").to(device)

@@ -32,3 +32,59 @@ def test_cache_hit_and_invalidation_on_edit(tmp_path, monkeypatch):
     edited = load_graph(resolve_source(str(model)))
     assert "capture" in edited.seconds
     assert edited.graph.block("embedding").dims["vocab"] == 640
+
+
+def test_cache_key_covers_local_modules_the_model_imports(tmp_path):
+    """A model file that imports a module beside it: editing that module changes the key;
+    editing an unrelated file in the folder does not."""
+    model = tmp_path / "my_model.py"
+    model.write_text("import my_sizes\nfrom pkg import layers\nimport torch\n")
+    (tmp_path / "my_sizes.py").write_text("VOCAB = 512\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "layers.py").write_text("from .blocks import Block\n")
+    (tmp_path / "pkg" / "blocks.py").write_text("class Block: pass\n")
+    (tmp_path / "unrelated.py").write_text("x = 1\n")
+
+    first = resolve_source(str(model)).content_hash
+    (tmp_path / "unrelated.py").write_text("x = 2\n")
+    assert resolve_source(str(model)).content_hash == first
+    (tmp_path / "my_sizes.py").write_text("VOCAB = 640\n")
+    second = resolve_source(str(model)).content_hash
+    assert second != first
+    (tmp_path / "pkg" / "blocks.py").write_text("class Block:\n    size = 2\n")  # imported via pkg.layers
+    assert resolve_source(str(model)).content_hash != second
+
+
+def test_warm_plan_does_not_import_torch(tmp_path):
+    """With the trace cached, `helixplan plan` (plan.json, report.md and run_plan.py) runs
+    without importing torch: the cached IR and the codegen need only sympy."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = dict(os.environ, HELIXPLAN_CACHE_DIR=str(tmp_path / "cache"))
+    args = ["plan", str(EXAMPLES / "llama.py"), "--gpus", "2", "--out", str(tmp_path / "out")]
+    cold = subprocess.run([sys.executable, "-m", "planner", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert cold.returncode == 0, cold.stderr
+    probe = (
+        "import sys\nfrom planner.cli import main\n"
+        f"assert main({args!r}) == 0\n"
+        "print('torch' in sys.modules, 'networkx' in sys.modules)\n"
+    )
+    warm = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout.strip().splitlines()[-1] == "False False"
+    assert (tmp_path / "out" / "run_plan.py").is_file()
+
+    # --no-program: the same plan, no lowering or code generation.
+    lean = tmp_path / "lean"
+    r = subprocess.run([sys.executable, "-m", "planner", *args[:-1], str(lean), "--no-program"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in lean.iterdir()) == ["plan.json", "report.md"]
+    assert (lean / "plan.json").read_text() == (tmp_path / "out" / "plan.json").read_text()

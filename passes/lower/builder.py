@@ -117,6 +117,7 @@ class Builder:
         self.items: list[BlockProgram | EdgeProgram] = []
         self._counter = 0
         self.block_of_op = {o: b.name for b in graph.blocks for o in b.ops}
+        self.op_by_name = {o.name: o for o in graph.ops}
         self.consumer_blocks: dict[str, set[str]] = {}
         for op in graph.ops:
             for v in op.inputs:

@@ -84,7 +84,7 @@ class BlockLowering:
         self.param_locals: dict[str, str] = {}
         self.extra_specs: dict[str, TensorSpec] = {}
         self.defined: set[str] = set()
-        ops = list(self.graph.iter_ops(block.ops))
+        ops = [builder.op_by_name[name] for name in block.ops]
         self.ops = ops
         self.consumers: dict[str, list[Op]] = {}
         for op in ops:

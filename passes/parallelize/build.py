@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class MeshProblem:
     priced: dict[tuple[str, str], Priced]
     excluded: list[dict]
     meaning: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
+    group_sizes: dict[str, int] = field(default_factory=dict)  # compact: blocks per group
 
 
 def hidden_edges(graph: Graph) -> dict[tuple[str, str], int]:
@@ -118,64 +120,41 @@ def build_problem(
     edges: dict[tuple[str, str], int],
     allowed: frozenset[str],
     verified_only: bool = False,
+    compact: bool = False,
+    skeleton: GroupSkeleton | None = None,
+    price_cache: dict | None = None,
 ) -> MeshProblem:
     """Options per block (strategies in `allowed`, valid on this mesh; with `verified_only`,
     default strategies only where their program is verified — a strategy the user named in
-    --strategies or --force is theirs to try), resharding edges and limits."""
+    --strategies or --force is theirs to try), resharding edges and limits.
+
+    `compact` builds the same program with one block per shared group (named by the group;
+    see `GroupSkeleton`): same optimum, a fraction of the work for deep models (sweeps).
+    A caller's `price_cache` (one workload and cost model, see `search`) carries prices over
+    to another search on the same mesh."""
+    options_of = _OptionFinder(ctx, allowed, verified_only, price_cache)
+    if compact:
+        if force or not share_groups:
+            raise ValueError("a compact problem needs shared groups and no --force rules")
+        return _build_compact(
+            graph, ctx, options_of, skeleton or group_skeleton(graph, edges),
+            capacity_bytes=capacity_bytes, fixed_bytes=fixed_bytes, time_budget_s=time_budget_s,
+        )
     priced: dict[tuple[str, str], Priced] = {}
-    meaning: dict[str, tuple[str, dict[str, int]]] = {}
-    excluded: list[dict] = []
     blocks: list[BlockVars] = []
     group_options: dict[str, tuple[Option, ...]] = {}
-    group_prices: dict[tuple[str, str], Priced] = {}  # identical blocks price identically
-    group_reasons: dict[tuple[str, str], str | None] = {}
     for block in graph.blocks:
+        if share_groups and not force and block.group in group_options:
+            # A later member of a shared group: same options, same prices as the first.
+            opts = group_options[block.group]
+            for option in opts:
+                priced[(block.name, option.name)] = options_of.prices[(block.group, option.name)]
+            blocks.append(BlockVars(name=block.name, group=block.group, options=opts))
+            continue
         rules = [r for r in force if r.matches(block.name)]
-        wanted = {rules[-1].strategy} if rules else None
-        options: list[Option] = []
-        pool = allowed | wanted if wanted else allowed
-        for s in candidate_strategies(block, pool):
-            if wanted is not None and s.name not in wanted:
-                continue
-            key = (block.group, s.name)
-            if key not in group_reasons:
-                group_reasons[key] = s.why_not(block, ctx) or (
-                    unverified_reason(s.name, block, ctx.workload.kind)
-                    if verified_only and s.name in DEFAULT_STRATEGIES
-                    and not (wanted and s.name in wanted)
-                    else None
-                )
-            reason = group_reasons[key]
-            if reason:
-                excluded.append({"group": block.group, "strategy": s.name, "reason": reason})
-                continue
-            for extras in s.options(block, ctx):
-                if rules:
-                    forced = rules[-1].extras
-                    if any(k in extras and extras[k] != v for k, v in forced.items()):
-                        continue
-                    # a forced parameter the options leave at its default (append_block)
-                    extras = {**extras, **{k: v for k, v in forced.items() if k not in extras}}
-                name = s.option_name(extras)
-                p = group_prices.get((block.group, name))
-                if p is None:
-                    p = group_prices[(block.group, name)] = price(block, s, ctx, **extras)
-                priced[(block.name, name)] = p
-                meaning[name] = (s.name, extras)
-                options.append(Option(
-                    name=name,
-                    time_s=p.time_s,
-                    memory_bytes=p.memory_bytes,
-                    layout_in=s.layout_in,
-                    layout_out=s.layout_out,
-                ))
-        if not options:
-            why = "; ".join(
-                e["reason"] for e in excluded if e["group"] == block.group
-            ) or "no strategy applies"
-            forced = f" (forced to {rules[-1].text})" if rules else ""
-            raise _NoOption(f"block {block.name}{forced} has no valid strategy on mesh "
-                            f"{ctx.mesh}: {why}")
+        options = options_of(block, rules[-1] if rules else None)
+        for option in options:
+            priced[(block.name, option.name)] = options_of.prices[(block.group, option.name)]
         if share_groups and block.group in group_options:
             opts = group_options[block.group]
         else:
@@ -184,11 +163,18 @@ def build_problem(
         blocks.append(BlockVars(name=block.name, group=block.group, options=opts))
     by_name = {b.name: b for b in blocks}
     replica_rows = ctx.replica_batch() * ctx.replica_tokens()
-    ilp_edges = []
+    ilp_edges: list[Edge] = []
     costs: dict[tuple, dict] = {}  # edges between the same option lists and sizes cost the same
+    signatures: dict[int, tuple] = {}  # by option tuple (shared groups share one)
+
+    def signature(options: tuple[Option, ...]) -> tuple:
+        if id(options) not in signatures:
+            signatures[id(options)] = tuple((o.name, o.layout_in, o.layout_out) for o in options)
+        return signatures[id(options)]
+
     for (src, dst), hidden in sorted(edges.items()):
         full = replica_rows * hidden * ctx.act_bytes
-        key = (by_name[src].options, by_name[dst].options, full)
+        key = (signature(by_name[src].options), signature(by_name[dst].options), full)
         if key not in costs:
             costs[key] = Edge.from_layouts(
                 by_name[src], by_name[dst], lambda a, b, full=full: reshard_seconds(a, b, full, ctx)
@@ -202,8 +188,172 @@ def build_problem(
         time_budget_s=time_budget_s,
         share_groups=share_groups,
     )
-    dedup = {(e["group"], e["strategy"]): e for e in excluded}
-    return MeshProblem(ctx, problem, priced, list(dedup.values()), meaning)
+    return MeshProblem(ctx, problem, priced, options_of.excluded_list(), options_of.meaning)
+
+
+class _OptionFinder:
+    """The priced options of a block on one mesh; prices and exclusion reasons are kept per
+    group (identical blocks price identically)."""
+
+    def __init__(
+        self, ctx: PlanContext, allowed: frozenset[str], verified_only: bool,
+        price_cache: dict | None,
+    ) -> None:
+        self.ctx = ctx
+        self.allowed = allowed
+        self.verified_only = verified_only
+        self.prices: dict[tuple[str, str], Priced] = (
+            {} if price_cache is None else price_cache.setdefault(ctx.mesh, {})
+        )
+        self.reasons: dict[tuple[str, str], str | None] = {}
+        self.excluded: list[dict] = []
+        self.meaning: dict[str, tuple[str, dict[str, int]]] = {}
+
+    def __call__(self, block: Block, rule: ForceRule | None) -> list[Option]:
+        ctx = self.ctx
+        wanted = {rule.strategy} if rule else None
+        pool = self.allowed | wanted if wanted else self.allowed
+        options: list[Option] = []
+        for s in candidate_strategies(block, pool):
+            if wanted is not None and s.name not in wanted:
+                continue
+            key = (block.group, s.name)
+            if key not in self.reasons:
+                self.reasons[key] = s.why_not(block, ctx) or (
+                    unverified_reason(s.name, block, ctx.workload.kind)
+                    if self.verified_only and s.name in DEFAULT_STRATEGIES
+                    and not (wanted and s.name in wanted)
+                    else None
+                )
+            reason = self.reasons[key]
+            if reason:
+                self.excluded.append({"group": block.group, "strategy": s.name, "reason": reason})
+                continue
+            for extras in s.options(block, ctx):
+                if rule:
+                    if any(k in extras and extras[k] != v for k, v in rule.extras.items()):
+                        continue
+                    # a forced parameter the options leave at its default (append_block)
+                    extras = {**extras, **{k: v for k, v in rule.extras.items() if k not in extras}}
+                name = s.option_name(extras)
+                p = self.prices.get((block.group, name))
+                if p is None:
+                    p = self.prices[(block.group, name)] = price(block, s, ctx, **extras)
+                self.meaning[name] = (s.name, extras)
+                options.append(Option(
+                    name=name,
+                    time_s=p.time_s,
+                    memory_bytes=p.memory_bytes,
+                    layout_in=s.layout_in,
+                    layout_out=s.layout_out,
+                ))
+        if not options:
+            why = "; ".join(
+                e["reason"] for e in self.excluded if e["group"] == block.group
+            ) or "no strategy applies"
+            forced = f" (forced to {rule.text})" if rule else ""
+            raise _NoOption(f"block {block.name}{forced} has no valid strategy on mesh "
+                            f"{ctx.mesh}: {why}")
+        return options
+
+    def excluded_list(self) -> list[dict]:
+        return list({(e["group"], e["strategy"]): e for e in self.excluded}.values())
+
+
+@dataclass(frozen=True)
+class GroupSkeleton:
+    """A graph seen group by group, for the compact program: per shared group its first
+    block and size; the hidden-state edges counted per (source group, target group, hidden
+    size). With every block of a group on one option, a group of n blocks is one block with
+    n times a member's time and memory, the n-fold edges between two groups are one edge
+    with n times the resharding cost, and an edge between two blocks of one group costs the
+    option's own resharding (its layout_out to its layout_in): the decision-unit reduction
+    of `ilp`, done once per graph instead of once per block and mesh."""
+
+    first: tuple[Block, ...]
+    count: dict[str, int]
+    between: tuple[tuple[str, str, int, int], ...]  # (src group, dst group, hidden, edges)
+    inside: tuple[tuple[str, int, int], ...]  # (group, hidden, edges between its own blocks)
+
+
+def group_skeleton(graph: Graph, edges: dict[tuple[str, str], int]) -> GroupSkeleton:
+    first: dict[str, Block] = {}
+    count: dict[str, int] = {}
+    group_of: dict[str, str] = {}
+    for b in graph.blocks:
+        first.setdefault(b.group, b)
+        count[b.group] = count.get(b.group, 0) + 1
+        group_of[b.name] = b.group
+    between: dict[tuple[str, str, int], int] = {}
+    inside: dict[tuple[str, int], int] = {}
+    for (src, dst), hidden in sorted(edges.items()):
+        gs, gd = group_of[src], group_of[dst]
+        if gs != gd:
+            between[(gs, gd, hidden)] = between.get((gs, gd, hidden), 0) + 1
+        else:
+            inside[(gs, hidden)] = inside.get((gs, hidden), 0) + 1
+    return GroupSkeleton(
+        first=tuple(first.values()), count=count,
+        between=tuple((gs, gd, hidden, n) for (gs, gd, hidden), n in between.items()),
+        inside=tuple((g, hidden, n) for (g, hidden), n in inside.items()),
+    )
+
+
+def _build_compact(
+    graph: Graph,
+    ctx: PlanContext,
+    options_of: _OptionFinder,
+    skeleton: GroupSkeleton,
+    *,
+    capacity_bytes: float,
+    fixed_bytes: float,
+    time_budget_s: float | None,
+) -> MeshProblem:
+    blocks: dict[str, BlockVars] = {}
+    priced: dict[tuple[str, str], Priced] = {}
+    for block in skeleton.first:
+        n = skeleton.count[block.group]
+        options = options_of(block, None)
+        for option in options:
+            priced[(block.group, option.name)] = options_of.prices[(block.group, option.name)]
+        blocks[block.group] = BlockVars(name=block.group, group=block.group, options=tuple(
+            Option(name=o.name, time_s=o.time_s * n, memory_bytes=o.memory_bytes * n,
+                   layout_in=o.layout_in, layout_out=o.layout_out)
+            for o in options
+        ))
+    replica_rows = ctx.replica_batch() * ctx.replica_tokens()
+    for group, hidden, n in skeleton.inside:
+        full = replica_rows * hidden * ctx.act_bytes
+        b = blocks[group]
+        blocks[group] = BlockVars(name=group, group=group, options=tuple(
+            dataclasses.replace(
+                o, time_s=o.time_s + n * reshard_seconds(o.layout_out, o.layout_in, full, ctx)
+            )
+            for o in b.options
+        ))
+    edges = []
+    for gs, gd, hidden, n in skeleton.between:
+        full = replica_rows * hidden * ctx.act_bytes
+        edge = Edge.from_layouts(
+            blocks[gs], blocks[gd],
+            lambda a, b, full=full, n=n: n * reshard_seconds(a, b, full, ctx),
+        )
+        edges.append(edge)
+    merged: dict[tuple[str, str], dict] = {}
+    for e in edges:  # one edge per group pair (several hidden sizes may connect two groups)
+        acc = merged.setdefault((e.src, e.dst), {})
+        for pair, seconds in e.cost_s.items():
+            acc[pair] = acc.get(pair, 0.0) + seconds
+    problem = Problem(
+        blocks=tuple(blocks.values()),
+        edges=tuple(Edge(src=s, dst=d, cost_s=c) for (s, d), c in merged.items()),
+        memory_capacity_bytes=capacity_bytes,
+        fixed_memory_bytes=fixed_bytes,
+        time_budget_s=time_budget_s,
+        share_groups=True,
+    )
+    return MeshProblem(ctx, problem, priced, options_of.excluded_list(), options_of.meaning,
+                       dict(skeleton.count))
 
 
 class _NoOption(Exception):

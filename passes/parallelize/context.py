@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
 from dataclasses import dataclass
 
 from cost_models import CostModel, MeshPlacement
@@ -61,9 +63,37 @@ class PlanContext:
     def collective_s(self, kind: str, nbytes: float, axes: str | tuple[str, ...]) -> float:
         """A collective run at once by every group spanning `axes` (one axis, or several
         adjacent ones acting as one group); the slowest group sets the time."""
-        axes = (axes,) if isinstance(axes, str) else axes
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
         if self.group_size(axes) == 1 or nbytes <= 0:
             return 0.0
-        if len(axes) == 1:
-            return self.cost.axis_collective(kind, nbytes, self.placement, axes[0])
-        return max(self.cost.collective(kind, nbytes, g) for g in self.mesh.groups_over(axes))
+        groups = _groups_by_shape(self.mesh, axes, self.cost.hardware.scaleup_domain_gpus)
+        return max(_collective_s(self.cost, kind, nbytes, g) for g in groups)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _collective_s(cost: CostModel, kind: str, nbytes: float, group: tuple[int, ...]) -> float:
+    """Meshes of one search (and the points of a sweep) ask for the same collectives often."""
+    return cost.collective(kind, nbytes, group)
+
+
+@functools.lru_cache(maxsize=4096)
+def _groups_by_shape(
+    mesh: Mesh, axes: tuple[str, ...], scaleup_domain_gpus: int
+) -> tuple[tuple[int, ...], ...]:
+    """One GPU group per distinct way the groups spanning `axes` fall on the scale-up domains.
+
+    A collective's price depends on its group only through that shape (group size and GPUs
+    per domain), so the slowest group is among these; a 64-GPU mesh has 64 groups of one
+    axis but one or two shapes, and the mesh search asks for the same groups thousands of
+    times. Rank r runs on GPU r (`MeshPlacement` lays meshes out from GPU 0)."""
+    if len(axes) == 1:
+        placement = MeshPlacement(axes=tuple((a.value, mesh.size(a)) for a in AXIS_ORDER))
+        groups = [tuple(g) for g in placement.groups(axes[0])]
+    else:
+        groups = [tuple(g) for g in mesh.groups_over(axes)]
+    seen: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for group in groups:
+        counts = Counter(gpu // scaleup_domain_gpus for gpu in group)
+        shape = tuple(counts[d] for d in sorted(counts))
+        seen.setdefault(shape, group)
+    return tuple(seen.values())

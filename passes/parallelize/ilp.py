@@ -237,17 +237,21 @@ class Problem:
         first_of_group: dict[str, BlockVars] = {}
         for block in self.blocks:
             first = first_of_group.setdefault(block.group, block)
+            if first.options is block.options:
+                continue
             if self.share_groups and _option_names(first) != _option_names(block):
                 raise ValueError(
                     f"blocks {first.name!r} and {block.name!r} share group {block.group!r} "
                     "but list different options; a shared group needs one option list"
                 )
+        names_of: dict[int, set[str]] = {}  # by option tuple: shared groups share one
         for edge in self.edges:
             for end in (edge.src, edge.dst):
                 if end not in blocks:
                     raise ValueError(f"edge {edge.src}->{edge.dst} names unknown block {end!r}")
-            src_names = set(_option_names(blocks[edge.src]))
-            dst_names = set(_option_names(blocks[edge.dst]))
+            src_opts, dst_opts = blocks[edge.src].options, blocks[edge.dst].options
+            src_names = names_of.setdefault(id(src_opts), {o.name for o in src_opts})
+            dst_names = names_of.setdefault(id(dst_opts), {o.name for o in dst_opts})
             for s, t in edge.cost_s:
                 if s not in src_names or t not in dst_names:
                     raise ValueError(f"edge {edge.src}->{edge.dst} prices unknown pair {(s, t)}")

@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ortools.math_opt.python import mathopt
-from ortools.math_opt.solvers import highs_pb2
 from ortools.sat.python import cp_model
 
 if TYPE_CHECKING:
@@ -295,6 +293,9 @@ class _MathOptBackend:
     def __init__(self, reduced: _Reduced, name: Literal["scip", "highs"]) -> None:
         self.name = name
         self.scale = _RealScale.of(reduced)
+        from ortools.math_opt.python import mathopt  # SCIP/HiGHS only: 0.1-0.2 s to import
+
+        self.mathopt = mathopt
         self.model = mathopt.Model(name="helixplan")
         self.num_variables = 0
         self.num_constraints = 0
@@ -309,28 +310,30 @@ class _MathOptBackend:
 
     def add_equal(self, terms: Terms, rhs: float) -> None:
         self.num_constraints += 1
-        self.model.add_linear_constraint(mathopt.fast_sum(c * v for v, c in terms) == rhs)
+        self.model.add_linear_constraint(self.mathopt.fast_sum(c * v for v, c in terms) == rhs)
 
     def add_at_most(self, terms: Terms, upper: float) -> None:
         self.num_constraints += 1
-        self.model.add_linear_constraint(mathopt.fast_sum(c * v for v, c in terms) <= upper)
+        self.model.add_linear_constraint(self.mathopt.fast_sum(c * v for v, c in terms) <= upper)
 
     def minimize(self, terms: Terms) -> None:
-        self.model.minimize(mathopt.fast_sum(c * v for v, c in terms))
+        self.model.minimize(self.mathopt.fast_sum(c * v for v, c in terms))
 
     def solve(self, time_limit_s: float, hint: Mapping[Any, float] | None) -> _Outcome:
-        params = mathopt.SolveParameters(
+        from ortools.math_opt.solvers import highs_pb2
+
+        params = self.mathopt.SolveParameters(
             time_limit=datetime.timedelta(seconds=time_limit_s),
             random_seed=_SEED,
             relative_gap_tolerance=0.0,
             absolute_gap_tolerance=0.0,
         )
         if self.name == "scip":
-            solver_type = mathopt.SolverType.GSCIP
+            solver_type = self.mathopt.SolverType.GSCIP
             params.threads = 1
             params.gscip.real_params["numerics/feastol"] = _MIP_FEASIBILITY_TOLERANCE
         else:
-            solver_type = mathopt.SolverType.HIGHS  # MathOpt's HiGHS takes no `threads`
+            solver_type = self.mathopt.SolverType.HIGHS  # MathOpt's HiGHS takes no `threads`
             params.highs.CopyFrom(
                 highs_pb2.HighsOptionsProto(
                     double_options={
@@ -339,26 +342,26 @@ class _MathOptBackend:
                     }
                 )
             )
-        model_params = mathopt.ModelSolveParameters(
-            solution_hints=[mathopt.SolutionHint(variable_values=dict(hint))] if hint else []
+        model_params = self.mathopt.ModelSolveParameters(
+            solution_hints=[self.mathopt.SolutionHint(variable_values=dict(hint))] if hint else []
         )
         started = time.perf_counter()
-        result = mathopt.solve(self.model, solver_type, params=params, model_params=model_params)
+        result = self.mathopt.solve(self.model, solver_type, params=params, model_params=model_params)
         seconds = time.perf_counter() - started
         reason = result.termination.reason
         if reason in (
-            mathopt.TerminationReason.INFEASIBLE,
-            mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED,
+            self.mathopt.TerminationReason.INFEASIBLE,
+            self.mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED,
         ):
             return _Outcome("INFEASIBLE", None, math.inf, -math.inf, seconds)
         if not result.has_primal_feasible_solution():
-            if reason != mathopt.TerminationReason.NO_SOLUTION_FOUND:
+            if reason != self.mathopt.TerminationReason.NO_SOLUTION_FOUND:
                 raise RuntimeError(
                     f"{self.name} stopped with {reason.name}: {result.termination.detail}"
                 )
             return _Outcome("UNKNOWN", None, math.inf, result.best_objective_bound(), seconds)
         values = result.variable_values()
-        status = "OPTIMAL" if reason == mathopt.TerminationReason.OPTIMAL else "FEASIBLE"
+        status = "OPTIMAL" if reason == self.mathopt.TerminationReason.OPTIMAL else "FEASIBLE"
         return _Outcome(
             status,
             values.__getitem__,

@@ -10,16 +10,25 @@ block, memory) are reported with their reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from cost_models import CostModel, HardwareSpec
 from ir.errors import InfeasiblePlanError, InputError
 from ir.graph import Graph
 from ir.mesh import Mesh
 from ir.workload import Workload, dtype_size_bytes
-from passes.parallelize.build import ForceRule, MeshProblem, _NoOption, build_problem, hidden_edges
+from passes.parallelize.build import (
+    ForceRule,
+    GroupSkeleton,
+    MeshProblem,
+    _NoOption,
+    build_problem,
+    group_skeleton,
+    hidden_edges,
+)
 from passes.parallelize.context import PlanContext
-from passes.parallelize.ilp import Solution, solve
+from passes.parallelize.ilp import Problem, Solution, solve
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
 from passes.parallelize.verified import batch_split_reason, token_split_reason
 
@@ -31,6 +40,24 @@ class MeshOutcome:
     solution: Solution | None
     reason: str = ""
     min_memory_bytes: float | None = None
+
+
+@dataclass
+class PriceCache:
+    """Block prices per mesh, shared by searches of one graph under one workload and cost
+    model that differ only in the strategies offered (a sweep point with and without
+    Helix): the second search prices only the meshes the first did not."""
+
+    graph: Graph
+    workload: Workload
+    hardware: HardwareSpec
+    cuda_graphs: bool = False
+    by_mesh: dict = field(default_factory=dict)
+
+    def check(self, graph: Graph, workload: Workload, hardware: HardwareSpec, cuda_graphs: bool) -> None:
+        if not (self.graph is graph and self.workload == workload and self.hardware is hardware
+                and self.cuda_graphs == cuda_graphs):
+            raise ValueError("a PriceCache serves one graph, workload, hardware and cuda_graphs")
 
 
 @dataclass
@@ -71,16 +98,12 @@ def workspace_bytes(
     cp = mesh.size("cp")
     tokens = workload.seq if cp == 1 else -(-workload.seq // (2 * cp)) * 2
     rows = workload.batch // mesh.size("dp") * tokens
-    widest = max(
-        [b.dims.get("ffn", 0) * max(1, b.dims.get("top_k", 1)) for b in graph.blocks]
-        + [4 * b.dims.get("hidden", 0) for b in graph.blocks]
-    )
     gathered = 0.0
     if workload.kind == "train" and mesh.size("dp") > 1 and 3 in workload.zero_levels:
         model_split = mesh.size("kvp") * mesh.size("tp")
         largest = max(b.param_count for b in graph.blocks)
         gathered = 2 * largest / model_split * dtype_size_bytes(workload.weight_dtype)
-    return rows * widest * act_bytes * 2 + gathered + reserve_bytes
+    return rows * _graph_facts(graph).widest * act_bytes * 2 + gathered + reserve_bytes
 
 
 def search(
@@ -97,7 +120,23 @@ def search(
     strategies: frozenset[str] = DEFAULT_STRATEGIES,
     top_k: int = 3,
     verified_only: bool = False,
+    prune: bool = False,
+    compact: bool = False,
+    full_best: bool = False,
+    price_cache: PriceCache | None = None,
+    incumbent_s: float = math.inf,
 ) -> SearchResult:
+    """The fastest plan over every mesh of `gpus` GPUs (see the module docstring).
+
+    With `prune` (for sweeps, which need only the best plan) meshes are solved in the order
+    of a lower bound on their plan time, and a mesh whose bound exceeds the best plan found
+    so far is not solved: its outcome has no solution and says so. The best plan is the same
+    (bounds are exact lower bounds; a margin keeps ties solved), but the other meshes' best
+    plans, which the report lists as alternatives, are missing. `compact` solves the program
+    with one block per shared group (same optimum; `build._compact`): its outcomes name groups
+    where the full program names blocks; with `full_best` the winning mesh is then built and
+    solved block by block (with its `top_k` runner-ups), as a plan needs. `incumbent_s`, the time of a plan known to be
+    feasible here (with `prune`), prunes from the start."""
     force = list(force or [])
     unknown = sorted(set(strategies) - set(BY_NAME))
     if unknown:
@@ -112,13 +151,26 @@ def search(
             )
     cost = CostModel(hardware=hardware, cuda_graphs=cuda_graphs)
     capacity = float(hardware.hbm_capacity_bytes)
-    edges = hidden_edges(graph)
+    if price_cache is not None:
+        price_cache.check(graph, workload, hardware, cuda_graphs)
+    facts = _graph_facts(graph)
+    edges = facts.edges
     slo = workload.ttl_slo_s if workload.kind == "decode" else workload.ttft_slo_s
     outcomes: list[MeshOutcome] = []
     helix = "helix" in allowed and workload.kind == "decode"
     ring = bool({"cp_pass_kv", "cp_pass_q"} & allowed) and workload.kind == "prefill"
     split_reason = batch_split_reason(graph.blocks) if verified_only else None
     token_reason = token_split_reason(graph.blocks) if verified_only else None
+
+    def build(ctx: PlanContext, compact: bool) -> MeshProblem:
+        fixed = workspace_bytes(graph, workload, ctx.mesh, ctx.act_bytes, reserve_bytes)
+        return build_problem(
+            graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
+            time_budget_s=slo, share_groups=share_groups, edges=edges, allowed=allowed,
+            verified_only=verified_only, compact=compact, skeleton=facts.skeleton,
+            price_cache=None if price_cache is None else price_cache.by_mesh,
+        )
+
     for mesh in mesh_candidates(gpus, kvp=helix, cp=ring):
         reason = _mesh_reason(mesh, workload, force)
         if not reason and split_reason and mesh.size("dp") > 1:
@@ -129,23 +181,16 @@ def search(
             outcomes.append(MeshOutcome(mesh, None, None, reason))
             continue
         ctx = PlanContext(workload=workload, cost=cost, mesh=mesh)
-        fixed = workspace_bytes(graph, workload, mesh, ctx.act_bytes, reserve_bytes)
         try:
-            built = build_problem(
-                graph, ctx, capacity_bytes=capacity, fixed_bytes=fixed, force=force,
-                time_budget_s=slo, share_groups=share_groups, edges=edges, allowed=allowed,
-                verified_only=verified_only,
-            )
+            built = build(ctx, compact)
         except _NoOption as exc:
             outcomes.append(MeshOutcome(mesh, None, None, str(exc)))
             continue
-        min_mem = fixed + sum(min(o.memory_bytes for o in b.options) for b in built.problem.blocks)
-        try:
-            solution = solve(built.problem, time_limit_s=time_limit_s, top_k=top_k)
-        except InfeasiblePlanError as exc:
-            outcomes.append(MeshOutcome(mesh, built, None, str(exc), min_mem))
-            continue
-        outcomes.append(MeshOutcome(mesh, built, solution, "", min_mem))
+        min_mem = built.problem.fixed_memory_bytes + sum(
+            min(o.memory_bytes for o in b.options) for b in built.problem.blocks
+        )
+        outcomes.append(MeshOutcome(mesh, built, None, "", min_mem))
+    _solve_meshes(outcomes, time_limit_s=time_limit_s, prune=prune, incumbent_s=incumbent_s)
     feasible = [o for o in outcomes if o.solution is not None]
     if not feasible:
         message = _infeasible_message(outcomes, gpus, capacity, workload)
@@ -163,7 +208,81 @@ def search(
             outcomes.index(o),
         ),
     )
+    if compact and full_best:
+        # The plan names blocks: the winning mesh's program again, block by block.
+        best.built = build(best.built.ctx, False)
+        best.solution = solve(best.built.problem, time_limit_s=time_limit_s, top_k=top_k)
+    elif top_k > 1:
+        # Only the winning mesh's runner-ups reach the plan; the solver is deterministic, so
+        # solving that mesh again with them returns the same best plan.
+        best.solution = solve(best.built.problem, time_limit_s=time_limit_s, top_k=top_k)
     return SearchResult(best, outcomes, capacity, best.built.problem.fixed_memory_bytes)
+
+
+@dataclass(frozen=True)
+class _GraphFacts:
+    """What every search of a graph derives from it alone."""
+
+    graph: Graph
+    edges: dict[tuple[str, str], int]
+    skeleton: GroupSkeleton
+    widest: int
+
+
+_FACTS: dict[int, _GraphFacts] = {}
+
+
+def _graph_facts(graph: Graph) -> _GraphFacts:
+    """Computed once per graph object: a sweep searches one graph thousands of times."""
+    hit = _FACTS.get(id(graph))
+    if hit is not None and hit.graph is graph:
+        return hit
+    if len(_FACTS) >= 8:
+        _FACTS.clear()
+    edges = hidden_edges(graph)
+    facts = _GraphFacts(graph, edges, group_skeleton(graph, edges), _widest(graph))
+    _FACTS[id(graph)] = facts
+    return facts
+
+
+def _widest(graph: Graph) -> int:
+    return max(
+        [b.dims.get("ffn", 0) * max(1, b.dims.get("top_k", 1)) for b in graph.blocks]
+        + [4 * b.dims.get("hidden", 0) for b in graph.blocks]
+    )
+
+
+def lower_bound_s(problem: Problem) -> float:
+    """No plan of `problem` is faster: each block at its fastest option, resharding free
+    (edge costs are >= 0)."""
+    return sum(min(o.time_s for o in b.options) for b in problem.blocks)
+
+
+PRUNE_MARGIN = 1e-6  # relative; well above the 1e-9 at which search treats plan times as tied
+
+
+def _solve_meshes(
+    outcomes: list[MeshOutcome], *, time_limit_s: float, prune: bool, incumbent_s: float
+) -> None:
+    """Solve every built mesh in place (solution or reason); see `search` for `prune`."""
+    todo = [o for o in outcomes if o.built is not None and not o.reason]
+    if prune:
+        bounds = {id(o): lower_bound_s(o.built.problem) for o in todo}
+        todo.sort(key=lambda o: bounds[id(o)])  # stable: mesh order among equal bounds
+    best_s = incumbent_s if prune else math.inf
+    for o in todo:
+        if prune and bounds[id(o)] > best_s * (1 + PRUNE_MARGIN):
+            o.reason = (
+                f"not solved: no plan on this mesh beats {bounds[id(o)] * 1e3:.4g} ms, slower "
+                f"than a plan already found ({best_s * 1e3:.4g} ms)"
+            )
+            continue
+        try:
+            o.solution = solve(o.built.problem, time_limit_s=time_limit_s, top_k=1)
+        except InfeasiblePlanError as exc:
+            o.reason = str(exc)
+            continue
+        best_s = min(best_s, o.solution.objective_s)
 
 
 def _mesh_reason(mesh: Mesh, workload: Workload, force: list[ForceRule]) -> str:

@@ -18,7 +18,6 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from cost_models.calibrate import run_calibration, write_profile
 from cost_models.hardware import PRESETS, load_hardware
 from cost_models.records import CheckResult, check, load_records
 from ir.errors import InputError
@@ -63,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         if not args.json:
             console.print(message, markup=False, highlight=False)
+
+    from cost_models.calibrate import run_calibration, write_profile  # numpy, torch: only here
 
     profile, fitted = run_calibration(base=args.base, quick=args.quick, log=log)
     profile_path, records_path = write_profile(args.out, profile)

@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_plan_arguments(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--json", action="store_true", help="print plan.json to stdout")
+    p.add_argument("--no-program", action="store_true",
+                   help="write plan.json and report.md only, not run_plan.py (skips lowering "
+                   "and code generation, the slowest part of planning a cached deep model)")
 
 
 DEFAULTS = {
@@ -142,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         run_ = make_plan_max_batch(source, **options)
     else:
         run_ = make_plan(source, **options)
-    paths = write_outputs(run_, args.out, unverified_ok=args.allow_unverified)
+    paths = write_outputs(run_, args.out, unverified_ok=args.allow_unverified,
+                          write_program=not args.no_program)
     if args.json:
         sys.stdout.write(run_.plan.to_json())
         return 0
