@@ -284,6 +284,7 @@ def _convert(
     sym_nodes: dict[str, sympy.Expr] = {}
     tuple_outputs: dict[str, list[str]] = {}
     outputs: list[str] = []
+    output_leaves: list[str | None] = []  # per leaf of forward's return: graph value or None
 
     for node in ep.graph.nodes:
         val = node.meta.get("val")
@@ -308,6 +309,9 @@ def _convert(
             for a in flat:
                 if isinstance(a, torch.fx.Node):
                     outputs.append(rename.get(a.name, a.name))
+                    output_leaves.append(outputs[-1])
+                else:
+                    output_leaves.append(None)
             continue
         if node.op == "get_attr":
             raise CaptureError(
@@ -373,8 +377,17 @@ def _convert(
         inputs=input_names,
         outputs=outputs,
         params=params,
-        meta={},
+        meta={"output_tree": _output_tree(ep), "output_leaves": output_leaves},
     )
+
+
+def _output_tree(ep: torch.export.ExportedProgram) -> str:
+    """forward's return structure (a serialized pytree spec) so that a runtime can hand back
+    the same structure; "" when torch cannot serialize it (a custom output class)."""
+    try:
+        return pytree.treespec_dumps(ep.call_spec.out_spec)
+    except (NotImplementedError, TypeError, ValueError):  # a custom output class
+        return ""
 
 
 def _is_noop_to(node: torch.fx.Node) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 from ir.plan import Plan
 from ir.workload import Workload
 
-__all__ = ["Plan", "Workload", "explain", "plan"]
+__all__ = ["Plan", "Workload", "backend", "explain", "parallelize", "plan"]
 
 
 def plan(
@@ -57,7 +57,26 @@ def plan(
     loaded = load_module_graph(module, example_inputs)
     run = make_plan(loaded, hardware=hardware, gpus=gpus, workload=workload, force=force,
                     strategies=strategies, per_layer=per_layer)
+    from planner.parallel import remember_graph
+
+    remember_graph(run.plan, loaded.graph)
     return run.plan
+
+
+def parallelize(module: Any, plan: Plan, example_inputs: dict[str, Any] | None = None) -> Any:
+    """`module` sharded by `plan`, running in the current process group (see
+    `planner.parallel`)."""
+    from planner.parallel import parallelize as _parallelize
+
+    return _parallelize(module, plan, example_inputs)
+
+
+def backend(**options: Any) -> Any:
+    """A `torch.compile` backend that plans each captured graph and runs it sharded on the
+    current process group (see `planner.compile_backend`)."""
+    from planner.compile_backend import PlannerBackend
+
+    return PlannerBackend(**options)
 
 
 def explain(p: Plan) -> str:
