@@ -40,9 +40,11 @@ def write_run_plan(graph: Graph, plan: Plan, out_dir: str | Path) -> Path:
 
 
 def program_args(
-    *, workload: str, batch: int, seq: int, context: int, steps: int, backend: str = "gloo"
+    *, workload: str, batch: int, seq: int, context: int, steps: int, backend: str = "gloo",
+    checkpoint: str | None = None,
 ) -> list[str]:
-    return [
+    extra = ["--checkpoint", str(checkpoint)] if checkpoint else []
+    return [*extra,
         "--verify",
         "--backend", backend,
         "--workload", workload,
@@ -241,12 +243,18 @@ def verify_program(
     steps: int,
     threaded: bool = False,
     timeout_s: float = 600,
+    checkpoint: str | None = None,
 ) -> VerifyReport:
     if nproc != plan.world_size:
         raise VerifyError(
             f"the plan runs on {plan.world_size} ranks (mesh {plan.mesh}); --nproc is {nproc}. "
             f"Pass --nproc {plan.world_size} or re-plan for {nproc} GPUs"
         )
-    argv = program_args(workload=workload, batch=batch, seq=seq, context=context, steps=steps)
+    if checkpoint:
+        from planner.checkpoint import check_checkpoint, program_weights
+
+        check_checkpoint(checkpoint, program_weights(program))
+    argv = program_args(workload=workload, batch=batch, seq=seq, context=context, steps=steps,
+                        checkpoint=checkpoint)
     results = run_threaded(program, nproc, argv) if threaded else run_torchrun(program, nproc, argv, timeout_s=timeout_s)
     return judge(plan, results, nproc)

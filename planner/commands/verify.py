@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="directory for plan.json and run_plan.py")
     p.add_argument("--in-process", action="store_true",
                    help="run ranks as threads of this process (threaded process group) instead of torchrun")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="read the weights from DIR/*.safetensors (each rank only its slices); "
+                        "shapes are checked against the model before launching")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before torchrun is stopped")
 
 
@@ -121,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         threaded=args.in_process,
         timeout_s=args.timeout,
+        checkpoint=args.checkpoint,
     )
     print(json.dumps(report.summary()))
     for problem in report.problems:
