@@ -281,6 +281,7 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
             "shape": list(w.shape),
             "shards": _shards(program, w.layout),
             "local_shape": list(w.local_shape),
+            "persistent": w.persistent,
         }
         for w in program.weights
     ]
@@ -304,12 +305,6 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
         for c in program.caches
     ]
     source = dict(program.meta.get("source") or {})
-    if source.get("kind") == "hf":
-        raise InputError(
-            f"cannot generate a program for hf:{source.get('path')}: the program builds its "
-            "reference and weights with a model file's build_model()/example_inputs(). Wrap "
-            "the Hugging Face model in a model file (see README, 'Model input')"
-        )
     model_args = dict(source.get("model_args") or {})
     workload = dict(plan.workload)
     mesh = {k: int(v) for k, v in plan.mesh.items()}

@@ -272,6 +272,7 @@ def _convert(
     param_of = dict(sig.inputs_to_parameters)
     buffer_of = dict(sig.inputs_to_buffers)
     const_of = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
+    non_persistent = set(getattr(sig, "non_persistent_buffers", ()) or ())
 
     def clean(fqn: str) -> str:
         if strip_prefix and fqn.startswith(strip_prefix + "."):
@@ -302,6 +303,7 @@ def _convert(
                     shape=shape,
                     dtype=str((t if t is not None else val).dtype).removeprefix("torch."),
                     is_buffer=node.name not in param_of,
+                    persistent=fqn not in non_persistent,
                 )
             continue
         if node.op == "output":

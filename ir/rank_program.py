@@ -164,6 +164,7 @@ class WeightShard:
     dtype: str
     layout: Layout
     local_shape: tuple[int, ...]
+    persistent: bool = True  # False: not in the state dict or a checkpoint
 
 
 @dataclass(frozen=True)

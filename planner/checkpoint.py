@@ -52,6 +52,8 @@ def check_checkpoint(directory: str | Path, weights: list[dict[str, Any]]) -> No
     run_plan.py: fqn, aliases, global shape) is in the checkpoint with its shape."""
     shapes = checkpoint_shapes(directory)
     for spec in weights:
+        if not spec.get("persistent", True):
+            continue  # a buffer the model computes, never saved
         names = (spec["fqn"], *spec.get("aliases", ()))
         name = next((n for n in names if n in shapes), None)
         want = tuple(int(d) for d in spec["shape"])

@@ -162,7 +162,8 @@ def parallelize(module: torch.nn.Module, plan: Plan,
 
         graph = load_module_graph(module, example_inputs).graph
     program = program_module(graph, plan)
-    state = dict(module.state_dict(keep_vars=False))
+    state = dict(module.named_buffers())
+    state.update(module.state_dict())
     first = next(iter(state.values()), None)
     device = first.device if first is not None else torch.device("cpu")
     if device.type == "meta":

@@ -36,7 +36,26 @@ def write_run_plan(graph: Graph, plan: Plan, out_dir: str | Path) -> Path:
     from codegen import generate
     from passes.lower import lower
 
-    return generate(lower(graph, plan), plan, out_dir)
+    program = lower(graph, plan)
+    source = graph.meta.get("source") or {}
+    model_file = None
+    if source.get("kind") == "hf":
+        model_file = str(copy_hf_model_file(source["path"], out_dir))
+    return generate(program, plan, out_dir, model_file=model_file)
+
+
+def copy_hf_model_file(config: str | Path, out_dir: str | Path) -> Path:
+    """An hf: model's model file for the program: planner/hf_model.py as `hf_model.py`
+    with the config beside it as `config.json`."""
+    import shutil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if Path(config).resolve() != (out / "config.json").resolve():
+        shutil.copyfile(config, out / "config.json")
+    target = out / "hf_model.py"
+    shutil.copyfile(Path(__file__).with_name("hf_model.py"), target)
+    return target
 
 
 def program_args(

@@ -244,6 +244,7 @@ class Builder:
                 dtype=spec.dtype,
                 layout=layout,
                 local_shape=tuple(int(d) for d in local),
+                persistent=spec.persistent,
             )
             self.weights[key] = ws
         return ws
