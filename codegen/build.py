@@ -18,7 +18,6 @@ import sympy
 
 from codegen.context import FunctionContext, Line, PlanRow, ProgramContext
 from codegen.emit import Namer, Renderer, RenderState, count_readers, identifier, py_expr
-from ir.errors import InputError
 from ir.plan import Plan
 from ir.rank_program import BlockProgram, Compute, EdgeProgram, RankProgram
 from ir.tensor import B, T
