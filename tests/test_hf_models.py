@@ -100,3 +100,24 @@ def test_unrecognized_block_is_planned_replicated_with_a_warning(load):
         log.removeHandler(records)
     assert any("'rotary_emb'" in m and "replicated" in m for m in records.messages)
     assert run.plan.block("rotary_emb").strategy == "replicate"
+
+
+@pytest.mark.slow
+def test_hf_plan_under_torchrun_reads_a_transformers_named_checkpoint(tmp_path, capsys):
+    """The plan directory runs standalone under torchrun (hf_model.py + config.json beside
+    run_plan.py) and reads each rank's slices of a checkpoint saved with transformers'
+    parameter names."""
+    from safetensors.torch import save_file
+
+    config = load_config(HF_CONFIGS / "llama_tiny.json")
+    torch.manual_seed(7)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    (tmp_path / "ckpt").mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "ckpt" / "model.safetensors"))
+    code = main(["verify", f"hf:{HF_CONFIGS / 'llama_tiny.json'}", "--nproc", "2", "--workload",
+                 "prefill", "--batch", "2", "--seq", "8", "--out", str(tmp_path / "plan"),
+                 "--checkpoint", str(tmp_path / "ckpt"), *FORCE])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    assert json.loads(out.out.strip().splitlines()[-1])["ok"]
