@@ -36,8 +36,9 @@ def placeholder_target(name: str) -> tuple[str, str]:
     if body.startswith("self_"):
         for kind in _PARAM_KINDS:
             if kind in body:
-                modules, attr = body.removeprefix("self_").rsplit(kind, 1)
-                path = modules.removeprefix("modules_").split("_modules_") if modules else []
+                modules, attr = body.rsplit(kind, 1)
+                modules = modules.removeprefix("self")
+                path = modules.removeprefix("_modules_").split("_modules_") if modules else []
                 return ("param" if kind == "_parameters_" else "buffer"), ".".join([*path, attr])
     return "input", body
 

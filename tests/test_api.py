@@ -30,3 +30,30 @@ def test_plan_in_memory_module_matches_the_cli_pipeline(load, tmp_path):
     path = p.save(tmp_path / "plan.json")
     assert from_file.load(path).to_json() == p.to_json()  # round trip (floats at 12 digits)
     assert "Runner-ups" in planner.explain(p)
+
+
+def test_dynamo_placeholders_name_parameters_and_inputs():
+    from planner.compile_backend import placeholder_target
+
+    assert placeholder_target(
+        "l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_q_proj_parameters_weight_"
+    ) == ("param", "model.layers.0.self_attn.q_proj.weight")
+    assert placeholder_target("l_self_modules_rotary_emb_buffers_inv_freq_") == ("buffer", "rotary_emb.inv_freq")
+    assert placeholder_target("l_self_parameters_scale_") == ("param", "scale")
+    assert placeholder_target("l_input_ids_") == ("input", "input_ids")
+
+
+def test_parallelize_and_backend_need_a_process_group(load):
+    import pytest
+
+    from ir.errors import InputError
+    from ir.workload import Workload
+    from planner.api import make_plan
+
+    run = make_plan(load(str(EXAMPLES / "llama.py")), hardware="h100-sxm", gpus=2,
+                    workload=Workload(kind="prefill", batch=2, seq=8, context=0))
+    model = load_module_file(str(EXAMPLES / "llama.py")).build_model()
+    with pytest.raises(InputError, match="init_process_group"):
+        planner.parallelize(model, run.plan)
+    with pytest.raises(InputError, match="init_process_group"):
+        planner.backend()(torch.fx.symbolic_trace(torch.nn.Linear(2, 2)), [torch.zeros(1, 2)])
