@@ -70,8 +70,14 @@ def _plan_model(args: argparse.Namespace, out: Path) -> tuple[Plan, Path]:
     from planner.model_source import parse_model_args, resolve_source
     from planner.verify_runner import write_run_plan
 
-    kind = args.workload or "decode"
     source = resolve_source(args.target, parse_model_args(args.model_arg))
+    # hf: models are traced as a prefill (no KV cache): verify that unless told otherwise.
+    kind = args.workload or ("prefill" if source.kind == "hf" else "decode")
+    if source.kind == "hf" and kind == "decode":
+        raise InputError(
+            f"{args.target} is traced as a prefill from position 0 with no KV cache, so its "
+            "program cannot run decode steps yet; verify it with --workload prefill"
+        )
     batch = args.batch if args.batch is not None else max(2, args.nproc)
     seq = args.seq if args.seq is not None else 1 if kind == "decode" else 8
     context = args.context if args.context is not None else (16 if kind == "decode" else 0)
