@@ -130,15 +130,21 @@ _THREADED_LOCK = threading.Lock()
 def run_threaded(program: Path, nproc: int, argv: list[str]) -> list[dict]:
     """Run every rank of `program` as a thread of this process over torch's threaded
     process group (collectives complete synchronously; numerics are the real ones)."""
-    import torch.distributed as dist
-    from torch._C._distributed_c10d import _set_thread_isolation_mode
-    from torch.testing._internal.distributed import multi_threaded_pg as mtpg
-
     spec = importlib.util.spec_from_file_location(f"helixplan_run_plan_{abs(hash(str(program)))}", program)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     args = module.parse_args(argv)
-    results: dict[int, dict] = {}
+    return run_ranks_threaded(nproc, lambda rank: module.run(args, print_result=False))
+
+
+def run_ranks_threaded(nproc: int, fn: Any) -> list[Any]:
+    """`fn(rank)` on `nproc` threads, each inside its rank of a threaded process group
+    (initialized before and destroyed after `fn`); the results in rank order."""
+    import torch.distributed as dist
+    from torch._C._distributed_c10d import _set_thread_isolation_mode
+    from torch.testing._internal.distributed import multi_threaded_pg as mtpg
+
+    results: dict[int, Any] = {}
     errors: dict[int, BaseException] = {}
     with _THREADED_LOCK:
         _set_thread_isolation_mode(True)
@@ -149,7 +155,7 @@ def run_threaded(program: Path, nproc: int, argv: list[str]) -> list[dict]:
         def worker(rank: int) -> None:
             try:
                 dist.init_process_group("threaded", rank=rank, world_size=nproc, store=store)
-                results[rank] = module.run(args, print_result=False)
+                results[rank] = fn(rank)
             except BaseException as exc:  # re-raised below, with the rank
                 errors[rank] = exc
                 mtpg.ProcessLocalGroup.exception_handle(exc)

@@ -121,3 +121,9 @@ def test_hf_plan_under_torchrun_reads_a_transformers_named_checkpoint(tmp_path, 
     out = capsys.readouterr()
     assert code == 0, out.out + out.err
     assert json.loads(out.out.strip().splitlines()[-1])["ok"]
+
+
+def test_verify_hf_decode_is_refused_clearly(capsys):
+    code = main(["verify", f"hf:{HF_CONFIGS / 'llama_tiny.json'}", "--nproc", "2", "--workload", "decode"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--workload prefill" in err and "Traceback" not in err
