@@ -403,24 +403,6 @@ def softmax(cx: BlockLowering, op: Op) -> None:
     cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(op.outputs[0], build(cx, want))])
 
 
-@rule("diff", "cumsum")
-def along_dim(cx: BlockLowering, op: Op) -> None:
-    """An op that scans one dim (`diff`, `cumsum`): a shard on another dim stays; a shard on
-    the scanned dim is gathered. `diff`'s prepend/append operands follow the input."""
-    x = arg(op, 0, "self").name
-    dim = norm_dim(arg(op, 2 if op.target == "diff" else 1, "dim", -1), cx.rank(x))
-    want = {}
-    for axis in cx.axes:
-        p = cx.on(x, axis)
-        want[axis] = p if p.is_shard and p.dim != dim else REPLICATE
-    values = operands(op, cx)
-    inputs = {v: with_axes(cx, v, want) if cx.rank(v) == cx.rank(x) else cx.layout(v) for v in values}
-    for v, layout in inputs.items():
-        if v != x and not layout.is_replicated and cx.rank(v) != cx.rank(x):
-            raise cx.fail(op, "has a split operand of another rank")
-    cx.emit_compute(op, inputs, [(op.outputs[0], build(cx, want))])
-
-
 @rule("sum.dim_IntList", "mean.dim", "amax", "amin", "var.correction", "std.correction")
 def reduction(cx: BlockLowering, op: Op) -> None:
     x = arg(op, 0, "self").name
