@@ -33,7 +33,7 @@ def test_plan_in_memory_module_matches_the_cli_pipeline(load, tmp_path):
 
 
 def test_dynamo_placeholders_name_parameters_and_inputs():
-    from planner.compile_backend import placeholder_target
+    from ir.capture import placeholder_target
 
     assert placeholder_target(
         "l_self_modules_model_modules_layers_modules_0_modules_self_attn_modules_q_proj_parameters_weight_"
