@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import sys
 import tempfile
+import threading
 import weakref
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +36,7 @@ from ir.plan import Plan
 # Plans made by `planner.plan` in this process, with the graph they were planned from (so
 # `parallelize(module, plan)` needs no second trace). Keyed by id, checked by a weak ref.
 _PLANNED: dict[int, tuple[weakref.ref, Graph]] = {}
+_IMPORT_LOCK = threading.Lock()
 
 
 def remember_graph(plan: Plan, graph: Graph) -> None:
@@ -58,16 +60,18 @@ def program_module(graph: Graph, plan: Plan) -> ModuleType:
     context = build_context(lower(graph, plan), plan, model_file=str(source.get("path", "model.py")))
     text = render_program(context)
     name = "helixplan_program_" + hashlib.sha256(text.encode()).hexdigest()[:16]
-    if name in sys.modules:
-        return sys.modules[name]
-    directory = Path(tempfile.mkdtemp(prefix="helixplan-program-"))
-    path = directory / "run_plan.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    # Ranks may be threads of one process (tests): one imports, the others wait for it.
+    with _IMPORT_LOCK:
+        if name in sys.modules:
+            return sys.modules[name]
+        directory = Path(tempfile.mkdtemp(prefix="helixplan-program-"))
+        path = directory / "run_plan.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module  # only once fully imported
+        return module
 
 
 def _require_group(plan: Plan) -> tuple[int, int]:
