@@ -20,10 +20,11 @@ from ir.plan import Plan
 from ir.rank_program import RankProgram
 
 
-def generate(program: RankProgram, plan: Plan, out_dir: str | Path) -> Path:
-    """Write `out_dir/run_plan.py` for a lowered, scheduled `program`; returns its path."""
+def generate(program: RankProgram, plan: Plan, out_dir: str | Path, *, model_file: str | None = None) -> Path:
+    """Write `out_dir/run_plan.py` for a lowered, scheduled `program`; returns its path.
+    `model_file` is the file the program builds the model with (default: the traced one)."""
     source = program.meta.get("source") or {}
-    context = build_context(program, plan, model_file=str(source.get("path", "model.py")))
+    context = build_context(program, plan, model_file=model_file or str(source.get("path", "model.py")))
     return write_program(context, out_dir)
 
 

@@ -18,7 +18,6 @@ import sympy
 
 from codegen.context import FunctionContext, Line, PlanRow, ProgramContext
 from codegen.emit import Namer, Renderer, RenderState, count_readers, identifier, py_expr
-from ir.errors import InputError
 from ir.plan import Plan
 from ir.rank_program import BlockProgram, Compute, EdgeProgram, RankProgram
 from ir.tensor import B, T
@@ -302,6 +301,7 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
             "shards": _shards(program, w.layout),
             "local_shape": list(w.local_shape),
             "view": list(w.view),
+            "persistent": w.persistent,
         }
         for w in program.weights
     ]
@@ -327,12 +327,6 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
         for c in program.caches
     ]
     source = dict(program.meta.get("source") or {})
-    if source.get("kind") == "hf":
-        raise InputError(
-            f"cannot generate a program for hf:{source.get('path')}: the program builds its "
-            "reference and weights with a model file's build_model()/example_inputs(). Wrap "
-            "the Hugging Face model in a model file (see README, 'Model input')"
-        )
     model_args = dict(source.get("model_args") or {})
     workload = dict(plan.workload)
     mesh = {k: int(v) for k, v in plan.mesh.items()}

@@ -22,6 +22,7 @@ from typing import Any
 
 import sympy
 import torch
+import torch.fx
 import torch.utils._pytree as pytree
 from torch.export import Dim
 
@@ -273,6 +274,7 @@ def _convert(
     param_of = dict(sig.inputs_to_parameters)
     buffer_of = dict(sig.inputs_to_buffers)
     const_of = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
+    non_persistent = set(getattr(sig, "non_persistent_buffers", ()) or ())
 
     def clean(fqn: str) -> str:
         if strip_prefix and fqn.startswith(strip_prefix + "."):
@@ -285,6 +287,7 @@ def _convert(
     sym_nodes: dict[str, sympy.Expr] = {}
     tuple_outputs: dict[str, list[str]] = {}
     outputs: list[str] = []
+    output_leaves: list[str | None] = []  # per leaf of forward's return: graph value or None
 
     for node in ep.graph.nodes:
         val = node.meta.get("val")
@@ -302,6 +305,7 @@ def _convert(
                     shape=shape,
                     dtype=str((t if t is not None else val).dtype).removeprefix("torch."),
                     is_buffer=node.name not in param_of,
+                    persistent=fqn not in non_persistent,
                 )
             continue
         if node.op == "output":
@@ -309,6 +313,9 @@ def _convert(
             for a in flat:
                 if isinstance(a, torch.fx.Node):
                     outputs.append(rename.get(a.name, a.name))
+                    output_leaves.append(outputs[-1])
+                else:
+                    output_leaves.append(None)
             continue
         if node.op == "get_attr":
             raise CaptureError(
@@ -374,8 +381,17 @@ def _convert(
         inputs=input_names,
         outputs=outputs,
         params=params,
-        meta={},
+        meta={"output_tree": _output_tree(ep), "output_leaves": output_leaves},
     )
+
+
+def _output_tree(ep: torch.export.ExportedProgram) -> str:
+    """forward's return structure (a serialized pytree spec) so that a runtime can hand back
+    the same structure; "" when torch cannot serialize it (a custom output class)."""
+    try:
+        return pytree.treespec_dumps(ep.call_spec.out_spec)
+    except (NotImplementedError, TypeError, ValueError):  # a custom output class
+        return ""
 
 
 def _is_noop_to(node: torch.fx.Node) -> bool:
@@ -405,3 +421,92 @@ def _tied_aliases(module: torch.nn.Module, strip_prefix: str) -> dict[str, tuple
             out[n] = tuple(x for x in names if x != n)
     return out
 
+
+# ---------------------------------------------------------------------------- torch.compile
+# Dynamo's FX graph (torch-level calls; placeholders are the model's parameters, named
+# `l_self_modules_layers_modules_0_..._parameters_weight_`, and the user's inputs,
+# `l_input_ids_`) as a module that `capture` can export: parameters registered under their
+# original names, forward replaying the graph through an `fx.Interpreter` with node
+# metadata preserved, so every op keeps the `nn_module_stack` Dynamo recorded.
+
+_PARAM_KINDS = ("_parameters_", "_buffers_")
+
+
+def placeholder_target(name: str) -> tuple[str, str]:
+    """("param" | "buffer", fqn) for a Dynamo parameter placeholder, else ("input", name):
+    `l_self_modules_mlp_modules_up_proj_parameters_weight_` -> ("param", "mlp.up_proj.weight"),
+    `l_input_ids_` -> ("input", "input_ids")."""
+    body = name.removeprefix("l_").removesuffix("_")
+    if body.startswith("self_"):
+        for kind in _PARAM_KINDS:
+            if kind in body:
+                modules, attr = body.rsplit(kind, 1)
+                modules = modules.removeprefix("self")
+                path = modules.removeprefix("_modules_").split("_modules_") if modules else []
+                return ("param" if kind == "_parameters_" else "buffer"), ".".join([*path, attr])
+    return "input", body
+
+
+class _Replay(torch.nn.Module):
+    """The captured FX graph as a module with the model's parameter names."""
+
+    def __init__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]):
+        super().__init__()
+        self._gm = [gm]  # a list: not a submodule, so its (empty) state stays out of ours
+        self.slots: list[tuple[str, str]] = []
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        for node, value in zip(placeholders, example_inputs, strict=True):
+            kind, target = placeholder_target(node.name)
+            if not isinstance(value, torch.Tensor):
+                raise CaptureError(
+                    f"the captured graph takes a non-tensor input {node.name!r} ({value!r}): "
+                    "Dynamo made a shape dynamic. Compile with torch.compile(..., dynamic=False) "
+                    "so that each input shape is planned as its own graph"
+                )
+            if kind != "input":
+                *path, attr = target.split(".")
+                owner: torch.nn.Module = self
+                for part in path:
+                    if not hasattr(owner, part):
+                        owner.add_module(part, torch.nn.Module())
+                    owner = getattr(owner, part)
+                if kind == "param":
+                    param = value if isinstance(value, torch.nn.Parameter) else torch.nn.Parameter(value)
+                    owner.register_parameter(attr, param)
+                else:
+                    owner.register_buffer(attr, value)
+            self.slots.append((kind, target))
+        for node in gm.graph.nodes:  # module paths as in the model, not Dynamo's L['self']...
+            stack = node.meta.get("nn_module_stack")
+            if stack:
+                node.meta["nn_module_stack"] = {
+                    key: (path.removeprefix("L['self']").removeprefix("."), cls)
+                    for key, (path, cls) in stack.items()
+                }
+
+    @property
+    def input_names(self) -> list[str]:
+        return [target for kind, target in self.slots if kind == "input"]
+
+    def replay(self, **inputs: torch.Tensor) -> Any:
+        state = dict(self.named_parameters(remove_duplicate=False))
+        state.update(self.named_buffers(remove_duplicate=False))
+        args = [inputs[t] if kind == "input" else state[t] for kind, t in self.slots]
+        with torch.fx.traceback.preserve_node_meta():
+            return torch.fx.Interpreter(self._gm[0]).run(*args)
+
+
+def replay_module(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> _Replay:
+    """A module whose `forward(**inputs)` has the captured graph's input names as keyword
+    arguments (torch.export reads forward's signature)."""
+    probe = _Replay(gm, example_inputs)
+
+    def forward(self: _Replay, **inputs: torch.Tensor) -> Any:
+        return self.replay(**inputs)
+
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    forward.__signature__ = inspect.Signature(
+        [self_param] + [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in probe.input_names]
+    )
+    cls = type("CapturedGraph", (_Replay,), {"forward": forward})
+    return cls(gm, example_inputs)

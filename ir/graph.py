@@ -59,6 +59,7 @@ class ParamSpec:
     is_buffer: bool = False
     aliases: tuple[str, ...] = ()
     tied_to: str = ""
+    persistent: bool = True  # False: a buffer outside the state dict (rotary inv_freq)
 
     @property
     def counts(self) -> bool:

@@ -92,6 +92,10 @@ class Plan:
         return Plan(blocks=blocks, **rest)
 
     @staticmethod
+    def from_json(text: str) -> Plan:
+        return Plan.from_dict(json.loads(text))
+
+    @staticmethod
     def load(path: str | Path) -> Plan:
         p = Path(path)
         if p.is_dir():

@@ -176,6 +176,7 @@ class WeightShard:
     layout: Layout
     local_shape: tuple[int, ...]
     view: tuple[int, ...] = ()
+    persistent: bool = True  # False: not in the state dict or a checkpoint
 
 
 @dataclass(frozen=True)

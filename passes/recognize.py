@@ -110,14 +110,18 @@ def _regions(ops: list[Op], container: str) -> list[_Region]:
 def _merge_interleaved(regions: list[_Region]) -> list[_Region]:
     """A child module whose ops are interrupted by glue (e.g. rotary tables computed inside
     attention) appears as several regions; merge every region of one (layer, child) into its
-    first appearance, keeping program order within the merged region."""
-    merged: OrderedDict[tuple[int | None, str], _Region] = OrderedDict()
+    first appearance, keeping program order within the merged region. A top-level module's
+    ops before the layers and after them stay apart (GPT-2's `transformer` flattens the
+    input ids first and reshapes the final norm's output last)."""
+    merged: OrderedDict[tuple[int | None, str, bool], _Region] = OrderedDict()
+    seen_layer = False
     for r in regions:
-        key = (r.layer, r.child)
+        seen_layer = seen_layer or r.layer is not None
+        key = (r.layer, r.child, seen_layer and r.layer is None)
         if key in merged and r.child != "":
             merged[key].ops.extend(r.ops)
         elif key in merged:
-            merged[(r.layer, f"{r.child}#{len(merged)}")] = r
+            merged[(r.layer, f"{r.child}#{len(merged)}", key[2])] = r
         else:
             merged[key] = r
     return list(merged.values())

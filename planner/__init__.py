@@ -17,7 +17,7 @@ from typing import Any
 from ir.plan import Plan
 from ir.workload import Workload
 
-__all__ = ["Plan", "Workload", "explain", "plan"]
+__all__ = ["Plan", "Workload", "backend", "explain", "parallelize", "plan"]
 
 
 def plan(
@@ -54,10 +54,56 @@ def plan(
             seq=seq if seq is not None else d["seq"],
             context=context if context is not None else d["context"],
         )
+    module, example_inputs = _as_planner_module(module, example_inputs)
     loaded = load_module_graph(module, example_inputs)
     run = make_plan(loaded, hardware=hardware, gpus=gpus, workload=workload, force=force,
                     strategies=strategies, per_layer=per_layer)
+    from planner.parallel import remember_graph
+
+    remember_graph(run.plan, loaded.graph)
     return run.plan
+
+
+def parallelize(module: Any, plan: Plan, example_inputs: dict[str, Any] | None = None) -> Any:
+    """`module` sharded by `plan`, running in the current process group (see
+    `planner.parallel`)."""
+    from planner.parallel import parallelize as _parallelize
+
+    if example_inputs is not None:
+        module, example_inputs = _as_planner_module(module, example_inputs)
+    else:
+        module, _ = _as_planner_module(module, {})
+    return _parallelize(module, plan, example_inputs)
+
+
+def _as_planner_module(module: Any, example_inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A transformers causal LM is planned through `planner.hf_model.HFCausalLM` (the
+    generated program's model too): a prefill from position 0 over `input_ids`, parameter
+    names unchanged, returning `(logits, ())`."""
+    import sys
+
+    transformers = sys.modules.get("transformers")
+    if transformers is None or not isinstance(module, transformers.PreTrainedModel):
+        return module, example_inputs
+    from planner.hf_model import HFCausalLM
+
+    extra = sorted(set(example_inputs) - {"input_ids"})
+    if extra:
+        from ir.errors import InputError
+
+        raise InputError(
+            f"a transformers model is planned as a prefill from position 0 over input_ids "
+            f"only; example_inputs also has {extra}. Pass {{'input_ids': ids}}"
+        )
+    return HFCausalLM(module), example_inputs
+
+
+def backend(**options: Any) -> Any:
+    """A `torch.compile` backend that plans each captured graph and runs it sharded on the
+    current process group (see `planner.compile_backend`)."""
+    from planner.compile_backend import PlannerBackend
+
+    return PlannerBackend(**options)
 
 
 def explain(p: Plan) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from passes.parallelize.search import MeshOutcome, SearchResult, search
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
 from planner.frontend import LoadedModel, load_graph
 from planner.model_source import ModelSource
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +54,7 @@ def make_plan(
         raise InputError(f"--gpus must be a positive integer, got {gpus!r}")
     t0 = time.perf_counter()
     loaded = source if isinstance(source, LoadedModel) else load_graph(source)
+    warn_unrecognized(loaded.graph)
     t1 = time.perf_counter()
     hw = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
     rules = [ForceRule.parse(f) for f in force or []]
@@ -66,6 +70,22 @@ def make_plan(
     seconds = dict(loaded.seconds)
     seconds.update({"load": t1 - t0, "search": t2 - t1, "assemble": time.perf_counter() - t2})
     return PlanRun(plan=plan, graph=loaded.graph, result=result, seconds=seconds)
+
+
+def warn_unrecognized(graph: Graph) -> None:
+    """A block the recognizer could not classify (kind "other") is planned replicated — only
+    `replicate` applies to it — and says so, by name."""
+    by_name = {op.name: op for op in graph.ops}
+    for block in graph.blocks:
+        if block.kind != "other":
+            continue
+        paths = sorted({by_name[n].module_path for n in block.ops if n in by_name} - {""})
+        log.warning(
+            "helixplan: block %r (module %s, %d ops) is not a kind helixplan recognizes "
+            "(embedding, attention, mlp, moe, norm, lm_head); it is planned replicated, run "
+            "whole on every rank",
+            block.name, ", ".join(paths[:3]) or "-", len(block.ops),
+        )
 
 
 def make_plan_max_batch(

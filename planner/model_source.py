@@ -249,8 +249,7 @@ def example_kwargs(
     if source.kind == "hf":
         vocab = int(model.config.vocab_size)
         ids = torch.randint(0, vocab, (batch, seq), device="cpu").to(device)
-        pos = torch.arange(seq).expand(batch, seq).contiguous().to(device)
-        return {"input_ids": ids, "position_ids": pos}
+        return {"input_ids": ids}
     mod = load_module_file(source.path)
     fn = mod.example_inputs
     params = inspect.signature(fn).parameters

@@ -36,13 +36,34 @@ def write_run_plan(graph: Graph, plan: Plan, out_dir: str | Path) -> Path:
     from codegen import generate
     from passes.lower import lower
 
-    return generate(lower(graph, plan), plan, out_dir)
+    program = lower(graph, plan)
+    source = graph.meta.get("source") or {}
+    model_file = None
+    if source.get("kind") == "hf":
+        model_file = str(copy_hf_model_file(source["path"], out_dir))
+    return generate(program, plan, out_dir, model_file=model_file)
+
+
+def copy_hf_model_file(config: str | Path, out_dir: str | Path) -> Path:
+    """An hf: model's model file for the program: planner/hf_model.py as `hf_model.py`
+    with the config beside it as `config.json`."""
+    import shutil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if Path(config).resolve() != (out / "config.json").resolve():
+        shutil.copyfile(config, out / "config.json")
+    target = out / "hf_model.py"
+    shutil.copyfile(Path(__file__).with_name("hf_model.py"), target)
+    return target
 
 
 def program_args(
-    *, workload: str, batch: int, seq: int, context: int, steps: int, backend: str = "gloo"
+    *, workload: str, batch: int, seq: int, context: int, steps: int, backend: str = "gloo",
+    checkpoint: str | None = None,
 ) -> list[str]:
-    argv = [
+    argv = ["--checkpoint", str(checkpoint)] if checkpoint else []
+    argv += [
         "--verify",
         "--backend", backend,
         "--workload", workload,
@@ -113,15 +134,21 @@ _THREADED_LOCK = threading.Lock()
 def run_threaded(program: Path, nproc: int, argv: list[str]) -> list[dict]:
     """Run every rank of `program` as a thread of this process over torch's threaded
     process group (collectives complete synchronously; numerics are the real ones)."""
-    import torch.distributed as dist
-    from torch._C._distributed_c10d import _set_thread_isolation_mode
-    from torch.testing._internal.distributed import multi_threaded_pg as mtpg
-
     spec = importlib.util.spec_from_file_location(f"helixplan_run_plan_{abs(hash(str(program)))}", program)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     args = module.parse_args(argv)
-    results: dict[int, dict] = {}
+    return run_ranks_threaded(nproc, lambda rank: module.run(args, print_result=False))
+
+
+def run_ranks_threaded(nproc: int, fn: Any) -> list[Any]:
+    """`fn(rank)` on `nproc` threads, each inside its rank of a threaded process group
+    (initialized before and destroyed after `fn`); the results in rank order."""
+    import torch.distributed as dist
+    from torch._C._distributed_c10d import _set_thread_isolation_mode
+    from torch.testing._internal.distributed import multi_threaded_pg as mtpg
+
+    results: dict[int, Any] = {}
     errors: dict[int, BaseException] = {}
     with _THREADED_LOCK:
         _set_thread_isolation_mode(True)
@@ -132,7 +159,7 @@ def run_threaded(program: Path, nproc: int, argv: list[str]) -> list[dict]:
         def worker(rank: int) -> None:
             try:
                 dist.init_process_group("threaded", rank=rank, world_size=nproc, store=store)
-                results[rank] = module.run(args, print_result=False)
+                results[rank] = fn(rank)
             except BaseException as exc:  # re-raised below, with the rank
                 errors[rank] = exc
                 mtpg.ProcessLocalGroup.exception_handle(exc)
@@ -249,12 +276,18 @@ def verify_program(
     steps: int,
     threaded: bool = False,
     timeout_s: float = 600,
+    checkpoint: str | None = None,
 ) -> VerifyReport:
     if nproc != plan.world_size:
         raise VerifyError(
             f"the plan runs on {plan.world_size} ranks (mesh {plan.mesh}); --nproc is {nproc}. "
             f"Pass --nproc {plan.world_size} or re-plan for {nproc} GPUs"
         )
-    argv = program_args(workload=workload, batch=batch, seq=seq, context=context, steps=steps)
+    if checkpoint:
+        from planner.checkpoint import check_checkpoint, program_weights
+
+        check_checkpoint(checkpoint, program_weights(program))
+    argv = program_args(workload=workload, batch=batch, seq=seq, context=context, steps=steps,
+                        checkpoint=checkpoint)
     results = run_threaded(program, nproc, argv) if threaded else run_torchrun(program, nproc, argv, timeout_s=timeout_s)
     return judge(plan, results, nproc)

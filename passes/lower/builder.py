@@ -250,6 +250,7 @@ class Builder:
                 layout=layout,
                 local_shape=tuple(int(d) for d in local),
                 view=tuple(view),
+                persistent=spec.persistent,
             )
             self.weights[key] = ws
         return ws

@@ -275,6 +275,61 @@ def linear(cx: BlockLowering, op: Op) -> None:
     )
 
 
+@rule("addmm")
+def addmm(cx: BlockLowering, op: Op) -> None:
+    """`bias + x @ w` with w [in, out] (GPT-2's Conv1D): column-parallel when w's columns
+    are split (bias split alike, output split along its last dim), row-parallel when x
+    arrives split along its last dim (w's rows split, output Partial, the bias added once
+    after the reduction). x [rows, in] may stay split along its rows."""
+    b, x, w = arg(op, 0, "self").name, arg(op, 1, "mat1").name, arg(op, 2, "mat2").name
+    if not cx.is_param(w) or not cx.is_param(b) or op.attrs.get("kwargs") or len(op.attrs.get("args", ())) != 3:
+        unknown_op(cx, op)
+        return
+    out = op.outputs[0]
+    want_x, want_w, want_b, out_pl, row_axes = {}, {}, {}, {}, []
+    for axis in cx.axes:
+        px = cx.on(x, axis)
+        pw = REPLICATE
+        if axis in cx.split_axes:
+            pw = cx.strategy.weight_placement(
+                cx.graph, cx.block, op, w, input_split_last=px.is_shard and px.dim == 1,
+                axis_size=cx.sizes[axis], axis=axis,
+            )
+        want_w[axis] = pw
+        if pw.is_shard and pw.dim == 1:  # column parallel
+            want_x[axis], want_b[axis], out_pl[axis] = REPLICATE, shard(0), shard(1)
+        elif pw.is_shard and pw.dim == 0:  # row parallel
+            want_x[axis], want_b[axis], out_pl[axis] = shard(1), REPLICATE, PARTIAL
+            row_axes.append(axis)
+        else:
+            keep = px.is_shard and px.dim == 0
+            want_x[axis] = px if keep else REPLICATE
+            want_b[axis], out_pl[axis] = REPLICATE, (px if keep else REPLICATE)
+    cx.param(w, build(cx, want_w))
+    cx.param(b, build(cx, want_b))
+    inputs = {x: with_axes(cx, x, want_x), w: build(cx, want_w)}
+    if not row_axes:
+        inputs[b] = build(cx, want_b)
+        cx.emit_compute(op, inputs, [(out, build(cx, out_pl))])
+        return
+    partial = f"{out}.nobias"
+    cx.extra_specs[partial] = cx.spec(out)
+    cx.emit_compute(op, inputs, [(partial, build(cx, out_pl))], target="mm",
+                    args=[ValueRef(x), ValueRef(w)], kwargs={})
+    reduced = dict(out_pl)
+    for axis in row_axes:
+        reduced[axis] = reduce_target(cx, out, axis)
+    cx.emit_compute(
+        op,
+        {partial: build(cx, reduced), b: build(cx, want_b)},
+        [(out, build(cx, reduced))],
+        target="add.Tensor",
+        args=[ValueRef(partial), ValueRef(b)],
+        kwargs={},
+        hint=None,
+    )
+
+
 @rule("embedding")
 def embedding(cx: BlockLowering, op: Op) -> None:
     w, ids = arg(op, 0, "weight").name, arg(op, 1, "indices").name

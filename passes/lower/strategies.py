@@ -75,17 +75,19 @@ class StrategyLowering:
                 return shard(0) if shape[0] % axis_size == 0 else REPLICATE
             vocab = block.dims.get("vocab")
             return shard(0) if vocab and shape[0] == vocab else REPLICATE
-        if op.target != "linear":
+        if op.target not in ("linear", "addmm"):
             return REPLICATE
         if self.weights in ("experts", "experts_tp") and shape[0] == block.dims.get("experts"):
             return REPLICATE
+        # linear's weight is [out, in]; addmm's (GPT-2's Conv1D) is [in, out].
+        rows, cols = (shard(0), shard(1)) if op.target == "linear" else (shard(1), shard(0))
         if input_split_last:
-            return shard(1)
+            return cols
         if "kv_lora_rank" in block.dims and shape[0] not in latent_head_rows(block):
             return REPLICATE
         if self.weights == "helix" and axis != "tp":
             return REPLICATE
-        return shard(0)
+        return rows
 
     def split_axes(self, axes: tuple[str, ...]) -> tuple[str, ...]:
         """The active mesh axes this strategy splits weights over, outer first."""

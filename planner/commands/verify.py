@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="directory for plan.json and run_plan.py")
     p.add_argument("--in-process", action="store_true",
                    help="run ranks as threads of this process (threaded process group) instead of torchrun")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="read the weights from DIR/*.safetensors (each rank only its slices); "
+                        "shapes are checked against the model before launching")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before torchrun is stopped")
 
 
@@ -71,8 +74,14 @@ def _plan_model(args: argparse.Namespace, out: Path) -> tuple[Plan, Path]:
     from planner.model_source import parse_model_args, resolve_source
     from planner.verify_runner import write_run_plan
 
-    kind = args.workload or "decode"
     source = resolve_source(args.target, parse_model_args(args.model_arg))
+    # hf: models are traced as a prefill (no KV cache): verify that unless told otherwise.
+    kind = args.workload or ("prefill" if source.kind == "hf" else "decode")
+    if source.kind == "hf" and kind == "decode":
+        raise InputError(
+            f"{args.target} is traced as a prefill from position 0 with no KV cache, so its "
+            "program cannot run decode steps yet; verify it with --workload prefill"
+        )
     batch = args.batch if args.batch is not None else max(2, args.nproc)
     seq = args.seq if args.seq is not None else 1 if kind == "decode" else 8
     context = args.context if args.context is not None else (16 if kind == "decode" else 0)
@@ -125,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         threaded=args.in_process,
         timeout_s=args.timeout,
+        checkpoint=args.checkpoint,
     )
     print(json.dumps(report.summary()))
     for problem in report.problems:

@@ -1,0 +1,129 @@
+"""Hugging Face causal LMs as first-class inputs (`hf:config.json`).
+
+The generated program's model file for an hf: model (planner/hf_model.py) must give the
+transformers model's own logits; `verify` must match it on 2 and 4 ranks with the
+attention and MLP split (tp) and the head split by vocabulary; a block the recognizer does
+not know is planned replicated with a warning naming it."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from planner.cli import main  # noqa: E402
+from planner.hf_model import HFCausalLM, load_config  # noqa: E402
+from tests.conftest import HF_CONFIGS  # noqa: E402
+
+FORCE = ["--force", "layers.*.attention=tp(tp=2)", "--force", "layers.*.mlp=tp(tp=2)",
+         "--force", "lm_head=vocab(tp=2)"]
+
+
+def _config_file(tmp_path, name: str, **changes) -> str:
+    raw = json.loads((HF_CONFIGS / f"{name}.json").read_text())
+    raw.update(changes)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, changes",
+    [("llama_tiny", {}), ("mistral_tiny", {"sliding_window": 3}), ("gpt2_tiny", {})],
+    ids=["llama", "mistral-window3", "gpt2"],
+)
+def test_model_file_gives_the_transformers_models_own_logits(tmp_path, name, changes):
+    """The explicit causal (sliding-window) mask helixplan hands transformers changes
+    nothing: same logits as the model computing its own mask. The window of 3 is shorter
+    than the 8 tokens, so a mask without it would differ."""
+    config = load_config(_config_file(tmp_path, name, **changes))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        got, _ = HFCausalLM(model)(ids)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    if changes:
+        config_full = load_config(_config_file(tmp_path, name))
+        full = transformers.AutoModelForCausalLM.from_config(config_full).eval()
+        full.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert (full(input_ids=ids).logits - want).abs().max() > 1e-3
+    # Parameter names are transformers' own, so its checkpoints load as they are.
+    assert set(HFCausalLM(model).state_dict()) == set(model.state_dict())
+
+
+@pytest.mark.parametrize(
+    "name, nproc",
+    [("llama_tiny", 2), ("mistral_tiny", 2), ("gpt2_tiny", 2), ("llama_tiny", 4), ("gpt2_tiny", 4)],
+)
+def test_verify_hf_model_sharded_matches_the_model(tmp_path, capsys, name, nproc):
+    spec = f"hf:{_config_file(tmp_path, name, sliding_window=5) if name == 'mistral_tiny' else HF_CONFIGS / (name + '.json')}"
+    code = main(["verify", spec, "--nproc", str(nproc), "--workload", "prefill", "--batch", str(nproc),
+                 "--seq", "8", "--in-process", "--out", str(tmp_path / "plan"), *FORCE])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    assert summary["ok"] and summary["nproc"] == nproc
+    program = (tmp_path / "plan" / "run_plan.py").read_text()
+    assert "attention_0_tp" in program and "lm_head_0_vocab" in program
+    assert (tmp_path / "plan" / "hf_model.py").is_file() and (tmp_path / "plan" / "config.json").is_file()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_unrecognized_block_is_planned_replicated_with_a_warning(load):
+    from ir.workload import Workload
+    from planner.api import log, make_plan
+
+    loaded = load(f"hf:{HF_CONFIGS / 'llama_tiny.json'}")
+    others = [b.name for b in loaded.graph.blocks if b.kind == "other"]
+    assert others == ["rotary_emb"]
+    records = _Records()
+    log.addHandler(records)
+    try:
+        run = make_plan(loaded, hardware="h100-sxm", gpus=2,
+                        workload=Workload(kind="prefill", batch=2, seq=8, context=0))
+    finally:
+        log.removeHandler(records)
+    assert any("'rotary_emb'" in m and "replicated" in m for m in records.messages)
+    assert run.plan.block("rotary_emb").strategy == "replicate"
+
+
+@pytest.mark.slow
+def test_hf_plan_under_torchrun_reads_a_transformers_named_checkpoint(tmp_path, capsys):
+    """The plan directory runs standalone under torchrun (hf_model.py + config.json beside
+    run_plan.py) and reads each rank's slices of a checkpoint saved with transformers'
+    parameter names."""
+    from safetensors.torch import save_file
+
+    config = load_config(HF_CONFIGS / "llama_tiny.json")
+    torch.manual_seed(7)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    (tmp_path / "ckpt").mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "ckpt" / "model.safetensors"))
+    code = main(["verify", f"hf:{HF_CONFIGS / 'llama_tiny.json'}", "--nproc", "2", "--workload",
+                 "prefill", "--batch", "2", "--seq", "8", "--out", str(tmp_path / "plan"),
+                 "--checkpoint", str(tmp_path / "ckpt"), *FORCE])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    assert json.loads(out.out.strip().splitlines()[-1])["ok"]
+
+
+def test_verify_hf_decode_is_refused_clearly(capsys):
+    code = main(["verify", f"hf:{HF_CONFIGS / 'llama_tiny.json'}", "--nproc", "2", "--workload", "decode"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--workload prefill" in err and "Traceback" not in err
