@@ -157,7 +157,8 @@ def search(
     edges = facts.edges
     slo = workload.ttl_slo_s if workload.kind == "decode" else workload.ttft_slo_s
     outcomes: list[MeshOutcome] = []
-    helix = "helix" in allowed and workload.kind == "decode"
+    # kvp meshes: Helix, or the baseline whose FFN stays on the attention's tp group
+    helix = bool({"helix", "tp_attn_group"} & allowed) and workload.kind == "decode"
     ring = bool({"cp_pass_kv", "cp_pass_q"} & allowed) and workload.kind == "prefill"
     split_reason = batch_split_reason(graph.blocks) if verified_only else None
     token_reason = token_split_reason(graph.blocks) if verified_only else None
