@@ -17,6 +17,10 @@ from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
 from planner.frontend import LoadedModel, load_graph
 from planner.model_source import ModelSource
 
+# Mesh search enumerates the divisors of the GPU count; beyond a few hundred thousand GPUs
+# no single model replica is planned (and a typo of 10**20 would never finish).
+MAX_GPUS = 2**18
+
 
 @dataclass
 class PlanRun:
@@ -49,6 +53,13 @@ def make_plan(
     verified are offered (`verified_only=False` plans with every applicable strategy)."""
     if not isinstance(gpus, int) or gpus < 1:
         raise InputError(f"--gpus must be a positive integer, got {gpus!r}")
+    if gpus > MAX_GPUS:
+        raise InputError(
+            f"--gpus {gpus} is beyond what helixplan plans for (at most {MAX_GPUS}); give the "
+            "GPU count of one model replica's cluster"
+        )
+    if not time_limit_s > 0:
+        raise InputError(f"--time-limit must be a positive number of seconds, got {time_limit_s}")
     t0 = time.perf_counter()
     loaded = source if isinstance(source, LoadedModel) else load_graph(source)
     t1 = time.perf_counter()
