@@ -194,7 +194,7 @@ def expected_memory(plan: Plan, result: dict) -> dict[str, float]:
             # Helix splits the cache along the sequence over kvp ranks and the plan counts
             # ceil(tokens / kvp) per rank; scaling per rank (not per token) keeps that
             # rounding out of the comparison when tokens do not divide by kvp.
-            kvp = _sequence_split(plan)
+            kvp = sequence_split(plan)
             plan_rank_tokens = -(-tokens // kvp)
             run_rank_tokens = -(-int(result.get("kv_tokens", 0)) // kvp)
             per_token = breakdown["kv_cache"] / plan_elem / (plan_rank_tokens * plan_batch)
@@ -206,7 +206,7 @@ def expected_memory(plan: Plan, result: dict) -> dict[str, float]:
     return out
 
 
-def _sequence_split(plan: Plan) -> int:
+def sequence_split(plan: Plan) -> int:
     """kvp when every attention block keeps its cache split along the sequence (Helix), else
     1 (a mix of split and unsplit caches is scaled per token, as before)."""
     attention = [b for b in plan.blocks if b.kind == "attention"]
