@@ -79,11 +79,14 @@ class Case:
             "none": {},
             "attention_tp": {"q_heads": self.heads, "kv_heads": self.kv_heads},
             "mlp_tp": {"ffn": self.ffn},
-            # Helix and dp split over the model group: on one GPU there is none to split over.
-            "helix": {"model group > 1 (world)": w if w > 1 else 0},
+            # Helix's output projection splits the query heads over all kvp × tpa GPUs.
+            "helix": {"q_heads": self.heads},
             "vocab": {"vocab": self.vocab},
-            "attention_dp": {"batch": self.batch, "model group > 1 (world)": w if w > 1 else 0},
+            "attention_dp": {"batch": self.batch},
         }[self.force]
+        if self.force != "none":
+            # A forced model-parallel strategy on one GPU has no model group to split over.
+            need["model group > 1 (world)"] = w if w > 1 else 0
         return [f"{k}={v}" for k, v in need.items() if v == 0 or v % w]
 
 
