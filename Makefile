@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.helixplan-installed
 
-.PHONY: demo test lint venv clean bench
+.PHONY: demo test lint venv clean bench fuzz
 
 venv: $(VENV_STAMP)
 
@@ -27,6 +27,11 @@ demo: venv
 test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 -q tests
+
+# The property-based planner fuzz with its long profile (hundreds of drawn models; CI runs
+# the bounded `ci` profile as part of `make test`).
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:logging tests/test_fuzz_plans.py
 
 lint: venv
 	$(PY) -m ruff check .

@@ -13,7 +13,10 @@ latent tensor [B, L, D]. `dim_roles_for` says which dim of each input is B, T or
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -157,20 +160,66 @@ def export_module(
     """torch.export (non-strict, no_grad) with the convention's dims dynamic."""
     kwargs = _ordered_kwargs(module, kwargs)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_torch_logs():
             return torch.export.export(
                 module, (), dict(kwargs), strict=False, dynamic_shapes=_dynamic_shapes(kwargs)
             )
     except Exception as exc:  # torch raises many types; each becomes one diagnostic
-        raise CaptureError(_explain_export_failure(exc, what)) from exc
+        raise CaptureError(_explain_export_failure(exc, what, _failing_module(exc, module))) from exc
 
 
-def _explain_export_failure(exc: Exception, what: str) -> str:
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """On a failed trace torch logs warnings and graph dumps to stderr ahead of its exception;
+    the CaptureError says what matters in one paragraph, so those logs are held back."""
+    loggers = [logging.getLogger(n) for n in _NOISY_TORCH_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # torch prints a partial graph there
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+_NOISY_TORCH_LOGGERS = (
+    "torch.fx.experimental.symbolic_shapes",
+    "torch._export",
+    "torch.export",
+    "torch._dynamo",
+    "torch._subclasses",
+)
+
+
+def _failing_module(exc: BaseException, root: torch.nn.Module) -> str:
+    """Where the user's code stopped the trace: the innermost `forward` frame of a submodule
+    of `root` (non-strict export runs the model's Python as is, so its frames are in the
+    traceback), as `module path (Class) at file:line`; empty when none is found."""
+    names = {id(m): name for name, m in root.named_modules()}
+    found = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and id(owner) in names:
+            name = repr(names[id(owner)]) if names[id(owner)] else "the top"
+            found = (
+                f"module {name} ({type(owner).__name__}.{frame.f_code.co_name} at "
+                f"{frame.f_code.co_filename}:{tb.tb_lineno})"
+            )
+        tb = tb.tb_next
+    return found
+
+
+def _explain_export_failure(exc: Exception, what: str, where: str = "") -> str:
     text = " ".join(str(exc).split())
-    module_hint = ""
-    m = re.search(r"File \"([^\"]+)\", line (\d+)", str(exc))
-    if m:
-        module_hint = f" (at {m.group(1)}:{m.group(2)})"
+    module_hint = f" in {where}" if where else ""
+    if not where:
+        m = re.search(r"File \"([^\"]+)\", line (\d+)", str(exc))
+        if m:
+            module_hint = f" (at {m.group(1)}:{m.group(2)})"
     kind = type(exc).__name__
     if "data-dependent" in text or "GuardOnDataDependentSymNode" in kind or "Could not guard" in text:
         reason = "data-dependent control flow: Python branches on a tensor value"
@@ -192,8 +241,15 @@ def _explain_export_failure(exc: Exception, what: str) -> str:
         )
     return (
         f"torch.export could not trace {what}{module_hint}: {reason}. "
-        f"torch said: {text[:600]}. What to do: {advice}."
+        f"torch said: {_first_sentence(text)}. What to do: {advice}."
     )
+
+
+def _first_sentence(text: str, limit: int = 300) -> str:
+    """torch's messages run on into graph dumps and links; the head says what went wrong."""
+    head = re.split(r"(?<=\.)\s+(?=[A-Z])|\s+\((?=unhinted|size-like)", text, maxsplit=1)[0]
+    head = head.rstrip(" .:")
+    return head if len(head) <= limit else head[: limit - 3] + "..."
 
 
 def capture(

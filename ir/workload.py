@@ -37,12 +37,21 @@ def parse_tokens(text: str | int) -> int:
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", str(text))
+    if not m and re.fullmatch(r"\s*-\s*\d+\s*[kKmMgG]?\s*", str(text)):
+        raise InputError(f"token count {text!r} is negative; give 0 or more tokens (e.g. 4096, 128k)")
     if not m:
         raise InputError(
             f"token count {text!r} is not a number; expected an integer with an optional "
             "binary suffix k, M or G (e.g. 4096, 128k, 1M)"
         )
     return int(m.group(1)) * _SUFFIX[m.group(2).lower()]
+
+
+# Sanity bounds, far above real deployments (1M-token contexts, thousands of sequences),
+# that stop a typo such as an extra zero run from reaching the cost model as a plan for
+# 10**30 sequences.
+MAX_BATCH = 2**24
+MAX_TOKENS = 2**32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +87,14 @@ class Workload:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
         if not isinstance(self.context, int) or self.context < 0:
             raise InputError(f"context must be a non-negative integer, got {self.context!r}")
+        for name, limit in (("batch", MAX_BATCH), ("seq", MAX_TOKENS), ("context", MAX_TOKENS)):
+            v = getattr(self, name)
+            if v > limit:
+                raise InputError(
+                    f"--{name} {v} is beyond any deployment helixplan plans for (at most "
+                    f"{limit} = 2**{limit.bit_length() - 1}); check the value (token counts "
+                    "take suffixes: 128k, 1M)"
+                )
         for name in ("weight_dtype", "kv_dtype", "act_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise InputError(

@@ -19,6 +19,9 @@ from planner.frontend import LoadedModel, load_graph
 from planner.model_source import ModelSource
 
 log = logging.getLogger(__name__)
+# Mesh search enumerates the divisors of the GPU count; beyond a few hundred thousand GPUs
+# no single model replica is planned (and a typo of 10**20 would never finish).
+MAX_GPUS = 2**18
 
 
 @dataclass
@@ -52,6 +55,13 @@ def make_plan(
     verified are offered (`verified_only=False` plans with every applicable strategy)."""
     if not isinstance(gpus, int) or gpus < 1:
         raise InputError(f"--gpus must be a positive integer, got {gpus!r}")
+    if gpus > MAX_GPUS:
+        raise InputError(
+            f"--gpus {gpus} is beyond what helixplan plans for (at most {MAX_GPUS}); give the "
+            "GPU count of one model replica's cluster"
+        )
+    if not time_limit_s > 0:
+        raise InputError(f"--time-limit must be a positive number of seconds, got {time_limit_s}")
     t0 = time.perf_counter()
     loaded = source if isinstance(source, LoadedModel) else load_graph(source)
     warn_unrecognized(loaded.graph)
@@ -66,7 +76,7 @@ def make_plan(
         verified_only=verified_only,
     )
     t2 = time.perf_counter()
-    plan = assemble_plan(loaded, hw, workload, result, rules)
+    plan = assemble_plan(loaded, hw, workload, result, rules, time_limit_s=time_limit_s)
     seconds = dict(loaded.seconds)
     seconds.update({"load": t1 - t0, "search": t2 - t1, "assemble": time.perf_counter() - t2})
     return PlanRun(plan=plan, graph=loaded.graph, result=result, seconds=seconds)
@@ -157,6 +167,8 @@ def _rank_map(outcome: MeshOutcome, hw: HardwareSpec) -> list[dict]:
 def assemble_plan(
     loaded: LoadedModel, hw: HardwareSpec, workload: Workload, result: SearchResult,
     rules: list[ForceRule],
+    *,
+    time_limit_s: float | None = None,
 ) -> Plan:
     best = result.best
     built, sol = best.built, best.solution
@@ -244,18 +256,39 @@ def assemble_plan(
             "breakdown": dict(sorted(memory.items())),
         },
         solver={
-            "status": sol.status,
+            **search_optimality(result),
             "objective_s": sol.objective_s,
-            "gap": sol.gap,
             "backend": sol.backend,
             "num_variables": sol.num_variables,
             "num_constraints": sol.num_constraints,
             "meshes_tried": len(result.outcomes),
             "forced": [r.text for r in rules],
+            "time_limit_s": time_limit_s,
         },
         alternatives=alternatives[:8],
         excluded=excluded,
     )
+
+
+def search_optimality(result: SearchResult) -> dict[str, object]:
+    """Status, gap and proven lower bound of the plan over the whole mesh search.
+
+    The plan is OPTIMAL only when every mesh's solve was proven (its optimum, or that it has
+    no plan); a mesh cut short by the time limit contributes the lower bound its solver
+    proved (objective × (1 − gap)), and one that found no plan in time contributes nothing
+    proven (bound 0). gap = (objective − bound) / objective over the search."""
+    best_s = result.best.solution.objective_s
+    bounds = []
+    for o in result.outcomes:
+        if o.solution is not None:
+            bounds.append(o.solution.objective_s * (1.0 - o.solution.gap))
+        elif "infeasibility was not proven" in o.reason:
+            bounds.append(0.0)
+    bound_s = min([best_s, *bounds])
+    gap = max(0.0, (best_s - bound_s) / best_s) if best_s > 0 else 0.0
+    if gap <= 1e-9:
+        gap, bound_s = 0.0, best_s
+    return {"status": "OPTIMAL" if gap == 0.0 else "FEASIBLE", "gap": gap, "bound_s": bound_s}
 
 
 def _strategy_summary(o: MeshOutcome) -> list[dict]:

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_error(err: PlannerError) -> str:
     text = " ".join(str(err).split())
-    return "\n".join(textwrap.wrap(f"error: {text}", width=100))
+    return "\n".join(textwrap.wrap(f"error: {text}", width=100, break_on_hyphens=False, break_long_words=False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,11 @@ def resolve_source(spec: str, model_args: dict[str, str] | None = None) -> Model
             )
         return ModelSource("hf", str(path), {}, _sha256(path))
     path = Path(spec)
+    if path.is_dir():
+        raise ModelLoadError(
+            f"model file {spec!r} is a directory; give a Python file defining build_model() "
+            "and example_inputs(), or hf:DIR for a Hugging Face config directory"
+        )
     if not path.is_file():
         raise ModelLoadError(
             f"model file {spec!r} does not exist; give a Python file defining build_model() "
@@ -88,7 +93,17 @@ def resolve_source(spec: str, model_args: dict[str, str] | None = None) -> Model
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_read_bytes(path)).hexdigest()
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(
+            f"model file {str(path)!r} cannot be read ({exc.strerror or exc}); check its "
+            "permissions (`ls -l`) or copy it somewhere readable"
+        ) from None
 
 
 def _file_hash(path: Path) -> str:
@@ -141,7 +156,7 @@ def local_imports(path: Path) -> list[Path]:
 
 def load_module_file(path: str) -> ModuleType:
     # Keyed by path and content: an edited file is imported afresh, never served stale.
-    key = str(Path(path).resolve()).encode() + Path(path).read_bytes()
+    key = str(Path(path).resolve()).encode() + _read_bytes(Path(path))
     name = "helixplan_user_model_" + hashlib.sha1(key).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
@@ -156,7 +171,7 @@ def load_module_file(path: str) -> ModuleType:
         del sys.modules[name]
         raise ModelLoadError(
             f"importing model file {path!r} failed with {type(exc).__name__}: {exc}. Fix the "
-            "file so that `python {path}` imports cleanly"
+            f"file so that `python {path}` imports cleanly"
         ) from exc
     for fn in ("build_model", "example_inputs"):
         if not callable(getattr(mod, fn, None)):

@@ -69,7 +69,7 @@ def plan_table(plan: Plan) -> Table:
             f"{plan.world_size}× {plan.hardware['name']}, mesh {_mesh_text(plan.mesh)}: "
             f"{plan.predicted['objective']} {fmt_s(plan.predicted['seconds'])}, "
             f"{fmt_bytes(plan.memory['per_gpu_bytes'])}/GPU "
-            f"[{plan.solver['status']}]"
+            f"[{solver_status_text(plan.solver)}]"
         )
     )
     for col in ("group", "kind", "blocks", "strategy", "degrees", "time (all blocks)", "memory/GPU"):
@@ -82,6 +82,13 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
+def solver_status_text(solver: dict) -> str:
+    """`OPTIMAL`, or `FEASIBLE, gap 3.1%` when the time limit stopped a solve before its proof."""
+    if solver["status"] == "OPTIMAL":
+        return "OPTIMAL"
+    return f"{solver['status']}, gap {solver['gap']:.1%}"
+
+
 def explain_text(plan: Plan) -> str:
     p, m, s = plan.predicted, plan.memory, plan.solver
     lines = [
@@ -90,7 +97,8 @@ def explain_text(plan: Plan) -> str:
         f"Objective ({p['objective']}): **{fmt_s(p['seconds'])}** — compute "
         f"{fmt_s(p['compute_s'])}, exposed communication {fmt_s(p['exposed_comm_s'])}; "
         f"{p['tokens_per_s_per_gpu']:.1f} tokens/s per GPU.",
-        f"Solver: {s['status']} (gap {s['gap']:.2g}, {s['backend']}, "
+        f"Solver: {solver_status_text(s)} (proven lower bound {fmt_s(s.get('bound_s', p['seconds']))}, "
+        f"time limit {s.get('time_limit_s')} s per mesh, {s['backend']}, "
         f"{s['num_variables']} variables, {s['num_constraints']} constraints, "
         f"{s['meshes_tried']} meshes tried).",
         "",

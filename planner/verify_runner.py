@@ -226,13 +226,28 @@ def expected_memory(plan: Plan, result: dict) -> dict[str, float]:
             tokens = 0
         plan_batch = int(workload.get("batch", 1))
         if tokens > 0 and plan_batch > 0:
-            per_token = breakdown["kv_cache"] / plan_elem / (tokens * plan_batch)
+            # Helix splits the cache along the sequence over kvp ranks and the plan counts
+            # ceil(tokens / kvp) per rank; scaling per rank (not per token) keeps that
+            # rounding out of the comparison when tokens do not divide by kvp.
+            kvp = sequence_split(plan)
+            plan_rank_tokens = -(-tokens // kvp)
+            run_rank_tokens = -(-int(result.get("kv_tokens", 0)) // kvp)
+            per_token = breakdown["kv_cache"] / plan_elem / (plan_rank_tokens * plan_batch)
             out["kv_bytes"] = (
-                per_token * result.get("kv_tokens", 0) * result.get("batch", 0) * result.get("kv_dtype_bytes", 4)
+                per_token * run_rank_tokens * result.get("batch", 0) * result.get("kv_dtype_bytes", 4)
             )
         elif breakdown["kv_cache"] == 0:
             out["kv_bytes"] = 0.0
     return out
+
+
+def sequence_split(plan: Plan) -> int:
+    """kvp when every attention block keeps its cache split along the sequence (Helix), else
+    1 (a mix of split and unsplit caches is scaled per token, as before)."""
+    attention = [b for b in plan.blocks if b.kind == "attention"]
+    if attention and all(b.strategy == "helix" for b in attention):
+        return int(plan.mesh.get("kvp", 1))
+    return 1
 
 
 def judge(plan: Plan, results: list[dict], nproc: int) -> VerifyReport:

@@ -51,6 +51,7 @@ from planner.verify_runner import (
     parse_results,
     program_args,
     run_threaded,
+    sequence_split,
     write_run_plan,
 )
 from tests.conftest import ROOT
@@ -112,6 +113,10 @@ def with_program_memory(graph: Graph, plan: Plan) -> Plan:
     program = lower(graph, plan)
     weights = sum(2 * _prod(w.local_shape) for w in program.weights)
     tokens = workload["context"] + workload["seq"]
+    # A cache split along the sequence (Helix) holds ceil(tokens / kvp) per rank, as the
+    # planner's memory model counts it.
+    kvp = sequence_split(plan)
+    tokens = -(-tokens // kvp) * kvp
     kv = 0
     for cache in program.caches:
         local = next(p.local for p in program.inputs if p.name == cache.input)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import subprocess
 import sys
 
@@ -141,9 +142,10 @@ def test_gqa_heads_limit_tp(load):
     assert any("kv_heads=2 is not divisible by tp=4" in e for e in excluded)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, hash_seed: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONHASHSEED=hash_seed) if hash_seed is not None else None
     return subprocess.run(
-        [sys.executable, "-m", "planner", *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "planner", *args], capture_output=True, text=True, cwd=ROOT, env=env
     )
 
 
@@ -152,8 +154,9 @@ def test_plan_cli_is_deterministic_and_explains(tmp_path):
         "plan", str(EXAMPLES / "mixtral.py"), "--gpus", "4", "--workload", "decode",
         "--batch", "8", "--context", "2k",
     ]
-    a = _cli(*args, "--out", str(tmp_path / "a"))
-    b = _cli(*args, "--out", str(tmp_path / "b"))
+    # Two processes with different string-hash seeds: set/dict order must not leak into output.
+    a = _cli(*args, "--out", str(tmp_path / "a"), hash_seed="1")
+    b = _cli(*args, "--out", str(tmp_path / "b"), hash_seed="2")
     assert b.returncode == 0, b.stderr
     assert a.returncode == 0, a.stderr
     for name in ("plan.json", "run_plan.py"):

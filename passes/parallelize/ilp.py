@@ -71,6 +71,11 @@ divided by M - F, with feasibility tolerances of 1e-9 (capacity honoured within
 1e-9 * (M - F) bytes). The objective and memory reported are recomputed in float from the
 chosen options; OPTIMAL means proven optimal for the model above.
 
+Time limit: a run cut short returns the best feasible plan it holds (status FEASIBLE) with
+gap = (objective - bound) / objective, the bound being the best lower bound the solver
+proved (0 when it proved none); when the solver held no plan yet, the greedy warm start is
+returned if it fits. OPTIMAL always carries gap 0.
+
 Backends and determinism
 ------------------------
 "cpsat" (one worker, fixed seed, linearization_level 2), "scip" and "highs" (through
@@ -312,6 +317,14 @@ def plan_memory_bytes(problem: Problem, assignment: Mapping[str, str]) -> float:
     return problem.fixed_memory_bytes + sum(option.memory_bytes for option in chosen)
 
 
+def _fits(problem: Problem, assignment: Mapping[str, str]) -> bool:
+    """The assignment honours the memory capacity and, when set, the time budget."""
+    if plan_memory_bytes(problem, assignment) > problem.memory_capacity_bytes * (1 + 1e-9):
+        return False
+    budget = problem.time_budget_s
+    return budget is None or plan_time_s(problem, assignment) <= budget * (1 + 1e-9)
+
+
 def _options_by_block(problem: Problem) -> dict[str, dict[str, Option]]:
     return {b.name: {o.name: o for o in b.options} for b in problem.blocks}
 
@@ -435,6 +448,12 @@ def solve(
         choice, objective_s = _choice_from_hint(reduced, shared.assignment), shared.objective_s
         if status != "OPTIMAL":
             label += " (kept the shared plan: the per-block search did not beat it in time)"
+    if choice is None and _fits(problem, reduced.assignment(hint_choice)):
+        # The limit ran out before the solver held any plan of its own: the warm start fits,
+        # so it is the best feasible plan known, with whatever bound the solver proved.
+        choice = hint_choice
+        objective_s = plan_time_s(problem, reduced.assignment(choice))
+        label += " (time limit hit before the solver found a plan: the warm start is returned)"
     if choice is None:
         raise InfeasiblePlanError(
             f"The {backend_name} solver found no plan within time_limit_s={time_limit_s:g} s "
@@ -442,6 +461,8 @@ def solve(
         )
     assignment = reduced.assignment(choice)
     bound_s = outcome.bound * formulation.scale.time_step_s
+    if not math.isfinite(bound_s):
+        bound_s = 0.0  # nothing proven: every plan time is >= 0
     gap = (
         0.0 if status == "OPTIMAL" else max(0.0, (objective_s - bound_s) / max(objective_s, 1e-300))
     )

@@ -130,7 +130,7 @@ def strategies_from_args(text: str | None) -> frozenset[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from planner.api import make_plan, make_plan_max_batch, write_outputs
-    from planner.report import plan_table
+    from planner.report import fmt_s, plan_table
 
     workload = workload_from_args(args)
     source = resolve_source(args.model, parse_model_args(args.model_arg))
@@ -152,5 +152,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console = Console(width=max(Console().width, 140))
     console.print(plan_table(run_.plan))
+    solver = run_.plan.solver
+    if solver["status"] != "OPTIMAL":
+        console.print(
+            f"solver: the time limit ({args.time_limit:g} s per mesh) stopped the search before "
+            f"it proved optimality; this plan is within {solver['gap']:.1%} of the best possible "
+            f"(proven lower bound {fmt_s(solver['bound_s'])}). Raise --time-limit for a proof."
+        )
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
