@@ -226,11 +226,11 @@ def expected_memory(plan: Plan, result: dict) -> dict[str, float]:
             tokens = 0
         plan_batch = int(workload.get("batch", 1))
         if tokens > 0 and plan_batch > 0:
-            # Helix splits the cache along the sequence over kvp ranks and the plan counts
-            # ceil(tokens / kvp) per rank; scaling per rank (not per token) keeps that
-            # rounding out of the comparison when tokens do not divide by kvp.
+            # Helix splits the cache along the sequence over kvp ranks and the plan counts the
+            # fullest rank's tokens (round-robin blocks); scaling per rank (not per token)
+            # keeps that rounding out of the comparison when tokens do not divide by kvp.
             kvp = sequence_split(plan)
-            plan_rank_tokens = -(-tokens // kvp)
+            plan_rank_tokens = planned_rank_tokens(plan, tokens)
             run_rank_tokens = -(-int(result.get("kv_tokens", 0)) // kvp)
             per_token = breakdown["kv_cache"] / plan_elem / (plan_rank_tokens * plan_batch)
             out["kv_bytes"] = (
@@ -239,6 +239,18 @@ def expected_memory(plan: Plan, result: dict) -> dict[str, float]:
         elif breakdown["kv_cache"] == 0:
             out["kv_bytes"] = 0.0
     return out
+
+
+def planned_rank_tokens(plan: Plan, tokens: int) -> int:
+    """KV tokens per rank the planner priced for a sequence of `tokens`: all of them, or under
+    Helix the fullest kvp rank's share of round-robin blocks of `append_block` tokens."""
+    kvp = sequence_split(plan)
+    if kvp == 1:
+        return tokens
+    from passes.parallelize.strategies.helix import DEFAULT_APPEND_BLOCK, kv_tokens_per_rank
+
+    block = next(b for b in plan.blocks if b.kind == "attention")
+    return kv_tokens_per_rank(tokens, kvp, int(block.extras.get("append_block", DEFAULT_APPEND_BLOCK)))
 
 
 def sequence_split(plan: Plan) -> int:

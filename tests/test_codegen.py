@@ -49,6 +49,7 @@ from passes.lower.views import dim_groups
 from planner.verify_runner import (
     judge,
     parse_results,
+    planned_rank_tokens,
     program_args,
     run_threaded,
     sequence_split,
@@ -113,10 +114,9 @@ def with_program_memory(graph: Graph, plan: Plan) -> Plan:
     program = lower(graph, plan)
     weights = sum(2 * _prod(w.local_shape) for w in program.weights)
     tokens = workload["context"] + workload["seq"]
-    # A cache split along the sequence (Helix) holds ceil(tokens / kvp) per rank, as the
-    # planner's memory model counts it.
-    kvp = sequence_split(plan)
-    tokens = -(-tokens // kvp) * kvp
+    # A cache split along the sequence (Helix): the planner's memory model counts the fullest
+    # kvp rank's tokens; the layout's local length is L / kvp.
+    tokens = planned_rank_tokens(plan, tokens) * sequence_split(plan)
     kv = 0
     for cache in program.caches:
         local = next(p.local for p in program.inputs if p.name == cache.input)
