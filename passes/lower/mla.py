@@ -104,10 +104,9 @@ def lower_latent_attention(cx) -> None:
     try:
         pattern = match_mla(cx)
     except LoweringError:
-        if cx.strategy.weights != "replicate":
-            raise
-        # a replicated latent attention of another form (transformers' DeepSeek-V3: the
-        # normed latent and the roped key part apart) runs the model's own ops
+        # latent attention of another form (transformers' DeepSeek-V3: the normed latent and
+        # the roped key part apart, no cache) runs the model's own ops under the ordinary
+        # layout rules, which refuse what they cannot split exactly
         for op in cx.ops:
             rule_for(op)(cx, op)
         return
