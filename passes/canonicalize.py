@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+import sympy
+
 from ir.graph import Graph, Op, ValueRef
 
 IDENTITY_TARGETS = frozenset({"alias", "detach", "lift_fresh_copy", "dropout", "clone"})
@@ -97,7 +99,7 @@ def _fills_as_cat(graph: Graph) -> list[Op]:
 def _slice_fill(graph: Graph, fresh: str, consumers: dict[str, list[Op]]):
     """(dim, [(slice op, copy op)] in order) when `fresh` is written only by `copy_` into
     slices along one dim that tile it exactly, before any other op reads it; else None."""
-    shape = graph.values[fresh].shape
+    shape = tuple(sympy.sympify(d) for d in graph.values[fresh].shape)
     pieces = []
     readers = []
     for use in consumers.get(fresh, []):
@@ -114,7 +116,9 @@ def _slice_fill(graph: Graph, fresh: str, consumers: dict[str, list[Op]]):
             return None
         if graph.values[copies[0].inputs[1]].shape != graph.values[use.outputs[0]].shape:
             return None
-        pieces.append((args[1] % len(shape), args[2], min(args[3], int(shape[args[1]])) if shape[args[1]].is_number else args[3], use, copies[0]))
+        dim = args[1] % len(shape)
+        stop = min(args[3], int(shape[dim])) if shape[dim].is_number else args[3]
+        pieces.append((dim, args[2], stop, use, copies[0]))
     if not pieces or len({p[0] for p in pieces}) != 1:
         return None
     pieces.sort(key=lambda p: p[1])
