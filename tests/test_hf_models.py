@@ -85,8 +85,11 @@ MOE_CASES = [
     ("mixtral_tiny", 4, ["layers.*.moe=tp_ep(tp=4)"], "tp_ep", "moe_experts("),
     ("deepseek_v3_tiny", 2, ["layers.*.moe=replicate", "layers.*.attention=tp(tp=2)"], "replicate", "moe_experts("),
     ("deepseek_v3_tiny", 4, ["layers.*.moe=ep(tp=4)", "layers.*.attention=tp(tp=4)"], "ep", "moe_experts("),
-    ("deepseek_v3_tiny", 2, ["layers.*.moe=ep_dispatch(tp=2)"], "ep_dispatch", "moe_dispatch("),
-    ("deepseek_v3_tiny", 2, ["layers.*.moe=tp_ep(tp=2)"], "tp_ep", "moe_experts("),
+    # attention data parallel + EP: latent attention, dense MLP and MoE router on split batches
+    ("deepseek_v3_tiny", 2, ["layers.*.moe=ep_dispatch(tp=2)", "layers.*.attention=dp(tp=2)",
+                             "layers.*.mlp=dp(tp=2)"], "ep_dispatch", "moe_dispatch("),
+    ("deepseek_v3_tiny", 2, ["layers.*.moe=tp_ep(tp=2)", "layers.*.attention=tp(tp=2)",
+                             "layers.*.mlp=tp(tp=2)", "lm_head=vocab(tp=2)"], "tp_ep", "moe_experts("),
 ]
 
 
@@ -111,8 +114,9 @@ def test_verify_hf_moe_model_sharded_matches_the_model(tmp_path, capsys, name, n
     program = (tmp_path / "plan" / "run_plan.py").read_text()
     body = program.split("def moe_0_", 1)[1]
     assert kernel in body and "grouped_mm" not in program
-    if name.startswith("deepseek") and "attention=tp" in " ".join(force):
-        assert {b["strategy"] for b in plan["blocks"] if b["kind"] == "attention"} == {"tp"}
+    for f in force:
+        kind, forced = f.split("=")[0].split(".")[-1], f.split("=")[1].split("(")[0]
+        assert {b["strategy"] for b in plan["blocks"] if b["kind"] == kind} == {forced}
 
 
 @pytest.mark.slow
