@@ -83,7 +83,10 @@ COPY_TARGETS = frozenset(
         "empty_like",
     }
 )
-MATMUL_TARGETS = frozenset({"linear", "mm", "addmm", "bmm", "baddbmm", "matmul", "einsum", "_grouped_mm"})
+# transformers.grouped_mm_fallback: transformers 5's grouped expert matmul where
+# torch._grouped_mm is not available (CPU export), [R, K] rows by [E, K, N] weights
+GROUPED_MM_TARGETS = ("_grouped_mm", "transformers.grouped_mm_fallback")
+MATMUL_TARGETS = frozenset({"linear", "mm", "addmm", "bmm", "baddbmm", "matmul", "einsum", *GROUPED_MM_TARGETS})
 
 
 def _numel(graph: Graph, v: str) -> sympy.Expr:
@@ -105,7 +108,7 @@ def op_flops(graph: Graph, op: Op, *, cache_traced: bool = True) -> sympy.Expr:
     if t == "addmm":
         a = graph.values[op.inputs[1]].shape
         return 2 * _numel(graph, out) * a[-1]
-    if t in ("mm", "bmm", "matmul", "baddbmm", "_grouped_mm"):
+    if t in ("mm", "bmm", "matmul", "baddbmm", *GROUPED_MM_TARGETS):
         refs = [a.name for a in op.attrs.get("args", ()) if isinstance(a, ValueRef)]
         a_name = refs[-2] if t == "baddbmm" and len(refs) >= 3 else (refs[0] if refs else op.inputs[0])
         k = graph.values[a_name].shape[-1]

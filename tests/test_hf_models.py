@@ -33,8 +33,9 @@ def _config_file(tmp_path, name: str, **changes) -> str:
 
 @pytest.mark.parametrize(
     "name, changes",
-    [("llama_tiny", {}), ("mistral_tiny", {"sliding_window": 3}), ("gpt2_tiny", {})],
-    ids=["llama", "mistral-window3", "gpt2"],
+    [("llama_tiny", {}), ("mistral_tiny", {"sliding_window": 3}), ("gpt2_tiny", {}),
+     ("mixtral_tiny", {}), ("deepseek_v3_tiny", {})],
+    ids=["llama", "mistral-window3", "gpt2", "mixtral", "deepseek-v3"],
 )
 def test_model_file_gives_the_transformers_models_own_logits(tmp_path, name, changes):
     """The explicit causal (sliding-window) mask helixplan hands transformers changes
@@ -73,6 +74,60 @@ def test_verify_hf_model_sharded_matches_the_model(tmp_path, capsys, name, nproc
     program = (tmp_path / "plan" / "run_plan.py").read_text()
     assert "attention_0_tp" in program and "lm_head_0_vocab" in program
     assert (tmp_path / "plan" / "hf_model.py").is_file() and (tmp_path / "plan" / "config.json").is_file()
+
+
+# transformers' MoE (topk -> sort -> row gathers -> grouped mm -> weighted sum) lowered to the
+# expert kernels; DeepSeek-V3 also routes group-limited (sigmoid + bias, top groups first) and
+# attends through MLA, whose keys transformers fills slice by slice (canonicalized to a cat).
+MOE_CASES = [
+    ("mixtral_tiny", 2, ["layers.*.moe=ep(tp=2)"], "ep", "moe_experts("),
+    ("mixtral_tiny", 4, ["layers.*.moe=ep_dispatch(tp=4)"], "ep_dispatch", "moe_dispatch("),
+    ("mixtral_tiny", 4, ["layers.*.moe=tp_ep(tp=4)"], "tp_ep", "moe_experts("),
+    ("deepseek_v3_tiny", 2, ["layers.*.moe=replicate", "layers.*.attention=tp(tp=2)"], "replicate", "moe_experts("),
+    ("deepseek_v3_tiny", 4, ["layers.*.moe=ep(tp=4)", "layers.*.attention=tp(tp=4)"], "ep", "moe_experts("),
+    # attention data parallel + EP: latent attention, dense MLP and MoE router on split batches
+    ("deepseek_v3_tiny", 2, ["layers.*.moe=ep_dispatch(tp=2)", "layers.*.attention=dp(tp=2)",
+                             "layers.*.mlp=dp(tp=2)"], "ep_dispatch", "moe_dispatch("),
+    ("deepseek_v3_tiny", 2, ["layers.*.moe=tp_ep(tp=2)", "layers.*.attention=tp(tp=2)",
+                             "layers.*.mlp=tp(tp=2)", "lm_head=vocab(tp=2)"], "tp_ep", "moe_experts("),
+]
+
+
+@pytest.mark.parametrize(
+    "name, nproc, force, strategy, kernel", MOE_CASES,
+    ids=[f"{n.removesuffix('_tiny')}-{s}-{p}" for n, p, _, s, _ in MOE_CASES],
+)
+def test_verify_hf_moe_model_sharded_matches_the_model(tmp_path, capsys, name, nproc, force, strategy, kernel):
+    """The MoE block runs the expert kernel (only each token's top-k experts, split over the
+    ranks as the strategy says), not transformers' grouped mm, and the program's logits match
+    the transformers model's own (threaded ranks)."""
+    forced = [a for f in force for a in ("--force", f)]
+    code = main(["verify", f"hf:{HF_CONFIGS / (name + '.json')}", "--nproc", str(nproc), "--batch",
+                 str(nproc), "--seq", "8", "--in-process", "--out", str(tmp_path / "plan"), *forced])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    assert summary["ok"] and summary["nproc"] == nproc
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    moe = [b for b in plan["blocks"] if b["kind"] == "moe"]
+    assert moe and {b["strategy"] for b in moe} == {strategy}
+    program = (tmp_path / "plan" / "run_plan.py").read_text()
+    body = program.split("def moe_0_", 1)[1]
+    assert kernel in body and "grouped_mm" not in program
+    for f in force:
+        kind, forced = f.split("=")[0].split(".")[-1], f.split("=")[1].split("(")[0]
+        assert {b["strategy"] for b in plan["blocks"] if b["kind"] == kind} == {forced}
+
+
+@pytest.mark.slow
+def test_hf_moe_plan_under_torchrun_matches_the_model(tmp_path, capsys):
+    """The planner's own choice for the tiny DeepSeek-V3 on 2 ranks, run standalone under
+    torchrun/gloo, matches the transformers model; its MoE blocks are expert parallel."""
+    code = main(["verify", f"hf:{HF_CONFIGS / 'deepseek_v3_tiny.json'}", "--nproc", "2", "--batch", "2",
+                 "--seq", "8", "--out", str(tmp_path / "plan"), "--force", "layers.*.moe=ep(tp=2)"])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    assert json.loads(out.out.strip().splitlines()[-1])["ok"]
 
 
 class _Records(logging.Handler):

@@ -101,7 +101,15 @@ def match_mla(cx) -> MlaPattern:
 def lower_latent_attention(cx) -> None:
     from passes.lower.rules import rule_for
 
-    pattern = match_mla(cx)
+    try:
+        pattern = match_mla(cx)
+    except LoweringError:
+        # latent attention of another form (transformers' DeepSeek-V3: the normed latent and
+        # the roped key part apart, no cache) runs the model's own ops under the ordinary
+        # layout rules, which refuse what they cannot split exactly
+        for op in cx.ops:
+            rule_for(op)(cx, op)
+        return
     for op in cx.ops:
         if op is pattern.sdpa:
             _emit(cx, pattern)

@@ -104,10 +104,8 @@ def match_moe(cx) -> MoePattern:
         raise LoweringError(f"block {cx.block.name!r}: down_proj {cx.graph.params[down].shape} is not [E, H, F]")
     topk = _topk(cx, experts, top_k)
     expert_ids = topk.outputs[1]
-    first = next(op for op in cx.ops if gate_up in op.inputs)
-    tokens = next((v for v in first.inputs if v != gate_up and not cx.is_param(v)), None)
-    if tokens is None:
-        raise LoweringError(f"block {cx.block.name!r}: {first.name} applies gate_up_proj to no tokens")
+    rows = cx.spec(topk.inputs[0]).shape[0]
+    tokens = _tokens(cx, gate_up, rows, d.get("hidden"))
     token_shape = cx.spec(tokens).shape
     routed = next(
         (
@@ -120,20 +118,76 @@ def match_moe(cx) -> MoePattern:
     )
     if routed is None:
         raise LoweringError(f"block {cx.block.name!r}: no [N, H] value is computed from the expert weights")
-    weights = _routing_weights(cx, expert_ids)
+    weights = _routing_weights(cx, expert_ids, down, (rows, top_k))
     absorbed = _dead_after(cx, routed, {tokens, expert_ids, weights})
     return MoePattern(tokens, expert_ids, weights, gate_up, down, routed, frozenset(absorbed))
 
 
-def _routing_weights(cx, expert_ids: str) -> str:
+def _producer_chain(cx, value: str):
+    """`value`, then the first input of its producer, and so on within the block (through
+    reshapes, unsqueezes and the row gathers of a grouped-mm MoE)."""
+    producers = {o: op for op in cx.ops for o in op.outputs}
+    seen = set()
+    while value not in seen:
+        seen.add(value)
+        yield value
+        op = producers.get(value)
+        if op is None or not op.inputs or op.target not in _ROW_PERMUTING:
+            return
+        value = op.inputs[0]
+
+
+# ops that reshape or reorder rows without mixing values: walking back through them from the
+# grouped-mm experts' operands reaches the tokens and the routing weights they were taken from
+_ROW_PERMUTING = frozenset({"index.Tensor", "view", "reshape", "unsqueeze", "_unsafe_view", "contiguous", "clone"})
+
+
+def _tokens(cx, gate_up: str, rows, hidden) -> str:
+    """The [N, H] tokens the expert weights are applied to: the other operand of the first
+    op that reads gate_up_proj (dense einsum form), or, where that op only transposes the
+    weight (transformers' grouped mm), the [N, H] value its row-gathered operand came from."""
+    readers = [gate_up]
+    for op in cx.ops:
+        if not any(v in readers for v in op.inputs):
+            continue
+        data = [v for v in op.inputs if v not in readers and not cx.is_param(v)]
+        if not data:
+            readers.extend(op.outputs)
+            continue
+        for value in _producer_chain(cx, data[0]):
+            shape = cx.spec(value).shape
+            if len(shape) == 2 and same(shape[0], rows) and (hidden is None or same(shape[1], hidden)):
+                return value
+        break
+    raise LoweringError(
+        f"block {cx.block.name!r}: gate_up_proj is applied to no [N, H] tokens "
+        f"(N = {rows} router rows) that the expert-parallel kernel could take"
+    )
+
+
+def _routing_weights(cx, expert_ids: str, down: str, shape: tuple) -> str:
     """The [N, k] weights paired with the expert indices: the src of the scatter that writes
-    them into dense [N, E] routing weights."""
+    them into dense [N, E] routing weights (dense einsum form), or the [N, k] value whose
+    flattened, sorted rows scale the down projection's output (transformers' grouped mm)."""
     for op in cx.ops:
         if op.target == "scatter.src" and len(op.inputs) == 3 and op.inputs[1] == expert_ids:
             return op.inputs[2]
+    from_experts = {o for op in _downstream(cx, {down}) for o in op.outputs} | {down}
+    for op in _downstream(cx, {down}):
+        if op.target != "mul.Tensor" or len(op.inputs) != 2:
+            continue
+        scale = [v for v in op.inputs if v not in from_experts]
+        if len(scale) != 1:
+            continue
+        for value in _producer_chain(cx, scale[0]):
+            spec = cx.spec(value)
+            if (value != expert_ids and "float" in spec.dtype and len(spec.shape) == 2
+                    and all(same(a, b) for a, b in zip(spec.shape, shape, strict=True))):
+                return value
     raise LoweringError(
-        f"block {cx.block.name!r}: the top-k indices {expert_ids!r} are not scattered into dense "
-        "routing weights (scatter(zeros, 1, indices, weights)); this MoE form is not lowered yet"
+        f"block {cx.block.name!r}: found no [N, k] routing weights for the top-k indices "
+        f"{expert_ids!r} (neither scattered into dense [N, E] weights nor scaling the expert "
+        "outputs); this MoE form is not lowered yet"
     )
 
 

@@ -161,7 +161,8 @@ POINTWISE = frozenset(
         "bitwise_or.Tensor", "bitwise_not", "logical_and", "logical_or", "logical_not",
         "maximum", "minimum", "clamp", "clamp_min", "clamp_max", "to.dtype", "_to_copy",
         "clone", "contiguous", "alias", "detach", "type_as", "lift_fresh_copy", "softplus",
-        "square", "log1p", "expm1", "floor", "ceil", "round", "sign", "mul_.Tensor",
+        "square", "log1p", "expm1", "floor", "ceil", "round", "sign", "mul_.Tensor", "div_.Tensor",
+        "add_.Tensor", "sub_.Tensor",
     }
 )
 # Sums of Partials stay Partial; everything else reduces first.
@@ -460,6 +461,8 @@ ALONG_DIM: dict[str, tuple[int, str] | None] = {
     "gather": (1, "dim"),
     "scatter.src": (1, "dim"),
     "scatter.value": (1, "dim"),
+    "scatter_.value": (1, "dim"),
+    "scatter_.src": (1, "dim"),
     "zeros_like": None,
     "ones_like": None,
     "empty_like": None,
