@@ -181,8 +181,9 @@ def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
     if past_kv and cache_lens is None:
         cache_lens = torch.full((input_ids.shape[0],), cache_len, dtype=torch.long, device=input_ids.device)
     if position_ids is None:
-        start = cache_lens[:, None] if cache_lens is not None else 0
-        position_ids = start + torch.arange(tokens, device=input_ids.device)
+        position_ids = torch.arange(tokens, device=input_ids.device).expand(input_ids.shape[0], tokens)
+        if cache_lens is not None:
+            position_ids = cache_lens[:, None] + position_ids
     cache = _passed_kv_cache(past_kv, _layer_indices(model), cache_len)
     mask = attention_masks(config, tokens, cache_len, cache_lens, input_ids.device)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
