@@ -178,9 +178,9 @@ def test_decode_over_a_passed_cache_matches_transformers_own_cache(tmp_path, nam
 
 @pytest.mark.parametrize(
     "name, nproc, extra",
-    [("llama_tiny", 2, FORCE), ("mistral_tiny", 4, FORCE), ("gpt2_tiny", 2, FORCE),
+    [("mistral_tiny", 4, FORCE), ("gpt2_tiny", 2, FORCE),
      ("llama_tiny", 4, ["--force", "layers.*.attention=helix(kvp=2,tpa=2)"])],
-    ids=["llama-tp-2", "mistral-window3-tp-4", "gpt2-tp-2", "llama-helix-4"],
+    ids=["mistral-window3-tp-4", "gpt2-tp-2", "llama-helix-4"],
 )
 def test_verify_hf_decode_sharded_matches_the_model(tmp_path, capsys, name, nproc, extra):
     """Teacher-forced decode steps of the generated program (prompt prefilled in the plan's
@@ -193,7 +193,7 @@ def test_verify_hf_decode_sharded_matches_the_model(tmp_path, capsys, name, npro
     summary = json.loads(out.out.strip().splitlines()[-1])
     assert summary["ok"] and summary["nproc"] == nproc, out.out + out.err
     program = (tmp_path / "plan" / "run_plan.py").read_text()
-    assert ("helix" in program) == ("helix" in " ".join(extra))
+    assert ("attention_0_helix" if "helix" in " ".join(extra) else "attention_0_tp") in program
     if "helix" in " ".join(extra):
         # Known and not hf-specific (examples/llama.py shows it too): the plan's KV bytes for
         # helix do not count the append-block rounding of the run's cache.
