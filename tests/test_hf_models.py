@@ -161,9 +161,9 @@ def test_decode_over_a_passed_cache_matches_transformers_own_cache(tmp_path, nam
             lens = torch.full((2,), s)
             logits, new = ours(ids[:, s : s + 1], position_ids=lens[:, None].clone(), past_kv=cache, cache_lens=lens)
             assert all(k.shape[2] == 1 and v.shape[2] == 1 for k, v in new)
-            cache = tuple((torch.cat([k, nk], 2), torch.cat([v, nv], 2)) for (k, v), (nk, nv) in zip(cache, new))
+            cache = tuple((torch.cat([k, nk], 2), torch.cat([v, nv], 2)) for (k, v), (nk, nv) in zip(cache, new, strict=True))
             got.append(logits)
-        for step, (g, w) in enumerate(zip(got, want)):
+        for step, (g, w) in enumerate(zip(got, want, strict=True)):
             torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"step {step}")
         # Uneven: sequence 1 has only 7 valid cache slots of 8; slot 7 holds garbage.
         lens = torch.tensor([8, 7])
