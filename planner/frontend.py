@@ -63,7 +63,7 @@ def _code_fingerprint() -> str:
             if "parallelize" in f.parts or "lower" in f.parts:
                 continue
             h.update(f.read_bytes())
-    for name in ("model_source.py", "hf_model.py", "truncate.py", "frontend.py"):
+    for name in ("model_source.py", "hf_model.py", "hf_adapter.py", "truncate.py", "frontend.py"):
         h.update((root / "planner" / name).read_bytes())
     return h.hexdigest()[:16]
 
