@@ -83,7 +83,9 @@ def main() -> None:
     result["hf_err"] = max_err(hf_sharded(input_ids=ids)[0], hf_want)
     result["hf_strategies"] = sorted({b.strategy for b in hf_plan.blocks})
     result["hf_ref_scale"] = max(1.0, hf_want.abs().max().item())
-    print(json.dumps(result), flush=True)
+    # One write per line: print's separate newline write let two ranks' lines interleave.
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
     dist.barrier()
     dist.destroy_process_group()
 

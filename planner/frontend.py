@@ -63,7 +63,7 @@ def _code_fingerprint() -> str:
             if "parallelize" in f.parts or "lower" in f.parts:
                 continue
             h.update(f.read_bytes())
-    for name in ("model_source.py", "hf_model.py", "truncate.py", "frontend.py"):
+    for name in ("model_source.py", "hf_model.py", "hf_adapter.py", "truncate.py", "frontend.py"):
         h.update((root / "planner" / name).read_bytes())
     return h.hexdigest()[:16]
 
@@ -130,7 +130,8 @@ def load_module_graph(module: torch.nn.Module, example_inputs: dict[str, Any]) -
 
 def trace_graph(source: ModelSource, *, dedup: bool | None = None) -> LoadedModel:
     """Trace once with symbolic B, T and L (decode-shaped inputs with a KV cache for model
-    files; prefill-shaped for hf: models, whose attention then attends over T + L).
+    files and dense hf: models; prefill-shaped for other hf: models, whose attention then
+    attends over T only).
 
     With `dedup` (the default unless `HELIXPLAN_TRACE_ALL_LAYERS` is set), runs of identical
     layers are traced through their first two layers only and the analyzed IR is unrolled to
@@ -146,7 +147,11 @@ def trace_graph(source: ModelSource, *, dedup: bool | None = None) -> LoadedMode
     t0 = time.perf_counter()
     model = build_model(source)
     t1 = time.perf_counter()
-    context = 0 if source.kind == "hf" else TRACE_CONTEXT
+    context = TRACE_CONTEXT
+    if source.kind == "hf":
+        from planner.hf_model import keeps_kv_cache
+
+        context = TRACE_CONTEXT if keeps_kv_cache(model.config) else 0
     kwargs = example_kwargs(
         source, model, workload="decode", batch=TRACE_BATCH, seq=TRACE_SEQ, context=context
     )

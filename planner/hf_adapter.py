@@ -5,19 +5,17 @@ source and loading its cached graph stay torch-free."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
 class HFAdapter(torch.nn.Module):
-    """Presents a transformers causal LM under the forward convention for tracing:
-    `forward(input_ids) -> logits`, a prefill from position 0 with no cache object. Module
-    paths of the wrapped model keep their names (`model.layers.0...`) once `hf.` is stripped.
-
-    The causal mask (with the sliding window where the config has one) is built from two
-    aranges (`planner.hf_model.causal_masks`, the generated program's too) and handed to
-    transformers as a 4-D mask, which it uses as given: left to itself, transformers derives
-    a packed-sequence mask from the position ids through batch-indexed gathers that no layout
-    rule can split. Position ids are transformers' own (0 .. T-1)."""
+    """Presents a transformers causal LM under the model file contract for tracing (see
+    `planner.hf_model.run_causal_lm`): dense models take `forward(input_ids, position_ids,
+    past_kv, cache_lens)` and return `(logits, new_kv)`, the others `forward(input_ids)`
+    and return the logits of a prefill from position 0. Module paths of the wrapped model
+    keep their names (`model.layers.0...`) once `hf.` is stripped."""
 
     prefix = "hf"
 
@@ -26,8 +24,9 @@ class HFAdapter(torch.nn.Module):
         self.hf = model
         self.config = model.config
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        from planner.hf_model import causal_masks
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                past_kv: Any = None, cache_lens: torch.Tensor | None = None) -> Any:
+        from planner.hf_model import keeps_kv_cache, run_causal_lm
 
-        mask = causal_masks(self.config, input_ids.shape[1], input_ids.device)
-        return self.hf(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+        logits, new_kv = run_causal_lm(self.hf, input_ids, position_ids, past_kv, cache_lens)
+        return (logits, new_kv) if keeps_kv_cache(self.config) else logits

@@ -5,10 +5,15 @@ with the config beside it as `config.json`: the generated program builds its ref
 model and initial weights through it, exactly as from a user's model file. It imports only
 torch and transformers, so the plan directory runs without helixplan installed.
 
-The model is the prefill helixplan traced: `forward(input_ids)` from position 0 with
-transformers' own position ids, no cache, and the causal mask of `causal_masks`. State-dict
-names are transformers' own (`model.layers.0.self_attn.q_proj.weight`), so a checkpoint
-saved with `save_pretrained` or `safetensors.torch.save_file(model.state_dict())` loads.
+Dense models (standard multi-head or grouped-query attention, no experts, no latent KV)
+follow the model file contract with a KV cache: `forward(input_ids, position_ids,
+past_kv=((k, v), ...), cache_lens)` returns `(logits, new_kv)`, caches `[B, kv_heads, L,
+head_dim]` (keys after RoPE, as transformers stores them), `new_kv` the T new tokens' K/V
+only. transformers' own attention layers read the given cache through `PassedKVCache`.
+Other models (MoE, MLA) run as a prefill from position 0 with no cache: `(logits, ())`.
+State-dict names are transformers' own (`model.layers.0.self_attn.q_proj.weight`), so a
+checkpoint saved with `save_pretrained` or `safetensors.torch.save_file(model.state_dict())`
+loads.
 """
 
 from __future__ import annotations
@@ -19,19 +24,57 @@ from typing import Any
 
 import torch
 
+# Config fields that mark a model whose cache is not plain per-head K/V (latent KV) or
+# whose layers route tokens to experts: those still run as a prefill with no cache.
+_NOT_DENSE_FIELDS = ("kv_lora_rank", "num_local_experts", "n_routed_experts", "num_experts")
+
+
+def keeps_kv_cache(config: Any) -> bool:
+    """Whether the model runs under the KV-cache contract (dense attention models)."""
+    return not any(getattr(config, f, None) for f in _NOT_DENSE_FIELDS)
+
+
+def kv_cache_shape(config: Any, batch: int, length: int) -> tuple[int, int, int, int]:
+    """[B, kv_heads, L, head_dim] of one layer's K (and V) cache."""
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads
+    return (batch, kv_heads, length, int(head_dim))
+
 
 def causal_masks(config: Any, tokens: int, device: torch.device) -> Any:
-    """[1, 1, T, T] boolean masks (True: attend) for a transformers config: one tensor when
-    all layers share a kind, else a dict by layer type ("full_attention",
-    "sliding_attention"), the form transformers takes for models that mix them."""
-    pos = torch.arange(tokens, device=device)
-    behind = pos[:, None] - pos[None, :]
-    full = (behind >= 0)[None, None]
+    """[1, 1, T, T] masks of a prefill from position 0 with no cache (`attention_masks`)."""
+    return attention_masks(config, tokens, 0, None, device)
+
+
+def attention_masks(config: Any, tokens: int, cache_len: int, cache_lens: torch.Tensor | None,
+                    device: torch.device) -> Any:
+    """Boolean masks (True: attend) `[B or 1, 1, T, L + T]` over the L cache slots followed
+    by the T new tokens: sequence b's slot j holds its token j and is valid below
+    cache_lens[b]; new token t sits at position cache_lens[b] + t. One tensor when all layers
+    share a kind, else a dict by layer type ("full_attention", "sliding_attention"), the form
+    transformers takes for models that mix them. Built from aranges and cache_lens only (no
+    gathers), so B, T and L stay symbolic and every layout rule can split it."""
+    query = torch.arange(tokens, device=device)[:, None]
+    key = torch.arange(cache_len + tokens, device=device)[None, :]
+    new_index = key - cache_len
+    causal_new = (key >= cache_len) & (new_index <= query)
+    if cache_lens is None:
+        full = causal_new[None, None]
+        valid_cache = None
+    else:
+        lens = cache_lens[:, None, None]
+        valid_cache = (key < cache_len) & (key < lens)
+        full = (valid_cache | causal_new)[:, None]
     window = getattr(config, "sliding_window", None)
     types = set(getattr(config, "layer_types", None) or [])
     if not isinstance(window, int) or (types and "sliding_attention" not in types):
         return full
-    sliding = ((behind >= 0) & (behind < window))[None, None]
+    sliding = causal_new & (query - new_index < window)
+    if valid_cache is None:
+        sliding = sliding[None, None]
+    else:
+        sliding = (sliding | (valid_cache & (lens + query - key < window)))[:, None]
     if types and types != {"sliding_attention"}:
         return {"full_attention": full, "sliding_attention": sliding}
     return sliding
@@ -45,10 +88,113 @@ def load_config(path: str | Path) -> Any:
     return transformers.AutoConfig.for_model(model_type, **raw)
 
 
+def _layer_indices(model: torch.nn.Module) -> list[int]:
+    """transformers' `layer_idx` of each decoder layer present, in order (a model with some
+    layers left out, as when helixplan traces two of a run, keeps the others' indices)."""
+    seen: list[int] = []
+    for module in model.modules():
+        idx = getattr(module, "layer_idx", None)
+        if isinstance(idx, int) and idx not in seen:
+            seen.append(idx)
+    return seen
+
+
+def _passed_kv_cache(past_kv: Any, layer_indices: list[int], cache_len: int) -> Any:
+    """A transformers Cache over K/V given as tensors (`past_kv[i]` for the i-th layer
+    present, or none): each attention layer's `update` returns its past K/V followed by the
+    new ones and records the new ones, which `new_kv()` returns in layer order. Nothing is
+    stored across calls: the caller owns the cache (the model file contract)."""
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    class PassedKVLayer(CacheLayerMixin):
+        def __init__(self, past: tuple[torch.Tensor, torch.Tensor] | None):
+            super().__init__()
+            self.past = past
+            self.new: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            return None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            self.new = (key_states, value_states)
+            if self.past is None:
+                return key_states, value_states
+            return (torch.cat([self.past[0], key_states], dim=-2),
+                    torch.cat([self.past[1], value_states], dim=-2))
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return cache_len + query_length, 0
+
+        def get_seq_length(self) -> int:
+            return cache_len
+
+        def get_max_length(self) -> int:
+            return -1
+
+    class PassedKVCache(Cache):
+        def __init__(self) -> None:
+            pasts = list(past_kv) if past_kv else [None] * len(layer_indices)
+            if len(pasts) != len(layer_indices):
+                raise ValueError(f"past_kv has {len(pasts)} layers; the model has {len(layer_indices)}")
+            super().__init__(layers=[PassedKVLayer(p) for p in pasts])
+            self.position = {idx: i for i, idx in enumerate(layer_indices)}
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+                   *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.layers[self.position[layer_idx]].update(key_states, value_states)
+
+        def get_seq_length(self, layer_idx: int = 0) -> int:
+            return cache_len
+
+        def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+            return cache_len + query_length, 0
+
+        def new_kv(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+            if any(layer.new is None for layer in self.layers):
+                raise ValueError("an attention layer did not write its K/V into the cache")
+            return tuple(layer.new for layer in self.layers)
+
+    return PassedKVCache()
+
+
+def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
+                  position_ids: torch.Tensor | None = None, past_kv: Any = None,
+                  cache_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
+    """One forward of a transformers causal LM under the model file contract:
+    `(logits, new_kv)` for dense models, `(logits, ())` (a prefill from position 0, no
+    cache) for the others. The masks of `attention_masks` are handed to transformers as
+    4-D masks, which it uses as given: left to itself, transformers derives a packed-
+    sequence mask from the position ids through batch-indexed gathers that no layout rule
+    can split."""
+    config = model.config
+    tokens = input_ids.shape[1]
+    if not keeps_kv_cache(config):
+        if past_kv:
+            raise ValueError(
+                f"{type(model).__name__} runs as a prefill from position 0; helixplan passes a "
+                "KV cache to dense attention models only"
+            )
+        mask = causal_masks(config, tokens, input_ids.device)
+        return model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits, ()
+    cache_len = past_kv[0][0].shape[-2] if past_kv else 0
+    if past_kv and cache_lens is None:
+        cache_lens = torch.full((input_ids.shape[0],), cache_len, dtype=torch.long, device=input_ids.device)
+    if position_ids is None:
+        position_ids = torch.arange(tokens, device=input_ids.device).expand(input_ids.shape[0], tokens)
+        if cache_lens is not None:
+            position_ids = cache_lens[:, None] + position_ids
+    cache = _passed_kv_cache(past_kv, _layer_indices(model), cache_len)
+    mask = attention_masks(config, tokens, cache_len, cache_lens, input_ids.device)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=True)
+    return out.logits, cache.new_kv()
+
+
 class HFCausalLM(torch.nn.Module):
     """The transformers model with its top-level children registered on this module, so
-    that parameter names are the model's own; forward follows helixplan's convention for a
-    prefill: `(logits, ())` (the traced program keeps no cache for hf: models)."""
+    that parameter names are the model's own; forward follows helixplan's model file
+    contract (`run_causal_lm`)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -59,11 +205,7 @@ class HFCausalLM(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 past_kv: Any = None, cache_lens: torch.Tensor | None = None) -> tuple:
-        if past_kv:
-            raise ValueError("hf: models run as a prefill from position 0; a KV cache is not supported yet")
-        mask = causal_masks(self.config, input_ids.shape[1], input_ids.device)
-        logits = self._model[0](input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-        return logits, ()
+        return run_causal_lm(self._model[0], input_ids, position_ids, past_kv, cache_lens)
 
 
 def build_model(config: str | None = None) -> HFCausalLM:
@@ -76,13 +218,37 @@ def build_model(config: str | None = None) -> HFCausalLM:
 
 
 def example_inputs(workload: str, batch: int, seq: int, context: int, model: Any = None,
-                   device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Seeded token ids for a prefill of `seq` tokens from position 0."""
-    if workload != "prefill" or context:
+                   device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Seeded keyword arguments of forward for one step: `seq` new tokens after a cache of
+    `context` tokens (random K/V; only the shape on the meta device)."""
+    config = model.config if model is not None else load_config(Path(__file__).with_name("config.json"))
+    dense = keeps_kv_cache(config)
+    if workload not in ("decode", "prefill", "train"):
+        raise ValueError(f"unknown workload {workload!r}; valid: decode, prefill, train")
+    if context and (workload == "train" or not dense):
         raise ValueError(
-            f"hf: models run as a prefill from position 0 (got workload {workload!r}, context "
-            f"{context}); run the program with --workload prefill --context 0"
+            f"{'train steps have' if dense else type(config).__name__ + ' models have'} no KV "
+            f"cache (got context {context}); run the program with --context 0"
+            + ("" if dense else " --workload prefill")
         )
-    vocab = int(model.config.vocab_size) if model is not None else int(load_config(Path(__file__).with_name("config.json")).vocab_size)
     gen = torch.Generator().manual_seed(0)
-    return {"input_ids": torch.randint(0, vocab, (batch, seq), generator=gen).to(device)}
+    ids = torch.randint(0, int(config.vocab_size), (batch, seq), generator=gen)
+    if not dense:
+        return {"input_ids": ids.to(device)}
+    cache_lens = torch.full((batch,), context, dtype=torch.long)
+    inputs: dict[str, Any] = {
+        "input_ids": ids.to(device),
+        "position_ids": (cache_lens[:, None] + torch.arange(seq)).to(device),
+    }
+    if context > 0:
+        dtype = next(model.parameters()).dtype if model is not None else torch.float32
+        shape = kv_cache_shape(config, batch, context)
+
+        def tensor() -> torch.Tensor:
+            if torch.device(device).type == "meta":
+                return torch.empty(shape, dtype=dtype, device=device)
+            return torch.randn(shape, generator=gen, dtype=dtype).to(device)
+
+        inputs["past_kv"] = tuple((tensor(), tensor()) for _ in range(int(config.num_hidden_layers)))
+        inputs["cache_lens"] = cache_lens.to(device)
+    return inputs

@@ -262,9 +262,9 @@ def example_kwargs(
     import torch
 
     if source.kind == "hf":
-        vocab = int(model.config.vocab_size)
-        ids = torch.randint(0, vocab, (batch, seq), device="cpu").to(device)
-        return {"input_ids": ids}
+        from planner.hf_model import example_inputs
+
+        return example_inputs(workload, batch, seq, context, model=model, device=device)
     mod = load_module_file(source.path)
     fn = mod.example_inputs
     params = inspect.signature(fn).parameters

@@ -89,6 +89,16 @@ class _Pattern:
     absorbed: frozenset[str]
 
 
+def _merges_head_repeats(cx, op: Op) -> bool:
+    """A reshape [B, K, groups, L, d] -> [B, K·groups, L, d]: the GQA repeat written as
+    expand + reshape (Hugging Face `repeat_kv`) rather than expand + flatten."""
+    if op.target not in ("reshape", "view", "_unsafe_view") or not op.inputs:
+        return False
+    before, after = cx.spec(op.inputs[0]).shape, cx.spec(op.outputs[0]).shape
+    return (len(before) == 5 and len(after) == 4 and before[0] == after[0]
+            and tuple(before[3:]) == tuple(after[2:]) and before[1] * before[2] == after[1])
+
+
 def _kv_source(cx, value: str, absorbed: set[str]) -> tuple[str, str]:
     """Walk from an SDPA key/value input back through GQA repeats to `cat([cache, new], L)`."""
     producer = {o: op for op in cx.ops for o in op.outputs}
@@ -97,7 +107,7 @@ def _kv_source(cx, value: str, absorbed: set[str]) -> tuple[str, str]:
         if op is None:
             raise LoweringError(f"helix: {value!r} does not come from a KV-cache concat in this block")
         absorbed.add(op.name)
-        if op.target in _REPEAT_OPS:
+        if op.target in _REPEAT_OPS or _merges_head_repeats(cx, op):
             value = op.inputs[0]
             continue
         if op.target == "cat" and len(op.inputs) == 2 and op.inputs[0].startswith("past_kv"):
