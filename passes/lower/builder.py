@@ -8,6 +8,7 @@ with their waits) — the one place collectives are created.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -43,9 +44,19 @@ JOINED_MODEL_AXIS = "kvp_tp"
 B_SYM, T_SYM = WORKLOAD_SYMBOLS["B"], WORKLOAD_SYMBOLS["T"]
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def same(a: Any, b: Any) -> bool:
+    """Whether two sizes are the same formula. Memoized, as is `simplified`: every layer of
+    a deep model asks about the same few shapes, and sympy's expand/simplify are the bulk of
+    lowering time."""
     a, b = sympy.sympify(a), sympy.sympify(b)
     return a == b or sympy.expand(a - b) == 0
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def simplified(expr: Any) -> Any:
+    """`sympy.simplify(expr)`, memoized (see `same`)."""
+    return sympy.simplify(expr)
 
 
 def dim_of(shape: tuple[sympy.Expr, ...], symbol: sympy.Symbol) -> int | None:
