@@ -55,8 +55,23 @@ def same(a: Any, b: Any) -> bool:
 
 @functools.lru_cache(maxsize=1 << 12)
 def simplified(expr: Any) -> Any:
-    """`sympy.simplify(expr)`, memoized (see `same`)."""
+    """`sympy.simplify(expr)`, memoized (see `same`). A monomial (a rational times powers of
+    symbols, what a batch slice or a view's size ratio nearly always is) is already in the
+    one canonical form sympy builds it in, so it is returned as is: `simplify` would give it
+    back unchanged, after importing `sympy.physics.units` (0.3 s) to look for units in it."""
+    expr = sympy.sympify(expr)
+    if _is_monomial(expr):
+        return expr
     return sympy.simplify(expr)
+
+
+def _is_monomial(expr: sympy.Expr) -> bool:
+    def factor(a: sympy.Expr) -> bool:
+        return (a.is_Symbol or a.is_Rational) or (
+            a.is_Pow and a.base.is_Symbol and a.exp.is_Integer
+        )
+
+    return factor(expr) or (expr.is_Mul and all(factor(a) for a in expr.args))
 
 
 def dim_of(shape: tuple[sympy.Expr, ...], symbol: sympy.Symbol) -> int | None:
