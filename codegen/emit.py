@@ -114,7 +114,9 @@ def _paren(text: str) -> str:
     return text if re.fullmatch(r"[\w.\[\]\"']+", text) else f"({text})"
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def shape_text(shape: tuple) -> str:
+    """`[B, 128]`; cached: a deep model's layers repeat the same few local shapes."""
     return "[" + ", ".join(py_expr(d) for d in shape) + "]"
 
 
