@@ -52,3 +52,19 @@ def test_runner_skips_by_name_and_times_passes():
     assert [t.name for t in runner.timings] == ["canonicalize"]
     with pytest.raises(PlannerError, match="unknown pass"):
         PassRunner([Canonicalize()], skip=frozenset({"nope"}))
+
+
+def test_lowering_simplified_matches_sympy_simplify():
+    """`simplified` skips sympy.simplify for monomials (it would import sympy.physics); the
+    result must be the very expression simplify gives, monomial or not."""
+    import sympy
+
+    from ir.tensor import L
+    from passes.lower.builder import _is_monomial, simplified
+
+    cases = [B / 2, 3 * B * T / L, B**2 / (4 * T), sympy.Integer(6) / 4, B, (B + 2) / 2,
+             B * (T + 1) / T, (B * T + B) / (T + 1)]
+    assert [_is_monomial(e) for e in cases] == [True, True, True, True, True, False, False, False]
+    for e in cases:
+        assert simplified(e) == sympy.simplify(e)
+    assert simplified(B * (T + 1) / T) != B * (T + 1) / T  # the non-monomial is simplified
