@@ -114,7 +114,9 @@ def _paren(text: str) -> str:
     return text if re.fullmatch(r"[\w.\[\]\"']+", text) else f"({text})"
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def shape_text(shape: tuple) -> str:
+    """`[B, 128]`; cached: a deep model's layers repeat the same few local shapes."""
     return "[" + ", ".join(py_expr(d) for d in shape) + "]"
 
 
@@ -240,7 +242,7 @@ class Renderer:
             kw.pop("pin_memory", None)
             kw.pop("layout", None)
             return self.call("torch.arange", tuple(a), kw)
-        return self.call(aten_callable(t), tuple(a), kw)
+        return self.call(aten_callable(t, self.program.meta.get("op_namespaces")), tuple(a), kw)
 
     def slice_expr(self, a: list) -> str:
         x = self.arg(a[0])
@@ -385,11 +387,18 @@ def _placement_on(layout, axis: str):
     return layout.on(axis) if axis in layout.axes else layout.on(axis.split("_")[-1])
 
 
-def aten_callable(target: str) -> str:
-    import torch
-
+def aten_callable(target: str, namespaces: dict[str, str] | None = None) -> str:
+    """`torch.ops.NS.OP.OVERLOAD` for a captured op name (`mm`, `sum.dim_IntList`,
+    `prims.iota.default`). The namespace recorded at capture answers whether a two-part name
+    is an aten overload or a foreign op; only a name capture did not record (an op a lowering
+    rule made up) asks torch, whose import costs a second."""
     name, _, overload = target.partition(".")
-    if hasattr(torch.ops.aten, name):
+    namespace = (namespaces or {}).get(target)
+    if namespace is None:
+        import torch
+
+        namespace = "aten" if hasattr(torch.ops.aten, name) else ""
+    if namespace == "aten":
         return f"torch.ops.aten.{name}.{overload or 'default'}"
     ns, _, rest = target.partition(".")
     op, _, overload = rest.partition(".")

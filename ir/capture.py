@@ -98,6 +98,13 @@ def _dynamic_shapes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: spec_for(k, v) for k, v in kwargs.items()}
 
 
+def _target_namespace(target: Any) -> str:
+    """The operator namespace (`aten`, `prims`, a custom library) of an op overload; "" for a
+    plain Python callable. Stored per target so that codegen spells `torch.ops.NS.OP.OVERLOAD`
+    without importing torch to ask which namespace a name like `sum.dim_IntList` is in."""
+    return target.namespace if isinstance(target, torch._ops.OpOverload) else ""
+
+
 def _target_name(target: Any) -> str:
     if isinstance(target, torch._ops.OpOverload):
         ns = target.namespace
@@ -341,6 +348,7 @@ def _convert(
     params: dict[str, ParamSpec] = {}
     ops: list[Op] = []
     sym_nodes: dict[str, sympy.Expr] = {}
+    op_namespaces: dict[str, str] = {}
     tuple_outputs: dict[str, list[str]] = {}
     outputs: list[str] = []
     output_leaves: list[str | None] = []  # per leaf of forward's return: graph value or None
@@ -382,6 +390,8 @@ def _convert(
         if node.op != "call_function":
             continue
         target = _target_name(node.target)
+        if namespace := _target_namespace(node.target):
+            op_namespaces[target] = namespace
         if isinstance(val, torch.SymInt) or (target.split(".")[0] in NOISE_TARGETS):
             if isinstance(val, (torch.SymInt, int)):
                 sym_nodes[node.name] = conv.expr(val)
@@ -437,7 +447,11 @@ def _convert(
         inputs=input_names,
         outputs=outputs,
         params=params,
-        meta={"output_tree": _output_tree(ep), "output_leaves": output_leaves},
+        meta={
+            "output_tree": _output_tree(ep),
+            "output_leaves": output_leaves,
+            "op_namespaces": dict(sorted(op_namespaces.items())),
+        },
     )
 
 

@@ -412,3 +412,28 @@ def test_results_parse_from_interleaved_rank_output():
     b = json.dumps({"rank": 0, "step_seconds": [0.2], "ok": True})
     text = f"noise\n[rank1]:{a}{b}\n{{not json\n"
     assert [r["rank"] for r in parse_results(text)] == [0, 1]
+
+
+def test_aten_callable_spells_ops_from_recorded_namespaces():
+    """A two-part op name is an aten overload or a foreign `ns.op`: the namespace capture
+    recorded decides, without importing torch; an unrecorded name asks torch."""
+    from codegen.emit import aten_callable
+
+    recorded = {"sum.dim_IntList": "aten", "topk": "aten", "prims.iota": "prims",
+                "mylib.mix.out": "mylib"}
+    assert aten_callable("sum.dim_IntList", recorded) == "torch.ops.aten.sum.dim_IntList"
+    assert aten_callable("topk", recorded) == "torch.ops.aten.topk.default"
+    assert aten_callable("prims.iota", recorded) == "torch.ops.prims.iota.default"
+    assert aten_callable("mylib.mix.out", recorded) == "torch.ops.mylib.mix.out"
+    assert aten_callable("masked_fill.Scalar") == "torch.ops.aten.masked_fill.Scalar"
+    assert aten_callable("prims.iota") == "torch.ops.prims.iota.default"
+
+
+def test_capture_records_op_namespaces(load):
+    from tests.conftest import ROOT
+
+    g = load(str(ROOT / "examples" / "mixtral.py")).graph
+    namespaces = g.meta["op_namespaces"]
+    assert namespaces["topk"] == "aten"
+    assert {o.target for o in g.ops} <= set(namespaces)  # every op the lowering can meet
+    assert all(ns == "aten" for ns in namespaces.values())

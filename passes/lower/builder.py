@@ -8,6 +8,7 @@ with their waits) — the one place collectives are created.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -43,9 +44,34 @@ JOINED_MODEL_AXIS = "kvp_tp"
 B_SYM, T_SYM = WORKLOAD_SYMBOLS["B"], WORKLOAD_SYMBOLS["T"]
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def same(a: Any, b: Any) -> bool:
+    """Whether two sizes are the same formula. Memoized, as is `simplified`: every layer of
+    a deep model asks about the same few shapes, and sympy's expand/simplify are the bulk of
+    lowering time."""
     a, b = sympy.sympify(a), sympy.sympify(b)
     return a == b or sympy.expand(a - b) == 0
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def simplified(expr: Any) -> Any:
+    """`sympy.simplify(expr)`, memoized (see `same`). A monomial (a rational times powers of
+    symbols, what a batch slice or a view's size ratio nearly always is) is already in the
+    one canonical form sympy builds it in, so it is returned as is: `simplify` would give it
+    back unchanged, after importing `sympy.physics.units` (0.3 s) to look for units in it."""
+    expr = sympy.sympify(expr)
+    if _is_monomial(expr):
+        return expr
+    return sympy.simplify(expr)
+
+
+def _is_monomial(expr: sympy.Expr) -> bool:
+    def factor(a: sympy.Expr) -> bool:
+        return (a.is_Symbol or a.is_Rational) or (
+            a.is_Pow and a.base.is_Symbol and a.exp.is_Integer
+        )
+
+    return factor(expr) or (expr.is_Mul and all(factor(a) for a in expr.args))
 
 
 def dim_of(shape: tuple[sympy.Expr, ...], symbol: sympy.Symbol) -> int | None:

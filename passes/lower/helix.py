@@ -33,7 +33,7 @@ from ir.graph import Op, ValueRef
 from ir.layout import REPLICATE, Layout, LoweringError, shard
 from ir.rank_program import AxisRank, Collective, Compute, Wait
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
-from passes.lower.builder import Builder, dim_of
+from passes.lower.builder import Builder, dim_of, simplified
 from passes.parallelize.strategies.helix import DEFAULT_APPEND_BLOCK
 
 # Ops between the KV concat and SDPA that only repeat KV heads for GQA (absorbed: the kernel
@@ -178,8 +178,8 @@ def _emit_kernel(cx, pt: _Pattern) -> None:
     hopb = int(cx.plan.extras.get("hopb", 1))
     kvp_block = append_block(cx.plan.extras)
     local_batch = cx.local_shape_of(pt.q, q_layout)[0]
-    slice_global = sympy.simplify(batch / hopb)
-    slice_local = sympy.simplify(local_batch / hopb)
+    slice_global = simplified(batch / hopb)
+    slice_local = simplified(local_batch / hopb)
     scale = pt.sdpa.attrs.get("kwargs", {}).get("scale")
     kvp = b.sizes["kvp"]
     heads_out = {"tp": shard(1), "kvp": shard(1)} if has_tp else {"kvp": shard(1)}

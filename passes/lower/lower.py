@@ -476,7 +476,10 @@ def lower_program(graph: Graph, plan: Plan) -> RankProgram:
         weights=tuple(builder.weights.values()),
         caches=tuple(caches),
         symbols=symbols,
-        meta={"source": dict(graph.meta.get("source") or {})},
+        meta={
+            "source": dict(graph.meta.get("source") or {}),
+            "op_namespaces": dict(graph.meta.get("op_namespaces") or {}),
+        },
     )
 
 

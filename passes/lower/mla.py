@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ir.graph import Op, ValueRef
 from ir.layout import REPLICATE, LoweringError, shard
 from ir.rank_program import Compute
-from passes.lower.builder import B_SYM, same
+from passes.lower.builder import B_SYM, same, simplified
 from passes.lower.moe import _dead_after
 
 
@@ -220,8 +220,8 @@ def _emit_helix(cx, pt: MlaPattern, _build, _shift, append_block) -> None:
     hopb = int(cx.plan.extras.get("hopb", 1))
     kvp_block = append_block(cx.plan.extras)
     local_batch = cx.local_shape_of(pt.q, q_layout)[0]
-    slice_global = sympy.simplify(batch / hopb)
-    slice_local = sympy.simplify(local_batch / hopb)
+    slice_global = simplified(batch / hopb)
+    slice_local = simplified(local_batch / hopb)
     kvp = b.sizes["kvp"]
     value_dim = d.get("v_head_dim", nope)
     outs: list[str] = []

@@ -9,7 +9,7 @@ import sympy
 
 from ir.graph import Op, ValueRef
 from ir.layout import REPLICATE, shard
-from passes.lower.builder import same
+from passes.lower.builder import same, simplified
 from passes.lower.lower import BlockLowering
 from passes.lower.rules import INT64_MAX, arg, build, covers, norm_dim, rule, unify, with_axes
 
@@ -37,7 +37,7 @@ def dim_groups(src: tuple, dst: tuple) -> list[tuple[list[int], list[int]]]:
         ps, pd = sympy.sympify(src[i]), sympy.sympify(dst[j])
         i, j = i + 1, j + 1
         while not same(ps, pd):
-            ratio = sympy.simplify(ps / pd)
+            ratio = simplified(ps / pd)
             num, den = sympy.fraction(ratio)
             grow_dst = (ratio.is_number and ratio > 1) or (not ratio.is_number and den == 1)
             if grow_dst and j < len(dst):
