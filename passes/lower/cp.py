@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ir.graph import Op, ValueRef
 from ir.layout import REPLICATE, Layout, LoweringError, shard
 from ir.rank_program import Compute, MeshGroupsRef
-from passes.lower.helix import _REPEAT_OPS
+from passes.lower.helix import _REPEAT_OPS, match_sdpa
 
 KERNELS = {"cp_pass_kv": "ring_attention_pass_kv", "cp_pass_q": "ring_attention_pass_q"}
 
@@ -65,28 +65,10 @@ def _kv_source(cx, value: str, absorbed: set[str]) -> tuple[str | None, str]:
 
 
 def _match(cx) -> _Pattern:
-    sdpas = [op for op in cx.ops if op.target == "scaled_dot_product_attention"]
-    if len(sdpas) != 1:
-        raise LoweringError(
-            f"block {cx.block.name!r}: context-parallel attention needs exactly one "
-            f"scaled_dot_product_attention (found {len(sdpas)})"
-        )
-    sdpa = sdpas[0]
-    args, kwargs = sdpa.attrs.get("args", ()), sdpa.attrs.get("kwargs", {})
-
-    def arg(i: int, name: str):
-        return args[i] if i < len(args) else kwargs.get(name)
-
-    mask = arg(3, "attn_mask")
-    if not isinstance(mask, ValueRef) or cx.spec(mask.name).dtype != "bool":
-        raise LoweringError(
-            f"block {cx.block.name!r}: context-parallel attention needs the model's boolean "
-            "attention mask on SDPA (it gives causality and cache validity by global position)"
-        )
-    if arg(5, "is_causal") or (arg(4, "dropout_p") or 0.0) != 0.0:
-        raise LoweringError(
-            f"block {cx.block.name!r}: context-parallel attention does not lower is_causal or dropout"
-        )
+    sdpa, arg, mask = match_sdpa(
+        cx, "context-parallel attention",
+        "it gives causality and cache validity by global position",
+    )
     absorbed: set[str] = set()
     k_cache, k_new = _kv_source(cx, arg(1, "key").name, absorbed)
     v_cache, v_new = _kv_source(cx, arg(2, "value").name, absorbed)

@@ -118,12 +118,15 @@ def _kv_source(cx, value: str, absorbed: set[str]) -> tuple[str, str]:
         )
 
 
-def _match(cx) -> _Pattern:
+def match_sdpa(cx, who: str, mask_role: str):
+    """The block's single SDPA, its argument getter and its boolean mask, for a strategy
+    (`who`) that replaces SDPA with a distributed kernel; `mask_role` says what the kernel
+    reads from the mask. Raises a LoweringError naming what does not fit."""
     sdpas = [op for op in cx.ops if op.target == "scaled_dot_product_attention"]
     if len(sdpas) != 1:
         raise LoweringError(
-            f"block {cx.block.name!r}: helix needs exactly one scaled_dot_product_attention "
-            f"(found {len(sdpas)}); latent (MLA) attention is not lowered for helix yet"
+            f"block {cx.block.name!r}: {who} needs exactly one scaled_dot_product_attention "
+            f"(found {len(sdpas)})"
         )
     sdpa = sdpas[0]
     args, kwargs = sdpa.attrs.get("args", ()), sdpa.attrs.get("kwargs", {})
@@ -134,11 +137,15 @@ def _match(cx) -> _Pattern:
     mask = arg(3, "attn_mask")
     if not isinstance(mask, ValueRef) or cx.spec(mask.name).dtype != "bool":
         raise LoweringError(
-            f"block {cx.block.name!r}: helix needs a boolean attention mask on SDPA (it marks "
-            "each sequence's valid cache slots)"
+            f"block {cx.block.name!r}: {who} needs a boolean attention mask on SDPA ({mask_role})"
         )
     if arg(5, "is_causal") or (arg(4, "dropout_p") or 0.0) != 0.0:
-        raise LoweringError(f"block {cx.block.name!r}: helix does not lower is_causal or dropout")
+        raise LoweringError(f"block {cx.block.name!r}: {who} does not lower is_causal or dropout")
+    return sdpa, arg, mask
+
+
+def _match(cx) -> _Pattern:
+    sdpa, arg, mask = match_sdpa(cx, "helix", "it marks each sequence's valid cache slots")
     absorbed: set[str] = set()
     k_cache, k_new = _kv_source(cx, arg(1, "key").name, absorbed)
     v_cache, v_new = _kv_source(cx, arg(2, "value").name, absorbed)
