@@ -262,15 +262,25 @@ def linear(cx: BlockLowering, op: Op) -> None:
     cx.extra_specs[partial] = cx.spec(out)
     args = list(op.attrs.get("args", ()))[:2]
     cx.emit_compute(op, inputs, [(partial, build(cx, out_pl))], args=args, kwargs={})
+    add_bias_after_reduction(cx, op, partial, out_pl, row_parallel_axes, b, want_b)
+
+
+def add_bias_after_reduction(
+    cx: BlockLowering, op: Op, partial: str, out_pl: dict[str, Placement], row_axes: list[str],
+    bias: str, want_b: dict[str, Placement],
+) -> None:
+    """A row-parallel projection's Partial result `partial` is reduced (all-reduce, or
+    reduce-scatter to what its consumer pairs it with) and the bias added once, after it."""
+    out = op.outputs[0]
     reduced = dict(out_pl)
-    for axis in row_parallel_axes:
+    for axis in row_axes:
         reduced[axis] = reduce_target(cx, out, axis)
     cx.emit_compute(
         op,
-        {partial: build(cx, reduced), b: build(cx, want_b)},
+        {partial: build(cx, reduced), bias: build(cx, want_b)},
         [(out, build(cx, reduced))],
         target="add.Tensor",
-        args=[ValueRef(partial), ValueRef(b)],
+        args=[ValueRef(partial), ValueRef(bias)],
         kwargs={},
         hint=None,
     )
@@ -317,18 +327,7 @@ def addmm(cx: BlockLowering, op: Op) -> None:
     cx.extra_specs[partial] = cx.spec(out)
     cx.emit_compute(op, inputs, [(partial, build(cx, out_pl))], target="mm",
                     args=[ValueRef(x), ValueRef(w)], kwargs={})
-    reduced = dict(out_pl)
-    for axis in row_axes:
-        reduced[axis] = reduce_target(cx, out, axis)
-    cx.emit_compute(
-        op,
-        {partial: build(cx, reduced), b: build(cx, want_b)},
-        [(out, build(cx, reduced))],
-        target="add.Tensor",
-        args=[ValueRef(partial), ValueRef(b)],
-        kwargs={},
-        hint=None,
-    )
+    add_bias_after_reduction(cx, op, partial, out_pl, row_axes, b, want_b)
 
 
 @rule("embedding")
