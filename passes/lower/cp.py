@@ -82,7 +82,6 @@ def _match(cx) -> _Pattern:
 def lower_cp_attention(cx) -> None:
     """Lower a context-parallel attention block: ordinary op rules, with the KV concat, the
     GQA repeats and SDPA replaced by the ring kernel of the block's strategy."""
-    from passes.lower.rules import rule_for
 
     if "cp" not in cx.axes:
         raise LoweringError(
@@ -90,13 +89,7 @@ def lower_cp_attention(cx) -> None:
             f"{cx.b.mesh} has no cp axis of size > 1"
         )
     pattern = _match(cx)
-    for op in cx.ops:
-        if op.name in pattern.absorbed:
-            continue
-        if op is pattern.sdpa:
-            _emit_kernel(cx, pattern)
-            continue
-        rule_for(op)(cx, op)
+    cx.lower_ops_replacing(pattern.sdpa, lambda: _emit_kernel(cx, pattern), pattern.absorbed)
 
 
 def _emit_kernel(cx, pt: _Pattern) -> None:

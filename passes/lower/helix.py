@@ -155,16 +155,9 @@ def _match(cx) -> _Pattern:
 def lower_helix_attention(cx) -> None:
     """Lower a Helix attention block: ordinary op rules, with the KV concat, the GQA repeats
     and SDPA replaced by the Helix kernel steps."""
-    from passes.lower.rules import rule_for
 
     pattern = _match(cx)
-    for op in cx.ops:
-        if op.name in pattern.absorbed:
-            continue
-        if op is pattern.sdpa:
-            _emit_kernel(cx, pattern)
-            continue
-        rule_for(op)(cx, op)
+    cx.lower_ops_replacing(pattern.sdpa, lambda: _emit_kernel(cx, pattern), pattern.absorbed)
 
 
 def _emit_kernel(cx, pt: _Pattern) -> None:

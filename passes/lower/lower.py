@@ -21,6 +21,7 @@ How layouts are decided:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -224,6 +225,19 @@ class BlockLowering:
 
     def local_shape_of(self, value: str, layout: Layout) -> tuple[sympy.Expr, ...]:
         return local_shape(self.spec(value).shape, layout, self.sizes, what=f"value {value!r}")
+
+    def lower_ops_replacing(
+        self, anchor: Op, emit: Callable[[], None], absorbed: Collection[str]
+    ) -> None:
+        """Lower the block's ops by their rules, except that `emit` (a distributed kernel)
+        runs in place of `anchor` and the ops in `absorbed` (folded into it) are skipped."""
+        from passes.lower.rules import rule_for
+
+        for op in self.ops:
+            if op is anchor:
+                emit()
+            elif op.name not in absorbed:
+                rule_for(op)(self, op)
 
     def fail(self, op: Op, why: str) -> LoweringError:
         layouts = ", ".join(

@@ -110,11 +110,7 @@ def lower_latent_attention(cx) -> None:
         for op in cx.ops:
             rule_for(op)(cx, op)
         return
-    for op in cx.ops:
-        if op is pattern.sdpa:
-            _emit(cx, pattern)
-        elif op.name not in pattern.absorbed:
-            rule_for(op)(cx, op)
+    cx.lower_ops_replacing(pattern.sdpa, lambda: _emit(cx, pattern), pattern.absorbed)
 
 
 def _emit(cx, pt: MlaPattern) -> None:
@@ -175,7 +171,6 @@ def lower_latent_helix(cx) -> None:
     `mla_value_up` applies W_UV to this rank's heads; the output projection is row-parallel
     over kvp."""
     from passes.lower.helix import _build, _shift, append_block
-    from passes.lower.rules import rule_for
 
     pt = match_mla(cx)
     if pt.past is None:
@@ -190,11 +185,7 @@ def lower_latent_helix(cx) -> None:
     cat = producer[pt.latent]
     if not any(pt.latent in op.inputs for op in cx.ops if op.name not in absorbed and op is not pt.sdpa):
         absorbed.add(cat.name)
-    for op in cx.ops:
-        if op is pt.sdpa:
-            _emit_helix(cx, pt, _build, _shift, append_block)
-        elif op.name not in absorbed:
-            rule_for(op)(cx, op)
+    cx.lower_ops_replacing(pt.sdpa, lambda: _emit_helix(cx, pt, _build, _shift, append_block), absorbed)
 
 
 def _emit_helix(cx, pt: MlaPattern, _build, _shift, append_block) -> None:

@@ -270,11 +270,7 @@ def lower_moe(cx) -> None:
             f"block {cx.block.name!r}: {experts} experts do not split evenly over the model "
             f"group of {group} ranks; use a group size dividing {experts}"
         )
-    for op in cx.ops:
-        if op is pattern.routed:
-            _emit_kernel(cx, pattern)
-        elif op.name not in pattern.absorbed:
-            rule_for(op)(cx, op)
+    cx.lower_ops_replacing(pattern.routed, lambda: _emit_kernel(cx, pattern), pattern.absorbed)
 
 
 def _model_replicated(cx, value: str) -> Layout:
