@@ -60,6 +60,10 @@ class PlanContext:
             n *= self.mesh.size(a)
         return n
 
+    def axes_label(self, axes: tuple[str, ...]) -> str:
+        """The axes of a group that have size > 1, as breakdown keys name them (`kvp×tp`)."""
+        return "×".join(a for a in axes if self.mesh.size(a) > 1)
+
     def collective_s(self, kind: str, nbytes: float, axes: str | tuple[str, ...]) -> float:
         """A collective run at once by every group spanning `axes` (one axis, or several
         adjacent ones acting as one group); the slowest group sets the time."""

@@ -254,7 +254,7 @@ def _add_collective(
     into: dict[str, float], ctx: PlanContext, kind: str, nbytes: float, axes: tuple[str, ...]
 ) -> None:
     seconds = ctx.collective_s(kind, nbytes, axes)
-    key = f"{kind}:{'×'.join(a for a in axes if ctx.mesh.size(a) > 1)}"
+    key = f"{kind}:{ctx.axes_label(axes)}"
     if seconds:
         into[key] = into.get(key, 0.0) + seconds
 

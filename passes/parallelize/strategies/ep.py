@@ -122,7 +122,7 @@ def price_ep(block: Block, ctx: PlanContext) -> Priced:
     seconds, weights = moe_parts(block, ctx, rows, expert_groups=n, ffn_split=1, shared_split=n)
     compute = sum(seconds.values())
     combine = ctx.collective_s("all_reduce", rows * block.dims["hidden"] * ctx.act_bytes, MODEL_AXES)
-    axes = "×".join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)
+    axes = ctx.axes_label(MODEL_AXES)
     comm = {f"all_reduce:{axes}": combine} if combine else {}
     return Priced(compute + combine, compute, comm, combine, {"weights": sum(weights.values())})
 
@@ -146,7 +146,7 @@ def price_ep_dispatch(block: Block, ctx: PlanContext) -> Priced:
     volume = local_rows * distinct_ranks(n, d["top_k"]) * d["hidden"] * ctx.act_bytes
     dispatch = ctx.collective_s("all_to_all", volume, MODEL_AXES)
     combine = ctx.collective_s("all_to_all", volume, MODEL_AXES)
-    axes = "×".join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)
+    axes = ctx.axes_label(MODEL_AXES)
     comm = {f"all_to_all:{axes}:dispatch": dispatch, f"all_to_all:{axes}:combine": combine}
     comm = {k: v for k, v in comm.items() if v}
     exposed = dispatch + combine
@@ -203,7 +203,7 @@ def price_tp_ep(block: Block, ctx: PlanContext) -> Priced:
     seconds, weights = moe_parts(block, ctx, rows, expert_groups=ep, ffn_split=tp, shared_split=ep * tp)
     compute = sum(seconds.values())
     combine = ctx.collective_s("all_reduce", rows * block.dims["hidden"] * ctx.act_bytes, MODEL_AXES)
-    axes = "×".join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)
+    axes = ctx.axes_label(MODEL_AXES)
     comm = {f"all_reduce:{axes}": combine} if combine else {}
     return Priced(compute + combine, compute, comm, combine, {"weights": sum(weights.values())})
 

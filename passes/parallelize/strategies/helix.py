@@ -142,7 +142,7 @@ def price_helix(
     exposed = timeline.exposed_comm_s + all_reduce_s
     comm = {
         "all_to_all:kvp": a2a_slice_s * hopb,
-        f"all_reduce:{'×'.join(a for a in MODEL_AXES if ctx.mesh.size(a) > 1)}": all_reduce_s,
+        f"all_reduce:{ctx.axes_label(MODEL_AXES)}": all_reduce_s,
     }
     d = block.dims
     if "kv_lora_rank" in d:
