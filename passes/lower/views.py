@@ -96,21 +96,28 @@ def view_like(cx: BlockLowering, op: Op) -> None:
     cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(out, out_layout)], args=args)
 
 
-@rule("expand")
-def expand(cx: BlockLowering, op: Op) -> None:
-    x = arg(op, 0, "self").name
-    out = op.outputs[0]
+def _expanded(cx: BlockLowering, x: str, out: str, *, keep_partial: bool):
+    """Placements for broadcasting `x` to `out`: a shard on a real (non-broadcast) dim is
+    carried to the matching output dim, a Partial kept when `keep_partial`, anything else
+    gathered. Returns (x's wanted placements, the output's layout)."""
     offset = cx.rank(out) - cx.rank(x)
     want, out_pl = {}, {}
     for axis in cx.axes:
         p = cx.on(x, axis)
         if p.is_shard and covers(cx, x, cx.spec(out).shape, p.dim + offset) is not None:
             want[axis], out_pl[axis] = p, shard(p.dim + offset)
-        elif p.is_partial:
+        elif p.is_partial and keep_partial:
             want[axis], out_pl[axis] = p, p
         else:
             want[axis] = out_pl[axis] = REPLICATE
-    out_layout = build(cx, out_pl)
+    return want, build(cx, out_pl)
+
+
+@rule("expand")
+def expand(cx: BlockLowering, op: Op) -> None:
+    x = arg(op, 0, "self").name
+    out = op.outputs[0]
+    want, out_layout = _expanded(cx, x, out, keep_partial=True)
     local = cx.local_shape_of(out, out_layout)
     sizes = list(arg(op, 1, "size"))
     sizes = [-1 if sympy.sympify(s) == -1 else local[i] for i, s in enumerate(sizes)]
@@ -123,15 +130,7 @@ def expand_as(cx: BlockLowering, op: Op) -> None:
     local shape of the result (x's shard carried over like `expand`)."""
     x = arg(op, 0, "self").name
     out = op.outputs[0]
-    offset = cx.rank(out) - cx.rank(x)
-    want, out_pl = {}, {}
-    for axis in cx.axes:
-        p = cx.on(x, axis)
-        if p.is_shard and covers(cx, x, cx.spec(out).shape, p.dim + offset) is not None:
-            want[axis], out_pl[axis] = p, shard(p.dim + offset)
-        else:
-            want[axis] = out_pl[axis] = REPLICATE
-    out_layout = build(cx, out_pl)
+    want, out_layout = _expanded(cx, x, out, keep_partial=False)
     sizes = list(cx.local_shape_of(out, out_layout))
     cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(out, out_layout)], target="expand",
                     args=[ValueRef(x), sizes], kwargs={})
