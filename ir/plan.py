@@ -89,6 +89,9 @@ class Plan:
             )
         blocks = [BlockPlan(**b) for b in d["blocks"]]
         rest = {k: v for k, v in d.items() if k != "blocks"}
+        # JSON has no tuples: give the workload's sequences back the tuple form a fresh plan
+        # carries, so a loaded plan renders the same program text as the plan it was saved from.
+        rest["workload"] = {k: tuple(v) if isinstance(v, list) else v for k, v in d["workload"].items()}
         return Plan(blocks=blocks, **rest)
 
     @staticmethod

@@ -86,3 +86,20 @@ def test_parallelize_dp_by_tp_plan_on_four_threaded_ranks():
             assert a.shape == b.shape
             torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * max(1.0, b.abs().max().item()))
         assert local_bytes < 0.6 * full_bytes
+
+
+def test_program_from_a_loaded_plan_is_the_program_of_the_fresh_plan(load, tmp_path):
+    """JSON turns the workload's tuples into lists; a plan read back must still render the
+    same run_plan.py text (its header prints the workload)."""
+    from ir.plan import Plan
+    from ir.workload import Workload
+    from planner.api import make_plan
+    from planner.verify_runner import write_run_plan
+
+    graph = load(str(EXAMPLES / "llama.py"))
+    run = make_plan(graph, hardware="h100-sxm", gpus=2,
+                    workload=Workload(kind="train", batch=4, seq=8, zero_levels=(0, 2)))
+    fresh = write_run_plan(run.graph, run.plan, tmp_path / "fresh").read_text()
+    loaded_plan = Plan.load(run.plan.save(tmp_path / "plan.json"))
+    assert loaded_plan.workload == run.plan.workload
+    assert write_run_plan(run.graph, loaded_plan, tmp_path / "loaded").read_text() == fresh
