@@ -74,6 +74,24 @@ def llama_model_args(a: argparse.Namespace) -> list[str]:
             f"kv_heads={a.kv_heads}", f"ffn={a.ffn}", f"vocab={a.vocab}"]
 
 
+def plan_llama_decode(a: argparse.Namespace, nproc: int, forces: list[str], out: Path) -> dict:
+    """`helixplan plan examples/llama.py` for a decode step with the benchmark's sizes, batch and
+    context and the given `--force` rules; the plan as `--json` prints it."""
+    import json
+
+    cmd = [sys.executable, "-m", "planner", "plan", str(ROOT / "examples" / "llama.py")]
+    for m in llama_model_args(a):
+        cmd += ["--model-arg", m]
+    cmd += ["--gpus", str(nproc), "--workload", "decode", "--batch", str(a.batch), "--context", str(a.context)]
+    for rule in forces:
+        cmd += ["--force", rule]
+    cmd += ["--out", str(out), "--json"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"helixplan plan failed:\n{r.stdout}\n{r.stderr}")
+    return json.loads(r.stdout)
+
+
 def step_times(results: list[dict], warmup: int) -> list[float]:
     """Per step, the slowest rank (the ranks meet in every collective); warm-up dropped."""
     per_rank = [r["step_seconds"] for r in results]

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import add_llama_size_arguments, llama_model_args, step_times  # noqa: E402
+from _common import add_llama_size_arguments, llama_model_args, plan_llama_decode, step_times  # noqa: E402
 
 from planner.verify_runner import run_torchrun  # noqa: E402
 
@@ -63,20 +62,10 @@ def parse_args(argv=None):
 
 
 def make_plan(a, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "planner", "plan", str(ROOT / "examples" / "llama.py")]
-    for m in llama_model_args(a):
-        cmd += ["--model-arg", m]
-    cmd += [
-        "--gpus", str(NPROC), "--workload", "decode", "--batch", str(a.batch),
-        "--context", str(a.context),
-        "--force", f"layers.*.attention=tp(tp={NPROC})", "--force", f"layers.*.mlp=tp(tp={NPROC})",
-        "--force", "lm_head=replicate", "--force", "final_norm=replicate",
-        "--out", str(out), "--json",
-    ]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"helixplan plan failed:\n{r.stdout}\n{r.stderr}")
-    return json.loads(r.stdout)
+    return plan_llama_decode(a, NPROC, [
+        f"layers.*.attention=tp(tp={NPROC})", f"layers.*.mlp=tp(tp={NPROC})",
+        "lm_head=replicate", "final_norm=replicate",
+    ], out)
 
 
 def launch(program: Path, argv: list[str]) -> list[dict]:

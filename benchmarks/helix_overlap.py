@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import add_llama_size_arguments, llama_model_args, step_times  # noqa: E402
+from _common import add_llama_size_arguments, llama_model_args, plan_llama_decode, step_times  # noqa: E402
 
 from planner.verify_runner import run_torchrun  # noqa: E402
 
@@ -72,21 +71,10 @@ def parse_args(argv=None):
 def make_plan(a, hopb: int, out: Path) -> dict:
     kvp, tpa = MESHES[a.mesh]
     group = f"kvp={kvp},tp={tpa}" if tpa > 1 else f"kvp={kvp}"
-    cmd = [sys.executable, "-m", "planner", "plan", str(ROOT / "examples" / "llama.py")]
-    for m in llama_model_args(a):
-        cmd += ["--model-arg", m]
-    cmd += [
-        "--gpus", str(NPROC), "--workload", "decode", "--batch", str(a.batch),
-        "--context", str(a.context),
-        "--force", f"layers.*.attention=helix(kvp={kvp},tpa={tpa},hopb={hopb})",
-        "--force", f"layers.*.mlp=tp({group})",
-        "--force", f"embedding=vocab({group})", "--force", f"lm_head=vocab({group})",
-        "--out", str(out), "--json",
-    ]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"helixplan plan failed:\n{r.stdout}\n{r.stderr}")
-    plan = json.loads(r.stdout)
+    plan = plan_llama_decode(a, NPROC, [
+        f"layers.*.attention=helix(kvp={kvp},tpa={tpa},hopb={hopb})", f"layers.*.mlp=tp({group})",
+        f"embedding=vocab({group})", f"lm_head=vocab({group})",
+    ], out)
     got = {b["extras"].get("hopb") for b in plan["blocks"] if b["strategy"] == "helix"}
     if got != {hopb}:
         raise SystemExit(f"the plan's Helix blocks have hopb {got}, asked for {hopb}")
