@@ -101,6 +101,8 @@ CASES = [
      [r"kv_heads=2 is not divisible by tp=4"]),
     ("heads not divisible by forced helix tpa", lambda f: plan_argv(LLAMA, "--gpus", "8", "--force", "layers.*.attention=helix(kvp=2,tpa=4)"),
      [r"mesh kvp=2×tp=4: block layers\.0\.attention .* kv_heads=2 is not divisible by tpa=4"]),
+    ("training parameter forced on a decode plan", lambda f: plan_argv(LLAMA, "--gpus", "2", "--workload", "decode", "--force", "layers.*.mlp=tp(tp=2,zero=2)"),
+     [r"sets zero, a training parameter, but the workload is decode", r"--workload train"]),
     ("model too big for the cluster", lambda f: plan_argv(LLAMA, "--model-arg", "preset=llama3-8b", "--gpus", "1", "--batch", "64", "--context", "128k"),
      [r"does not fit on 1 GPUs", r"needs \d+\.\d GiB per GPU; 80\.0 GiB available", r"At least ~\d+ GPUs are needed"]),
     ("output directory not writable", lambda f: plan_argv(LLAMA, "--gpus", "2", out="/proc/helixplan/out"),

@@ -19,6 +19,7 @@ from ir.graph import Graph
 from ir.mesh import Mesh
 from ir.workload import Workload, dtype_size_bytes
 from passes.parallelize.build import (
+    TRAINING_PARAMETERS,
     ForceRule,
     GroupSkeleton,
     MeshProblem,
@@ -148,6 +149,12 @@ def search(
                 f"--force {rule.text!r} matches no block; block names look like "
                 + ", ".join(b.name for b in graph.blocks[:6])
                 + " ..."
+            )
+        training_only = sorted(set(rule.extras) & set(TRAINING_PARAMETERS))
+        if training_only and workload.kind != "train":
+            raise InputError(
+                f"--force {rule.text!r} sets {', '.join(training_only)}, a training parameter, but "
+                f"the workload is {workload.kind}; drop it or plan with --workload train"
             )
     cost = CostModel(hardware=hardware, cuda_graphs=cuda_graphs)
     capacity = float(hardware.hbm_capacity_bytes)
