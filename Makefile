@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.helixplan-installed
 
-.PHONY: demo test lint venv clean bench fuzz
+.PHONY: demo test lint venv clean bench fuzz golden
 
 venv: $(VENV_STAMP)
 
@@ -32,6 +32,10 @@ test: venv
 # the bounded `ci` profile as part of `make test`).
 fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:logging tests/test_fuzz_plans.py
+
+# Regenerate tests/golden/ after an intended change to plans or programs; commit the diff.
+golden: venv
+	HELIXPLAN_UPDATE_GOLDEN=1 $(PY) -m pytest -q -p no:logging tests/test_golden_plans.py
 
 lint: venv
 	$(PY) -m ruff check .
