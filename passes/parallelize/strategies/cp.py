@@ -121,8 +121,13 @@ def ring_terms(block: Block, ctx: PlanContext, variant: str) -> dict[str, float]
 
 
 def _send_s(ctx: PlanContext, nbytes: float) -> float:
-    """One ring step's send/recv of `nbytes`, over the slowest neighbour link of the ring."""
-    return max(ctx.cost.collective("send_recv", nbytes, (g[0], g[1])) for g in ctx.mesh.groups("cp"))
+    """One ring step's send/recv of `nbytes`: every rank sends to the next at once, so the
+    step takes as long as the slowest neighbour link of any ring (with cp outside tp, a ring
+    of four ranks four apart on 8-GPU nodes has two NVLink hops and two across nodes)."""
+    return max(
+        ctx.cost.collective("send_recv", nbytes, (g[i], g[(i + 1) % len(g)]))
+        for g in ctx.mesh.groups("cp") for i in range(len(g))
+    )
 
 
 def _backward_ring_terms(
