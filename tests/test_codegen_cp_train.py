@@ -196,6 +196,7 @@ def test_long_context_train_plan_prices_the_ring_backward():
     assert (run.plan.mesh["cp"], run.plan.mesh["tp"]) == (4, 4)
     attention = next(b for b in run.plan.blocks if b.kind == "attention")
     assert attention.strategy == "cp_pass_kv"
+    assert run.plan.predicted["notes"]["attention.0"][-1].startswith("backward ring: attention backward")
 
     def ib_send(nbytes):
         return 6e-6 + nbytes / (50e9 * 0.9)

@@ -278,7 +278,7 @@ def explain_cp(block: Block, ctx: PlanContext) -> list[str]:
         else f"pass-KV wins from T = {cross} new tokens, T/(T+L) = {cross / total:.2%}"
     )
     us = 1e6
-    return [
+    lines = [
         f"new-token share T/(T+L) = {wl.seq / total:.2%} ({wl.seq} new, {wl.context} cached); "
         f"per block pass-KV {kv.time_s * us:.1f} µs, pass-Q {q.time_s * us:.1f} µs",
         f"per ring step ({tk['steps']:.0f} ranks): attention {tk['step_compute_s'] * us:.1f} µs; "
@@ -289,6 +289,16 @@ def explain_cp(block: Block, ctx: PlanContext) -> list[str]:
         "only: it ignores that a step's attention hides the KV send and that pass-Q ends in an "
         "all-to-all as large as all its query sends)",
     ]
+    if ctx.is_train:
+        lines.append(
+            f"backward ring: attention backward {tk['backward_step_compute_s'] * us:.1f} µs per step; "
+            f"pass-KV K/V + dK/dV sends {tk['backward_sends_s'] * us:.1f} µs in all (exposed "
+            f"{tk['backward_exposed_ring_s'] * us:.1f} µs + last accumulator hop "
+            f"{tk['backward_final_s'] * us:.1f} µs); pass-Q query + gradient sends "
+            f"{tq['backward_sends_s'] * us:.1f} µs (exposed {tq['backward_exposed_ring_s'] * us:.1f} µs) "
+            f"+ all-to-all of dq partials {tq['backward_final_s'] * us:.1f} µs"
+        )
+    return lines
 
 
 def _strategy(variant: str, summary: str) -> Strategy:
