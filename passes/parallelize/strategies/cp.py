@@ -195,8 +195,8 @@ def price_cp(block: Block, ctx: PlanContext, *, variant: str, zero: int = 0, rec
 
 def _price_cp_training(
     block: Block, ctx: PlanContext, variant: str, terms: dict[str, float], forward: float,
-    forward_exposed: float,
-    comm: dict[str, float], all_reduce_s: float, params: float, *, zero: int, recompute: int,
+    forward_exposed: float, comm: dict[str, float], all_reduce_s: float, params: float,
+    *, zero: int, recompute: int,
 ) -> Priced:
     """Forward (again when recomputed), the ring backward (module docstring) and the
     gradient collectives over cp and dp, overlapped with the backward compute."""
