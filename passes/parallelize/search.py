@@ -166,7 +166,7 @@ def search(
     outcomes: list[MeshOutcome] = []
     # kvp meshes: Helix, or the baseline whose FFN stays on the attention's tp group
     helix = bool({"helix", "tp_attn_group"} & allowed) and workload.kind == "decode"
-    ring = bool({"cp_pass_kv", "cp_pass_q"} & allowed) and workload.kind == "prefill"
+    ring = bool({"cp_pass_kv", "cp_pass_q"} & allowed) and workload.kind in ("prefill", "train")
     split_reason = batch_split_reason(graph.blocks) if verified_only else None
     token_reason = token_split_reason(graph.blocks) if verified_only else None
 

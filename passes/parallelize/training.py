@@ -81,7 +81,8 @@ def sharded_state_bytes(
 
 def dp_collectives(params: float, ctx: PlanContext, zero: int) -> dict[str, tuple[float, str]]:
     """Seconds of the dp-axis collectives of one step at level `zero`, keyed by name, with
-    the phase whose compute hides them ("forward" or "backward"; "step": none, exposed)."""
+    the phase whose compute hides them ("forward" or "backward"; "step": none, exposed); on a
+    cp mesh also the gradients' all-reduce over cp (cp acts like dp for the weights)."""
     w = ctx.weight_bytes
     nbytes = params * w
     out: dict[str, tuple[float, str]] = {}
@@ -100,4 +101,8 @@ def dp_collectives(params: float, ctx: PlanContext, zero: int) -> dict[str, tupl
     if zero == 3:
         add("all_gather:params", "all_gather", "forward")
         add("all_gather:params_bwd", "all_gather", "backward")
+    if ctx.mesh.size("cp") > 1:  # every rank of a cp ring holds the weights whole, fed other tokens
+        seconds = ctx.collective_s("all_reduce", nbytes, "cp")
+        if seconds:
+            out["all_reduce:grads_cp"] = (seconds, "backward")
     return out

@@ -43,6 +43,10 @@ VERIFIED_TRAINING_KINDS: dict[str, frozenset[str]] = {
     "tp_sp": frozenset({"attention", "mlp", "norm"}),
     "dp": frozenset({"attention", "mlp", "norm", "embedding", "lm_head"}),
     "vocab": frozenset({"embedding", "lm_head"}),
+    # ring attention with its ring backward, cp alone, cp × tp, dp × cp, balanced labels
+    # (tests/test_codegen_cp_train.py)
+    "cp_pass_kv": frozenset({"attention"}),
+    "cp_pass_q": frozenset({"attention"}),
 }
 
 

@@ -18,6 +18,21 @@ Q_t = Q/tp query heads:
 Pass-KV moves 2·K_t·(T+L)/N per step, pass-Q Q_t·T/N: they break even near
 T/(T+L) = 2K/Q — pass-Q wins with a big cached prefix (few new tokens per cached one), pass-KV
 for full prefill, where the step's attention also hides its send.
+
+Training (the ring backward, as the generated program runs it): every step's attention is
+recomputed from the saved log-sum-exp and differentiated, 2× the forward step
+(BACKWARD_FACTOR), and the ring traffic comes twice, overlapped by the same rule as forward:
+* pass-KV: the K/V blocks travel again (N−1 sends) and beside them a dK/dV accumulator in
+  float32 (ACCUMULATOR_BYTES) that follows its block and reaches the owner after N sends; per
+  step exposed = max(0, K/V send + accumulator send − backward step), plus the last
+  accumulator hop, which nothing hides;
+* pass-Q: each rank's queries travel again packed with their output gradient, delta and
+  log-sum-exp (B·T_c·Q_t·(d_k + d_v + 2) float32 elements per step, overlapped likewise);
+  dK/dV stay local, and one all-to-all of the dq partials (B·T_c·Q_t·d_k per peer) ends it.
+The tp all-reduce of the forward has its transpose in backward; recomputation re-runs the
+forward (its ring too). The block's weights are replicated over cp (and dp): their gradients
+are all-reduced over cp, and over dp by the block's sharding level (training.dp_collectives),
+overlapped with the backward.
 """
 
 from __future__ import annotations
@@ -25,14 +40,21 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from cost_models import KernelWork
+from cost_models import KernelWork, OverlapStage, exposed_comm_seconds
 from cost_models.compute import attention_prefill_work
 from ir.graph import Block
 from passes.parallelize.context import PlanContext
-from passes.parallelize.pricing import Priced
+from passes.parallelize.pricing import LocalSizes, Priced, training_activation_bytes
 from passes.parallelize.strategy import REPLICATE, Strategy
+from passes.parallelize.training import (
+    BACKWARD_FACTOR,
+    OVERLAP_SLOWDOWN,
+    dp_collectives,
+    sharded_state_bytes,
+)
 
 VARIANTS = ("cp_pass_kv", "cp_pass_q")
+ACCUMULATOR_BYTES = 4.0  # the ring backward accumulates and sends gradients in float32
 
 
 def cp_requirements(block: Block, ctx: PlanContext) -> str | None:
@@ -87,17 +109,56 @@ def ring_terms(block: Block, ctx: PlanContext, variant: str) -> dict[str, float]
         msg = batch * tc * shape["q_heads"] * kd * ctx.act_bytes
         partials = batch * tc * shape["q_heads"] * (vd * ctx.act_bytes + 4.0) * n
         final = ctx.collective_s("all_to_all", partials, ("cp",))
-    send_s = max(
-        ctx.cost.collective("send_recv", msg, (g[0], g[1])) for g in ctx.mesh.groups("cp")
-    )
-    return {
+    send_s = _send_s(ctx, msg)
+    terms = {
         "steps": float(n), "step_compute_s": step_s, "step_send_s": send_s,
         "exposed_ring_s": (n - 1) * max(0.0, send_s - step_s), "final_all_to_all_s": final,
         "attention_s": n * step_s, "message_bytes": float(msg),
     }
+    if ctx.is_train:
+        terms.update(_backward_ring_terms(ctx, variant, terms, batch, tc, lc, shape))
+    return terms
 
 
-def price_cp(block: Block, ctx: PlanContext, *, variant: str) -> Priced:
+def _send_s(ctx: PlanContext, nbytes: float) -> float:
+    """One ring step's send/recv of `nbytes`: every rank sends to the next at once, so the
+    step takes as long as the slowest neighbour link of any ring (with cp outside tp, a ring
+    of four ranks four apart on 8-GPU nodes has two NVLink hops and two across nodes)."""
+    return max(
+        ctx.cost.collective("send_recv", nbytes, (g[i], g[(i + 1) % len(g)]))
+        for g in ctx.mesh.groups("cp") for i in range(len(g))
+    )
+
+
+def _backward_ring_terms(
+    ctx: PlanContext, variant: str, fwd: dict[str, float], batch: int, tc: int, lc: int, shape: dict
+) -> dict[str, float]:
+    """The ring of the backward (module docstring): its step compute, per-step sends and
+    what of them is exposed, and its closing transfer (pass-KV: the last accumulator hop;
+    pass-Q: the all-to-all of dq partials)."""
+    n = int(fwd["steps"])
+    step_s = BACKWARD_FACTOR * fwd["step_compute_s"]
+    kd, vd = shape["head_dim"], shape["v_head_dim"]
+    if variant == "cp_pass_kv":
+        grad_msg = batch * (tc + lc) * shape["kv_heads"] * (kd + vd) * ACCUMULATOR_BYTES
+        grad_s = _send_s(ctx, grad_msg)
+        per_step = fwd["step_send_s"] + grad_s
+        sends = (n - 1) * per_step + grad_s
+        final = grad_s
+    else:
+        grad_msg = batch * tc * shape["q_heads"] * (kd + vd + 2) * ACCUMULATOR_BYTES
+        per_step = _send_s(ctx, grad_msg)
+        sends = (n - 1) * per_step
+        partials = batch * tc * shape["q_heads"] * kd * ACCUMULATOR_BYTES * n
+        final = ctx.collective_s("all_to_all", partials, ("cp",))
+    return {
+        "backward_step_compute_s": step_s, "backward_message_bytes": float(grad_msg),
+        "backward_sends_s": sends, "backward_exposed_ring_s": (n - 1) * max(0.0, per_step - step_s),
+        "backward_final_s": final,
+    }
+
+
+def price_cp(block: Block, ctx: PlanContext, *, variant: str, zero: int = 0, recompute: int = 0) -> Priced:
     wl = ctx.workload
     tp = ctx.mesh.size("tp")
     batch = ctx.replica_batch()
@@ -124,7 +185,52 @@ def price_cp(block: Block, ctx: PlanContext, *, variant: str) -> Priced:
     kv_tokens = math.ceil(wl.context / n) + local_new_tokens(ctx)
     per_token = shape["kv_heads"] * (shape["head_dim"] + shape["v_head_dim"])
     memory = {"weights": params * w, "kv_cache": batch * kv_tokens * per_token * ctx.kv_bytes}
+    if ctx.is_train:
+        return _price_cp_training(
+            block, ctx, variant, terms, compute, exposed, comm, all_reduce_s, params,
+            zero=zero, recompute=recompute,
+        )
     return Priced(compute + exposed, compute, {k: v for k, v in comm.items() if v}, exposed, memory)
+
+
+def _price_cp_training(
+    block: Block, ctx: PlanContext, variant: str, terms: dict[str, float], forward: float,
+    forward_exposed: float, comm: dict[str, float], all_reduce_s: float, params: float,
+    *, zero: int, recompute: int,
+) -> Priced:
+    """Forward (again when recomputed), the ring backward (module docstring) and the
+    gradient collectives over cp and dp, overlapped with the backward compute."""
+    backward = BACKWARD_FACTOR * forward + recompute * forward
+    runs = 1 + recompute
+    exposed = (
+        runs * forward_exposed + terms["backward_exposed_ring_s"] + terms["backward_final_s"]
+        + all_reduce_s
+    )
+    total = {k: runs * v for k, v in comm.items()}
+    total["send_recv:cp_backward"] = terms["backward_sends_s"]
+    if variant == "cp_pass_q":  # pass-KV's closing transfer is its last accumulator send
+        total["all_to_all:cp_backward"] = terms["backward_final_s"]
+    total["all_reduce:tp"] += all_reduce_s  # its transpose in backward
+    hidden = {"forward": 0.0, "backward": 0.0, "step": 0.0}
+    for name, (seconds, phase) in dp_collectives(params, ctx, zero).items():
+        total[name] = seconds
+        hidden[phase] += seconds
+    exposed += hidden["step"] + exposed_comm_seconds([
+        OverlapStage(comm_s=hidden["forward"], overlappable_compute_s=forward),
+        OverlapStage(comm_s=hidden["backward"], overlappable_compute_s=backward),
+    ])
+    compute = forward + backward + OVERLAP_SLOWDOWN * (hidden["forward"] + hidden["backward"])
+    tp = ctx.mesh.size("tp")
+    sizes = LocalSizes(
+        batch=ctx.replica_batch(), tokens=local_new_tokens(ctx), context=0, weight_split=tp,
+        norm_token_split=1,
+    )
+    activations = (
+        sizes.rows * block.dims["hidden"] * ctx.act_bytes if recompute
+        else training_activation_bytes(block, ctx, sizes)
+    )
+    memory = {"kv_cache": 0.0, **sharded_state_bytes(params, ctx, zero), "activations": activations}
+    return Priced(compute + exposed, compute, {k: v for k, v in total.items() if v}, exposed, memory)
 
 
 def _with_split(ctx: PlanContext, seq: int, context: int) -> PlanContext:
@@ -172,7 +278,7 @@ def explain_cp(block: Block, ctx: PlanContext) -> list[str]:
         else f"pass-KV wins from T = {cross} new tokens, T/(T+L) = {cross / total:.2%}"
     )
     us = 1e6
-    return [
+    lines = [
         f"new-token share T/(T+L) = {wl.seq / total:.2%} ({wl.seq} new, {wl.context} cached); "
         f"per block pass-KV {kv.time_s * us:.1f} µs, pass-Q {q.time_s * us:.1f} µs",
         f"per ring step ({tk['steps']:.0f} ranks): attention {tk['step_compute_s'] * us:.1f} µs; "
@@ -183,11 +289,21 @@ def explain_cp(block: Block, ctx: PlanContext) -> list[str]:
         "only: it ignores that a step's attention hides the KV send and that pass-Q ends in an "
         "all-to-all as large as all its query sends)",
     ]
+    if ctx.is_train:
+        lines.append(
+            f"backward ring: attention backward {tk['backward_step_compute_s'] * us:.1f} µs per step; "
+            f"pass-KV K/V + dK/dV sends {tk['backward_sends_s'] * us:.1f} µs in all (exposed "
+            f"{tk['backward_exposed_ring_s'] * us:.1f} µs + last accumulator hop "
+            f"{tk['backward_final_s'] * us:.1f} µs); pass-Q query + gradient sends "
+            f"{tq['backward_sends_s'] * us:.1f} µs (exposed {tq['backward_exposed_ring_s'] * us:.1f} µs) "
+            f"+ all-to-all of dq partials {tq['backward_final_s'] * us:.1f} µs"
+        )
+    return lines
 
 
 def _strategy(variant: str, summary: str) -> Strategy:
-    def price(block: Block, ctx: PlanContext) -> Priced:
-        return price_cp(block, ctx, variant=variant)
+    def price(block: Block, ctx: PlanContext, **extras: int) -> Priced:
+        return price_cp(block, ctx, variant=variant, **extras)
 
     return Strategy(
         name=variant,
@@ -198,7 +314,7 @@ def _strategy(variant: str, summary: str) -> Strategy:
         layout_out=REPLICATE,
         requirements=(cp_requirements,),
         price=price,
-        workloads=frozenset({"prefill"}),
+        workloads=frozenset({"prefill", "train"}),
         explain=explain_cp,
     )
 
