@@ -243,16 +243,16 @@ def cp_padded_len(tokens):
     return -(-tokens // unit) * unit
 
 
-def cp_balance(t, dim):
-    """A global tensor with T tokens along `dim` -> padded to a multiple of 2·cp (zeros at the
-    end) and permuted into the load-balanced order, so an even split over cp gives each rank
-    its two chunks."""
+def cp_balance(t, dim, fill=0):
+    """A global tensor with T tokens along `dim` -> padded to a multiple of 2·cp (`fill` at
+    the end) and permuted into the load-balanced order, so an even split over cp gives each
+    rank its two chunks."""
     tokens = t.shape[dim]
     pad = cp_padded_len(tokens) - tokens
     if pad:
         shape = list(t.shape)
         shape[dim] = pad
-        t = torch.cat([t, t.new_zeros(shape)], dim)
+        t = torch.cat([t, t.new_full(shape, fill)], dim)
     return t.index_select(dim, cp_order(t.shape[dim], t.device))
 
 
@@ -278,11 +278,12 @@ def cp_pad_cache(t, dim):
 def attend_block(q, keys, values, valid, scale):
     """Attention of q [B, h, Tq, d] over one block of keys/values [B, kv_h, S, d] where
     `valid` [B or 1, 1, Tq, S] is True: (out normalized over this block, log-sum-exp), both
-    float32; a query with no valid key gives out 0 and log-sum-exp -inf (never NaN)."""
+    in float32 at least; a query with no valid key gives out 0 and log-sum-exp -inf (never NaN)."""
+    acc = torch.promote_types(q.dtype, torch.float32)
     groups = q.shape[1] // keys.shape[1]
-    keys = keys.float().repeat_interleave(groups, 1)
-    values = values.float().repeat_interleave(groups, 1)
-    scores = (q.float() @ keys.transpose(-1, -2)) * scale
+    keys = keys.to(acc).repeat_interleave(groups, 1)
+    values = values.to(acc).repeat_interleave(groups, 1)
+    scores = (q.to(acc) @ keys.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~valid, float("-inf"))
     top = scores.amax(-1, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
@@ -290,6 +291,30 @@ def attend_block(q, keys, values, valid, scale):
     total = weights.sum(-1, keepdim=True)
     out = (weights @ values) / total.clamp_min(torch.finfo(torch.float32).tiny)
     return out, top + total.log()
+
+
+def attend_block_backward(q, keys, values, valid, scale, d_out, delta, lse):
+    """Gradients (dq, dk, dv) of one block's share of an attention whose final log-sum-exp
+    over all keys is `lse` and whose delta = rowsum(d_out · out): the block's probabilities
+    are recomputed as exp(scores - lse), so no per-block state is kept from the forward.
+    dk/dv are summed over the query heads sharing a KV head (GQA)."""
+    acc = d_out.dtype
+    batch, kv_heads, keys_len, _ = keys.shape
+    groups = q.shape[1] // kv_heads
+    q = q.to(acc)
+    k = keys.to(acc).repeat_interleave(groups, 1)
+    v = values.to(acc).repeat_interleave(groups, 1)
+    scores = ((q @ k.transpose(-1, -2)) * scale).masked_fill(~valid, float("-inf"))
+    probs = torch.exp(scores - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)))
+    dv = probs.transpose(-1, -2) @ d_out
+    d_scores = probs * (d_out @ v.transpose(-1, -2) - delta)
+    dq = (d_scores @ k) * scale
+    dk = (d_scores.transpose(-1, -2) @ q) * scale
+    return (
+        dq,
+        dk.view(batch, kv_heads, groups, keys_len, -1).sum(2),
+        dv.view(batch, kv_heads, groups, keys_len, -1).sum(2),
+    )
 
 
 def merge_partials(out_a, lse_a, out_b, lse_b):
@@ -324,16 +349,24 @@ def cp_peer(pg, offset):
     return rank_of({**{a: pg.coord[a] for a in MESH}, "cp": (pg.coord["cp"] + offset) % MESH["cp"]})
 
 
-def ring_shift(tensor, pg):
+def ring_shift(tensor, pg, tag=0):
     """Start sending `tensor` to the next cp rank and receiving the previous rank's into a new
-    buffer; returns (buffer, requests) — wait on the requests before reading the buffer."""
+    buffer; returns (buffer, requests) — `ring_arrived` waits and gives the buffer. Two rings
+    in flight at once (K/V blocks and their gradient accumulators) use different tags."""
     tensor = tensor.contiguous()
     buffer = torch.empty_like(tensor)
     ops = [
-        dist.P2POp(dist.isend, tensor, cp_peer(pg, 1), group=pg.cp),
-        dist.P2POp(dist.irecv, buffer, cp_peer(pg, -1), group=pg.cp),
+        dist.P2POp(dist.isend, tensor, cp_peer(pg, 1), group=pg.cp, tag=tag),
+        dist.P2POp(dist.irecv, buffer, cp_peer(pg, -1), group=pg.cp, tag=tag),
     ]
     return buffer, dist.batch_isend_irecv(ops)
+
+
+def ring_arrived(pending):
+    buffer, requests = pending
+    for request in requests:
+        request.wait()
+    return buffer
 
 
 def _cp_kv(k_new, v_new, k_cache, v_cache):
@@ -342,71 +375,162 @@ def _cp_kv(k_new, v_new, k_cache, v_cache):
     return torch.stack([torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)])
 
 
+class CpRing:
+    """Where a cp rank's queries and keys sit in the model's mask [B or 1, 1, T, L + T]:
+    queries at their balanced new-token rows, keys at their cached slots then their balanced
+    new tokens (see cp_key_columns)."""
+
+    def __init__(self, q, k_cache, mask, pg):
+        self.n, self.index = MESH["cp"], pg.coord["cp"]
+        self.local_new, self.device, self.mask = q.shape[2], q.device, mask
+        self.local_cache = 0 if k_cache is None else k_cache.shape[2]
+        self.cache_len = mask.shape[-1] - mask.shape[2]
+        self.slots = getattr(pg, "cp_cache_slots", None)
+
+    def valid(self, query_owner, key_owner):
+        """[B or 1, 1, Tc, S]: which keys of `key_owner`'s block the queries of
+        `query_owner` may attend to."""
+        rows = self.mask.index_select(2, cp_positions(self.local_new, query_owner, self.device))
+        columns = cp_key_columns(self.cache_len, self.local_cache, self.local_new, key_owner, self.device, self.slots)
+        return cp_valid(rows, columns)
+
+
+def _cache_grads(ctx, d_kv, local_cache):
+    """The gradients of (k_new, v_new, k_cache, v_cache) from the gradient of the stacked
+    [cache ‖ new] K/V block."""
+    d_new = d_kv.narrow(3, local_cache, d_kv.shape[3] - local_cache)
+    d_cache = d_kv.narrow(3, 0, local_cache) if local_cache else None
+    return (
+        d_new[0].to(ctx.kv_dtype), d_new[1].to(ctx.kv_dtype),
+        d_cache[0].to(ctx.kv_dtype) if d_cache is not None and ctx.needs_input_grad[3] else None,
+        d_cache[1].to(ctx.kv_dtype) if d_cache is not None and ctx.needs_input_grad[4] else None,
+    )
+
+
+class RingAttentionPassKV(torch.autograd.Function):
+    """Ring attention, pass-KV, differentiable. Forward: this rank's queries stay, the K/V
+    blocks travel the ring (cp - 1 steps, each send/recv overlapped with attention over the
+    block in hand), partials merge by log-sum-exp. Backward (the standard ring backward):
+    the K/V blocks travel the ring again; each rank recomputes its queries' probabilities
+    over the block in hand from the saved log-sum-exp, adds to its dq, and adds the block's
+    dk/dv to a gradient accumulator that travels the ring one step behind the block (its own
+    tag) and, after cp steps, arrives back at the block's owner."""
+
+    @staticmethod
+    def forward(ctx, q, k_new, v_new, k_cache, v_cache, mask, pg, scale):
+        ring = CpRing(q, k_cache, mask, pg)
+        kv = _cp_kv(k_new, v_new, k_cache, v_cache)
+        block, out, lse = kv, None, None
+        for step in range(ring.n):
+            pending = ring_shift(block, pg) if step < ring.n - 1 else None
+            valid = ring.valid(ring.index, (ring.index - step) % ring.n)
+            part = attend_block(q, block[0], block[1], valid, scale)
+            out, lse = part if out is None else merge_partials(out, lse, *part)
+            if pending is not None:
+                block = ring_arrived(pending)
+        ctx.save_for_backward(q, kv, out, lse)
+        ctx.ring, ctx.pg, ctx.scale, ctx.kv_dtype = ring, pg, scale, k_new.dtype
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, kv, out, lse = ctx.saved_tensors
+        ring, pg = ctx.ring, ctx.pg
+        d_out = grad.to(out.dtype)
+        delta = (d_out * out).sum(-1, keepdim=True)
+        dq = torch.zeros(q.shape, dtype=out.dtype, device=q.device)
+        block, carried = kv, None
+        for step in range(ring.n):
+            pending = ring_shift(block, pg) if step < ring.n - 1 else None
+            valid = ring.valid(ring.index, (ring.index - step) % ring.n)
+            dq_part, dk, dv = attend_block_backward(q, block[0], block[1], valid, ctx.scale, d_out, delta, lse)
+            dq += dq_part
+            d_block = torch.stack([dk, dv])
+            if carried is not None:
+                d_block += ring_arrived(carried)
+            carried = ring_shift(d_block, pg, tag=1)
+            if pending is not None:
+                block = ring_arrived(pending)
+        d_kv = ring_arrived(carried)  # the accumulator of this rank's own block, complete
+        return (dq.to(q.dtype), *_cache_grads(ctx, d_kv, ring.local_cache), None, None, None)
+
+
+class RingAttentionPassQ(torch.autograd.Function):
+    """Ring attention, pass-Q, differentiable. Forward: K/V stay where they live; the queries
+    of every cp rank travel the ring (cp - 1 send/recv steps overlapped with attention of the
+    queries in hand over this rank's keys), then one all-to-all over cp returns each partial
+    output and its log-sum-exp to the queries' owner, which merges them exactly. Backward:
+    each rank's queries travel the ring again, packed with their output gradient, delta and
+    final log-sum-exp; every rank adds the dk/dv of its own keys locally (K/V never move)
+    and keeps a dq partial per query owner, which one all-to-all returns to the owners."""
+
+    @staticmethod
+    def forward(ctx, q, k_new, v_new, k_cache, v_cache, mask, pg, scale):
+        ring = CpRing(q, k_cache, mask, pg)
+        kv = _cp_kv(k_new, v_new, k_cache, v_cache)
+        parts = [None] * ring.n
+        block = q
+        for step in range(ring.n):
+            pending = ring_shift(block, pg) if step < ring.n - 1 else None
+            owner = (ring.index - step) % ring.n
+            out, lse = attend_block(block, kv[0], kv[1], ring.valid(owner, ring.index), scale)
+            parts[owner] = torch.cat([out, lse], -1)
+            if pending is not None:
+                block = ring_arrived(pending)
+        send = torch.stack(parts)
+        received = torch.empty_like(send)
+        dist.all_to_all_single(received, send, group=pg.cp)
+        out, lse = received[..., :-1], received[..., -1:]
+        top = lse.amax(0, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        weight = torch.exp(lse - top)
+        total = weight.sum(0)
+        out = (weight * out).sum(0) / total.clamp_min(torch.finfo(torch.float32).tiny)
+        ctx.save_for_backward(q, kv, out, top[0] + total.log())
+        ctx.ring, ctx.pg, ctx.scale, ctx.kv_dtype = ring, pg, scale, k_new.dtype
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, kv, out, lse = ctx.saved_tensors
+        ring, pg = ctx.ring, ctx.pg
+        d_out = grad.to(out.dtype)
+        delta = (d_out * out).sum(-1, keepdim=True)
+        widths = [q.shape[-1], d_out.shape[-1], 1, 1]
+        block = torch.cat([q.to(out.dtype), d_out, delta, lse], -1)
+        d_kv = torch.zeros(kv.shape, dtype=out.dtype, device=kv.device)
+        dq_parts = [None] * ring.n
+        for step in range(ring.n):
+            pending = ring_shift(block, pg) if step < ring.n - 1 else None
+            owner = (ring.index - step) % ring.n
+            q_in, d_in, delta_in, lse_in = block.split(widths, -1)
+            valid = ring.valid(owner, ring.index)
+            dq_parts[owner], dk, dv = attend_block_backward(q_in, kv[0], kv[1], valid, ctx.scale, d_in, delta_in, lse_in)
+            d_kv += torch.stack([dk, dv])
+            if pending is not None:
+                block = ring_arrived(pending)
+        send = torch.stack(dq_parts)
+        received = torch.empty_like(send)
+        dist.all_to_all_single(received, send, group=pg.cp)
+        dq = received.sum(0)
+        return (dq.to(q.dtype), *_cache_grads(ctx, d_kv, ring.local_cache), None, None, None)
+
+
 def ring_attention_pass_kv(q, k_new, v_new, k_cache, v_cache, mask, pg, scale=None):
-    """Ring attention, pass-KV: this cp rank's queries q [B, h, Tc, d] stay; the K/V blocks
-    (each rank's slice of the cached prefix [B, kv_h, L/cp, d] and its new tokens
-    [B, kv_h, Tc, d]) travel the ring in cp - 1 steps, each step's send/recv overlapped with
-    attention over the block in hand. mask [B or 1, 1, T, L + T] is the model's boolean mask
-    over global positions (the kernel reads its rows and columns at this rank's query and
-    the block's key positions). Partials merge exactly by log-sum-exp."""
-    n, index = MESH["cp"], pg.coord["cp"]
-    local_new = q.shape[2]
-    local_cache = 0 if k_cache is None else k_cache.shape[2]
-    cache_len = mask.shape[-1] - mask.shape[2]
+    """Ring attention, pass-KV (RingAttentionPassKV): this cp rank's queries q [B, h, Tc, d]
+    stay; the K/V blocks (each rank's slice of the cached prefix [B, kv_h, L/cp, d] and its
+    new tokens [B, kv_h, Tc, d]) travel the ring. mask [B or 1, 1, T, L + T] is the model's
+    boolean mask over global positions (the kernel reads its rows and columns at this rank's
+    query and the block's key positions)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    rows = mask.index_select(2, cp_positions(local_new, index, q.device))
-    slots = getattr(pg, "cp_cache_slots", None)
-    block = _cp_kv(k_new, v_new, k_cache, v_cache)
-    out = lse = None
-    for step in range(n):
-        pending = ring_shift(block, pg) if step < n - 1 else None
-        owner = (index - step) % n
-        columns = cp_key_columns(cache_len, local_cache, local_new, owner, q.device, slots)
-        valid = cp_valid(rows, columns)
-        part = attend_block(q, block[0], block[1], valid, scale)
-        out, lse = part if out is None else merge_partials(out, lse, *part)
-        if pending is not None:
-            block, requests = pending
-            for request in requests:
-                request.wait()
-    return out.to(q.dtype)
+    return RingAttentionPassKV.apply(q, k_new, v_new, k_cache, v_cache, mask, pg, scale)
 
 
 def ring_attention_pass_q(q, k_new, v_new, k_cache, v_cache, mask, pg, scale=None):
-    """Ring attention, pass-Q: K/V stay where they live; the queries of every cp rank travel
-    the ring (cp - 1 send/recv steps overlapped with attention of the queries in hand over
-    this rank's keys), then one all-to-all over cp returns each partial output and its
-    log-sum-exp to the queries' owner, which merges them exactly."""
-    n, index = MESH["cp"], pg.coord["cp"]
-    local_new = q.shape[2]
-    local_cache = 0 if k_cache is None else k_cache.shape[2]
-    cache_len = mask.shape[-1] - mask.shape[2]
+    """Ring attention, pass-Q (RingAttentionPassQ): queries travel the ring, K/V stay, one
+    all-to-all returns the partial outputs; arguments as ring_attention_pass_kv."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    kv = _cp_kv(k_new, v_new, k_cache, v_cache)
-    columns = cp_valid(
-        mask, cp_key_columns(cache_len, local_cache, local_new, index, q.device, getattr(pg, "cp_cache_slots", None))
-    )
-    parts = [None] * n
-    block = q
-    for step in range(n):
-        pending = ring_shift(block, pg) if step < n - 1 else None
-        owner = (index - step) % n
-        valid = columns.index_select(2, cp_positions(local_new, owner, q.device))
-        out, lse = attend_block(block, kv[0], kv[1], valid, scale)
-        parts[owner] = torch.cat([out, lse], -1)
-        if pending is not None:
-            block, requests = pending
-            for request in requests:
-                request.wait()
-    send = torch.stack(parts)
-    received = torch.empty_like(send)
-    dist.all_to_all_single(received, send, group=pg.cp)
-    out, lse = received[..., :-1], received[..., -1:]
-    top = lse.amax(0, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    weight = torch.exp(lse - top)
-    total = weight.sum(0).clamp_min(torch.finfo(torch.float32).tiny)
-    return ((weight * out).sum(0) / total).to(q.dtype)
+    return RingAttentionPassQ.apply(q, k_new, v_new, k_cache, v_cache, mask, pg, scale)
 
 # ---------------------------------------------------------------------------- experts
 def moe_experts(x, expert_ids, weights, gate_up, down, index):
@@ -1211,6 +1335,11 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
     example = module.example_inputs("prefill", batch, seq, 0, model=config_model)
     glob = flatten_inputs(example)
     glob.setdefault("cache_lens", torch.zeros(batch, dtype=torch.long))
+    labels = shifted_labels(glob["input_ids"])
+    local_labels = labels
+    if "cp" in AXES:  # tokens and their labels into the balanced layout; padding is ignored
+        glob = cp_layout(glob)
+        local_labels = cp_balance(labels, 1, fill=-100)
     caches = {n: to_local(glob[n], INPUTS[n]["shards"], pg).to(device) if n in glob else torch.zeros(s, device=device)
               for n, s in cache_shapes(batch, 0).items()}
     inputs = local_inputs(glob, caches, pg, device)
@@ -1218,8 +1347,7 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
     shards = OUTPUTS[logits_name]["shards"]
     row_shards = [(a, d) for a, d in shards if d in (0, 1)]
     vocab_axis = next((a for a, d in shards if d not in (0, 1)), None)
-    labels = shifted_labels(glob["input_ids"])
-    local_labels = to_local(labels, row_shards, pg).to(device)
+    local_labels = to_local(local_labels, row_shards, pg).to(device)
     holders = WORLD_SIZE
     for axis, _ in row_shards:
         holders //= MESH[axis]
