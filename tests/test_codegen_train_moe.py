@@ -15,6 +15,7 @@ as threads (threaded process group); one case launches torchrun.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -26,14 +27,19 @@ from tests.test_codegen_train import F64, assert_exact
 TRAIN = {"kind": "train", "batch": 4, "seq": 8, "context": 0, "optimizer": "adamw"}
 SGD = ["--optimizer", "sgd"]
 ARGV = ["--verify", "--backend", "gloo", "--workload", "train", "--batch", "4", "--seq", "8", "--steps", "3"]
-STRATEGIES = {"ep": EP, "ep_dispatch": DP_EP, "tp_ep": TP_EP}
+STRATEGIES = {"ep": EP, "ep_dispatch": DP_EP, "tp_ep": TP_EP, "replicate": {}}
 MODELS = {"mixtral": ("mixtral.py", MIXTRAL_ARGS), "deepseek": ("deepseek.py", DEEPSEEK_ARGS)}
 
 
-def moe_train(tmp_path, model: str, mesh: dict[str, int], moe: str):
+def moe_train(tmp_path, model: str, mesh: dict[str, int], moe: str, recompute: frozenset[str] = frozenset()):
     example, args = MODELS[model]
     graph = _graph(example, args)
     plan = moe_plan(graph, mesh, STRATEGIES[moe], TRAIN)
+    if recompute:
+        plan = dataclasses.replace(plan, blocks=[
+            dataclasses.replace(b, extras={**b.extras, "zero": 0, "recompute": int(b.kind in recompute)})
+            for b in plan.blocks
+        ])
     return plan, write_run_plan(graph, plan, tmp_path)
 
 
@@ -45,6 +51,7 @@ CASES = [
     ("mixtral", {"kvp": 2, "tp": 2}, "ep_dispatch", SGD, 1e-4),
     ("mixtral", {"tp": 2}, "tp_ep", SGD, 1e-4),
     ("mixtral", {"kvp": 2, "tp": 2}, "tp_ep", F64, 1e-9),
+    ("mixtral", {"dp": 2}, "replicate", F64, 1e-9),
     # shared experts, group-limited routing skewed so some ranks' experts get no token
     ("deepseek", {"tp": 2}, "ep", F64, 1e-9),
     ("deepseek", {"tp": 4}, "ep_dispatch", F64, 1e-9),
@@ -77,6 +84,16 @@ def test_expert_weights_shard_over_dp_only(zero, tmp_path):
     assert all(r["zero_levels"] == [zero] for r in results)
     full_params = results[0]["param_bytes"] * (2 if zero == 3 else 1)
     assert results[0]["optimizer_bytes"] == pytest.approx(2 * full_params / 2, rel=0.02)
+
+
+def test_recomputed_moe_reruns_its_dispatch_in_backward(tmp_path):
+    """DeepSeek MoE blocks (dispatch, experts, combine, shared experts) recomputed: the
+    counts exchange and both all-to-alls run again inside backward, on every rank in the
+    same order."""
+    plan, program = moe_train(tmp_path, "deepseek", {"tp": 2}, "ep_dispatch", frozenset({"moe"}))
+    assert program.read_text().count("(recomputed in backward)") == 2  # 2 MoE layers
+    results = run_threaded(program, plan.world_size, [*ARGV, *F64])
+    assert_exact(results, tol=1e-9)
 
 
 def test_planted_dispatch_without_gradient_return_is_caught(tmp_path):

@@ -36,13 +36,18 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
 
 
 # Training (forward, loss, backward, gradient reduction, optimizer step; each dp sharding
-# level) verified per strategy and block kind: tests/test_codegen_train.py.
+# level) verified per strategy and block kind: tests/test_codegen_train.py; MoE blocks
+# (Mixtral, and DeepSeek with shared experts beside latent attention under tp or dp) in
+# tests/test_codegen_train_moe.py.
 VERIFIED_TRAINING_KINDS: dict[str, frozenset[str]] = {
-    "replicate": frozenset({"embedding", "attention", "mlp", "norm", "lm_head", "other"}),
+    "replicate": frozenset({"embedding", "attention", "mlp", "moe", "norm", "lm_head", "other"}),
     "tp": frozenset({"attention", "mlp"}),
     "tp_sp": frozenset({"attention", "mlp", "norm"}),
     "dp": frozenset({"attention", "mlp", "norm", "embedding", "lm_head"}),
     "vocab": frozenset({"embedding", "lm_head"}),
+    "ep": frozenset({"moe"}),
+    "ep_dispatch": frozenset({"moe"}),
+    "tp_ep": frozenset({"moe"}),
 }
 
 
