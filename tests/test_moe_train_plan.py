@@ -111,3 +111,13 @@ def test_mixtral_training_plan_uses_expert_parallelism_with_backward_terms(load)
         one = ctx.collective_s("all_reduce", tokens * 4096 * 2, MODEL_AXES)
         assert b.comm_s[f"all_reduce:{label}"] == pytest.approx(times * one)
     assert {"all_reduce:grads", "reduce_scatter:grads"} & set(b.comm_s)  # expert grads over dp
+
+
+def test_tiny_moe_training_plan_solves(load):
+    """Tiny Mixtral (kilobytes of state, fractional activation bytes) on four 80 GiB GPUs:
+    the memory limit in the integer program's units once overflowed CP-SAT's int64."""
+    run = make_plan(load(MIXTRAL, experts="8"), hardware="h100-sxm", gpus=4,
+                    workload=Workload(kind="train", batch=4, seq=8),
+                    force=["layers.*.moe=ep_dispatch(tp=4)"])
+    assert {b.strategy for b in run.plan.blocks if b.kind == "moe"} == {"ep_dispatch"}
+    assert run.plan.solver["status"] == "OPTIMAL"
