@@ -300,7 +300,7 @@ class DeepseekV3MoE(nn.Module):
     def route(self, tokens: torch.Tensor) -> torch.Tensor:
         """Dense routing weights ``[N, E]``: the top-k weights scattered, zero elsewhere."""
         c = self.config
-        scores = torch.sigmoid(self.gate(tokens).float())
+        scores = torch.sigmoid(self.gate(tokens).to(torch.promote_types(tokens.dtype, torch.float32)))
         choice = scores + self.gate.e_score_correction_bias
         # Keep the topk_group groups whose best two experts score highest.
         grouped = choice.view(-1, c.n_group, c.n_routed_experts // c.n_group)

@@ -213,7 +213,7 @@ class MixtralSparseMoeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])
-        probs = F.softmax(self.gate(tokens).float(), dim=-1)
+        probs = F.softmax(self.gate(tokens).to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
         top_weights, top_experts = torch.topk(probs, self.top_k, dim=-1)
         top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
         # Dense [N, E] routing weights: the top-k weights scattered, zero elsewhere.

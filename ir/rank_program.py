@@ -177,6 +177,7 @@ class WeightShard:
     local_shape: tuple[int, ...]
     view: tuple[int, ...] = ()
     persistent: bool = True  # False: not in the state dict or a checkpoint
+    buffer: bool = False  # a buffer, not a parameter: read by the forward, never trained
 
 
 @dataclass(frozen=True)

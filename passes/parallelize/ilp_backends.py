@@ -190,7 +190,10 @@ class _IntegerScale:
         return math.ceil(num_bytes / self.memory_step_bytes)
 
     def memory_limit(self, num_bytes: float) -> int:
-        return math.floor(num_bytes / self.memory_step_bytes)
+        # the step is fine enough for the whole model in 2^53 steps; a limit far above that
+        # (a tiny model with fractional byte counts on a large GPU) cannot bind, and must
+        # stay inside CP-SAT's int64
+        return min(math.floor(num_bytes / self.memory_step_bytes), 2**62)
 
 
 @dataclass(frozen=True)

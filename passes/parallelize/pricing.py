@@ -272,10 +272,39 @@ def _price_training(
     zero: int,
     recompute: int,
 ) -> Priced:
+    """A generic strategy's training price: weights replicated over the model axes but fed
+    different tokens (batch or token split) reduce their gradients there too."""
+    partial_grads = not strategy.splits_weights and (
+        strategy.splits_batch or strategy.splits_norm_tokens
+    )
+    return training_price(
+        ctx, forward=forward, comm=comm, backward_comm=backward_comm, params=params,
+        model_reduced_params=params if partial_grads else 0.0,
+        activations=training_activation_bytes(block, ctx, s),
+        kept_input=s.rows * block.dims.get("hidden", 1) * ctx.act_bytes / s.norm_token_split,
+        zero=zero, recompute=recompute,
+    )
+
+
+def training_price(
+    ctx: PlanContext,
+    *,
+    forward: float,
+    comm: dict[str, float],
+    backward_comm: dict[str, float],
+    params: float,
+    model_reduced_params: float,
+    activations: float,
+    kept_input: float,
+    zero: int,
+    recompute: int,
+) -> Priced:
     """Forward + backward (2× forward) + recomputed forward, the strategy's collectives and
     their transposes on the critical path, and the gradient / parameter collectives over dp
-    (by sharding level) and over the model axes (weights replicated there but fed different
-    tokens) overlapped with compute (`passes.parallelize.training`)."""
+    (by sharding level, of the `params` this GPU holds) and over the model axes (of the
+    `model_reduced_params` held whole there but fed different tokens) overlapped with compute
+    (`passes.parallelize.training`). Memory: the state at level `zero` and the activations
+    kept for backward (`kept_input`, the block's input, when it is recomputed)."""
     backward = forward * BACKWARD_FACTOR + forward * recompute
     compute = forward + backward
     total: dict[str, float] = {}
@@ -287,11 +316,8 @@ def _price_training(
     for name, (seconds, phase) in dp_collectives(params, ctx, zero).items():
         total[name] = seconds
         hidden_by[phase] += seconds
-    partial_grads = not strategy.splits_weights and (
-        strategy.splits_batch or strategy.splits_norm_tokens
-    )
-    if partial_grads:
-        seconds = ctx.collective_s("all_reduce", params * ctx.weight_bytes, MODEL_AXES)
+    if model_reduced_params:
+        seconds = ctx.collective_s("all_reduce", model_reduced_params * ctx.weight_bytes, MODEL_AXES)
         if seconds:
             total["all_reduce:grads_tp"] = seconds
             hidden_by["backward"] += seconds
@@ -301,10 +327,5 @@ def _price_training(
     ])
     compute += OVERLAP_SLOWDOWN * (hidden_by["forward"] + hidden_by["backward"])
     memory = {"kv_cache": 0.0, **sharded_state_bytes(params, ctx, zero)}
-    if recompute:
-        memory["activations"] = s.rows * block.dims.get("hidden", 1) * ctx.act_bytes / (
-            s.norm_token_split
-        )
-    else:
-        memory["activations"] = training_activation_bytes(block, ctx, s)
+    memory["activations"] = kept_input if recompute else activations
     return Priced(compute + exposed, compute, total, exposed, memory)

@@ -36,9 +36,11 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
 
 
 # Training (forward, loss, backward, gradient reduction, optimizer step; each dp sharding
-# level) verified per strategy and block kind: tests/test_codegen_train.py.
+# level) verified per strategy and block kind: tests/test_codegen_train.py; MoE blocks
+# (Mixtral, and DeepSeek with shared experts beside latent attention under tp or dp) in
+# tests/test_codegen_train_moe.py.
 VERIFIED_TRAINING_KINDS: dict[str, frozenset[str]] = {
-    "replicate": frozenset({"embedding", "attention", "mlp", "norm", "lm_head", "other"}),
+    "replicate": frozenset({"embedding", "attention", "mlp", "moe", "norm", "lm_head", "other"}),
     "tp": frozenset({"attention", "mlp"}),
     "tp_sp": frozenset({"attention", "mlp", "norm"}),
     "dp": frozenset({"attention", "mlp", "norm", "embedding", "lm_head"}),
@@ -47,6 +49,9 @@ VERIFIED_TRAINING_KINDS: dict[str, frozenset[str]] = {
     # (tests/test_codegen_cp_train.py)
     "cp_pass_kv": frozenset({"attention"}),
     "cp_pass_q": frozenset({"attention"}),
+    "ep": frozenset({"moe"}),
+    "ep_dispatch": frozenset({"moe"}),
+    "tp_ep": frozenset({"moe"}),
 }
 
 

@@ -28,6 +28,24 @@ busiest rank receives s·R·k/n pairs).
 holds E/kvp experts' 1/tp slices; the expert GEMM reads 1/(kvp·tp) of the expert weights
 with fewer, wider per-expert row blocks than `ep` over the same ranks (better tile use when
 tokens per expert are few); one all-reduce over kvp×tp combines.
+
+Training (`passes.parallelize.training`; the program's backward is each collective's adjoint):
+* compute: backward ≈ 2× the forward (the expert GEMMs' input and weight gradients), plus
+  the forward once more with recomputation;
+* collectives: the combine all-reduce's backward is an all-reduce of the output gradient
+  (each rank backpropagates its own share of the loss); `ep_dispatch`'s dispatch and combine
+  all-to-alls each have a backward all-to-all of the same volume the other way (the
+  combine's returns the output gradients to the expert ranks, the dispatch's the token and
+  routing-weight gradients to the tokens' owners); recomputation repeats the forward ones;
+* gradients: the expert weights are split over the model group, so only the ranks holding
+  the same experts — the dp replicas — reduce them (the ZeRO level shards their optimizer
+  state, gradients, weights over dp); weights every rank of the model group holds whole —
+  the router, and under `ep_dispatch` the shared experts, fed that rank's tokens only — are
+  also all-reduced over kvp×tp;
+* activations kept for backward: the block's input and router probabilities, and per
+  (token, expert) pair computed here the gathered token, gate, up, SwiGLU output and the
+  weighted output (the busiest rank's pairs), the shared experts' intermediates and, for
+  `ep_dispatch`, the received and returned token buffers; only the input when recomputed.
 """
 
 from __future__ import annotations
@@ -37,7 +55,7 @@ import math
 from cost_models import KernelWork
 from ir.graph import Block
 from passes.parallelize.context import PlanContext
-from passes.parallelize.pricing import Priced
+from passes.parallelize.pricing import Priced, training_price
 from passes.parallelize.strategy import MODEL_AXES, REPLICATE, SHARD_BATCH, Strategy, batch_divides
 
 GEMM_TILE_ROWS = 64
@@ -62,6 +80,13 @@ def active_experts(experts: int, top_k: int, tokens: int) -> float:
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
 
 
+def busiest_pairs(ctx: PlanContext, *, local_experts: int, experts: int, top_k: int, tokens: int) -> float:
+    """(token, expert) pairs the busiest rank computes when each holds `local_experts` of the
+    experts: its even share of tokens·k times the skew, at most k per token."""
+    n_groups = experts // local_experts
+    return min(tokens * top_k / n_groups * ctx.workload.expert_skew, tokens * min(top_k, local_experts))
+
+
 def expert_gemm_work(
     ctx: PlanContext, *, local_experts: int, experts: int, top_k: int, tokens: int,
     hidden: int, ffn: int, ffn_split: int = 1,
@@ -70,7 +95,7 @@ def expert_gemm_work(
     expert's FFN columns split `ffn_split` ways) for `tokens` routed tokens."""
     skew = ctx.workload.expert_skew
     n_groups = experts // local_experts
-    pairs = min(tokens * top_k / n_groups * skew, tokens * min(top_k, local_experts))
+    pairs = busiest_pairs(ctx, local_experts=local_experts, experts=experts, top_k=top_k, tokens=tokens)
     active = max(1.0, min(local_experts, active_experts(experts, top_k, tokens) / n_groups * skew))
     rows_per_expert = pairs / active
     padded = active * math.ceil(rows_per_expert / GEMM_TILE_ROWS) * GEMM_TILE_ROWS
@@ -116,15 +141,54 @@ def moe_parts(block: Block, ctx: PlanContext, rows: int, *, expert_groups: int, 
     return seconds, weights
 
 
-def price_ep(block: Block, ctx: PlanContext) -> Priced:
+def moe_activation_bytes(block: Block, ctx: PlanContext, *, tokens: int, pairs: float, ffn_split: int,
+                         shared_split: int, buffers: float = 0.0) -> float:
+    """Activations a MoE block keeps for backward on one GPU (see the module docstring):
+    `tokens` input rows with their router probabilities, `pairs` (token, expert) rows,
+    the shared experts' intermediates split `shared_split` ways, and `buffers` token rows
+    of exchanged hidden vectors."""
+    d = block.dims
+    hidden, ffn = d["hidden"], d["ffn"]
+    shared_width = d.get("shared_experts", 0) * ffn / shared_split
+    rows = (tokens * (hidden + d["experts"]) + pairs * (2 * hidden + 3 * ffn / ffn_split)
+            + tokens * 3 * shared_width + buffers * hidden)
+    return rows * ctx.act_bytes
+
+
+def moe_priced(block: Block, ctx: PlanContext, seconds: dict[str, float], weights: dict[str, float],
+               comm: dict[str, float], *, model_reduced: float, activations: float, tokens: int,
+               zero: int, recompute: int) -> Priced:
+    """A MoE strategy's price from its parts: inference adds the exposed collectives; training
+    (`training_price`) adds the backward, each collective's adjoint (same kind and bytes:
+    all-reduce ↔ all-reduce, all-to-all ↔ all-to-all), the gradient reductions over dp of the
+    weights this GPU holds and over kvp×tp of the `model_reduced` bytes held whole there."""
+    compute = sum(seconds.values())
+    comm = {k: v for k, v in comm.items() if v}
+    if not ctx.is_train:
+        exposed = sum(comm.values())
+        return Priced(compute + exposed, compute, comm, exposed, {"weights": sum(weights.values())})
+    return training_price(
+        ctx, forward=compute, comm=comm, backward_comm=dict(comm),
+        params=sum(weights.values()) / ctx.weight_bytes,
+        model_reduced_params=model_reduced / ctx.weight_bytes,
+        activations=activations, kept_input=tokens * block.dims["hidden"] * ctx.act_bytes,
+        zero=zero, recompute=recompute,
+    )
+
+
+def price_ep(block: Block, ctx: PlanContext, *, zero: int = 0, recompute: int = 0) -> Priced:
     n = ctx.group_size(MODEL_AXES)
     rows = ctx.replica_batch() * ctx.workload.seq
+    d = block.dims
     seconds, weights = moe_parts(block, ctx, rows, expert_groups=n, ffn_split=1, shared_split=n)
-    compute = sum(seconds.values())
-    combine = ctx.collective_s("all_reduce", rows * block.dims["hidden"] * ctx.act_bytes, MODEL_AXES)
-    axes = ctx.axes_label(MODEL_AXES)
-    comm = {f"all_reduce:{axes}": combine} if combine else {}
-    return Priced(compute + combine, compute, comm, combine, {"weights": sum(weights.values())})
+    combine = ctx.collective_s("all_reduce", rows * d["hidden"] * ctx.act_bytes, MODEL_AXES)
+    pairs = busiest_pairs(ctx, local_experts=d["experts"] // n, experts=d["experts"], top_k=d["top_k"], tokens=rows)
+    return moe_priced(
+        block, ctx, seconds, weights, {f"all_reduce:{ctx.axes_label(MODEL_AXES)}": combine},
+        model_reduced=weights["router"],
+        activations=moe_activation_bytes(block, ctx, tokens=rows, pairs=pairs, ffn_split=1, shared_split=n),
+        tokens=rows, zero=zero, recompute=recompute,
+    )
 
 
 def distinct_ranks(ranks: int, top_k: int) -> float:
@@ -133,7 +197,14 @@ def distinct_ranks(ranks: int, top_k: int) -> float:
     return ranks * (1.0 - (1.0 - 1.0 / ranks) ** top_k)
 
 
-def price_ep_dispatch(block: Block, ctx: PlanContext) -> Priced:
+def dispatch_rows(block: Block, ctx: PlanContext) -> float:
+    """Token rows one rank sends by the dispatch all-to-all (and receives back by the
+    combine): each of its R/n tokens once per distinct rank holding one of its experts."""
+    n = ctx.group_size(MODEL_AXES)
+    return ctx.replica_batch() * ctx.workload.seq // n * distinct_ranks(n, block.dims["top_k"])
+
+
+def price_ep_dispatch(block: Block, ctx: PlanContext, *, zero: int = 0, recompute: int = 0) -> Priced:
     n = ctx.group_size(MODEL_AXES)
     rows = ctx.replica_batch() * ctx.workload.seq
     local_rows = rows // n
@@ -142,15 +213,20 @@ def price_ep_dispatch(block: Block, ctx: PlanContext) -> Priced:
     # router, shared experts and elementwise run on this rank's tokens only
     own, _ = moe_parts(block, ctx, local_rows, expert_groups=n, ffn_split=1, shared_split=1)
     seconds = {**{k: v for k, v in own.items() if k != "experts"}, "experts": seconds["experts"]}
-    compute = sum(seconds.values())
-    volume = local_rows * distinct_ranks(n, d["top_k"]) * d["hidden"] * ctx.act_bytes
+    sent = dispatch_rows(block, ctx)
+    volume = sent * d["hidden"] * ctx.act_bytes
     dispatch = ctx.collective_s("all_to_all", volume, MODEL_AXES)
     combine = ctx.collective_s("all_to_all", volume, MODEL_AXES)
     axes = ctx.axes_label(MODEL_AXES)
     comm = {f"all_to_all:{axes}:dispatch": dispatch, f"all_to_all:{axes}:combine": combine}
-    comm = {k: v for k, v in comm.items() if v}
-    exposed = dispatch + combine
-    return Priced(compute + exposed, compute, comm, exposed, {"weights": sum(weights.values())})
+    pairs = busiest_pairs(ctx, local_experts=d["experts"] // n, experts=d["experts"], top_k=d["top_k"], tokens=rows)
+    return moe_priced(
+        block, ctx, seconds, weights, comm,
+        model_reduced=weights["router"] + weights.get("shared_experts", 0.0),
+        activations=moe_activation_bytes(block, ctx, tokens=local_rows, pairs=pairs, ffn_split=1,
+                                         shared_split=1, buffers=2 * sent),
+        tokens=local_rows, zero=zero, recompute=recompute,
+    )
 
 
 EP = Strategy(
@@ -163,7 +239,7 @@ EP = Strategy(
     splits_weights=True,
     requirements=(ep_requirements,),
     price=price_ep,
-    workloads=frozenset({"decode", "prefill"}),
+    workloads=frozenset({"decode", "prefill", "train"}),
 )
 
 
@@ -178,7 +254,7 @@ EP_DISPATCH = Strategy(
     splits_batch=True,
     requirements=(ep_requirements, batch_divides()),
     price=price_ep_dispatch,
-    workloads=frozenset({"decode", "prefill"}),
+    workloads=frozenset({"decode", "prefill", "train"}),
 )
 
 
@@ -197,15 +273,20 @@ def tp_ep_requirements(block: Block, ctx: PlanContext) -> str | None:
     return None
 
 
-def price_tp_ep(block: Block, ctx: PlanContext) -> Priced:
+def price_tp_ep(block: Block, ctx: PlanContext, *, zero: int = 0, recompute: int = 0) -> Priced:
     ep, tp = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
     rows = ctx.replica_batch() * ctx.workload.seq
+    d = block.dims
     seconds, weights = moe_parts(block, ctx, rows, expert_groups=ep, ffn_split=tp, shared_split=ep * tp)
-    compute = sum(seconds.values())
-    combine = ctx.collective_s("all_reduce", rows * block.dims["hidden"] * ctx.act_bytes, MODEL_AXES)
-    axes = ctx.axes_label(MODEL_AXES)
-    comm = {f"all_reduce:{axes}": combine} if combine else {}
-    return Priced(compute + combine, compute, comm, combine, {"weights": sum(weights.values())})
+    combine = ctx.collective_s("all_reduce", rows * d["hidden"] * ctx.act_bytes, MODEL_AXES)
+    pairs = busiest_pairs(ctx, local_experts=d["experts"] // ep, experts=d["experts"], top_k=d["top_k"], tokens=rows)
+    return moe_priced(
+        block, ctx, seconds, weights, {f"all_reduce:{ctx.axes_label(MODEL_AXES)}": combine},
+        model_reduced=weights["router"],
+        activations=moe_activation_bytes(block, ctx, tokens=rows, pairs=pairs, ffn_split=tp,
+                                         shared_split=ep * tp),
+        tokens=rows, zero=zero, recompute=recompute,
+    )
 
 
 TP_EP = Strategy(
@@ -218,5 +299,5 @@ TP_EP = Strategy(
     splits_weights=True,
     requirements=(tp_ep_requirements,),
     price=price_tp_ep,
-    workloads=frozenset({"decode", "prefill"}),
+    workloads=frozenset({"decode", "prefill", "train"}),
 )
