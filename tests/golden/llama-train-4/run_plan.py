@@ -542,6 +542,10 @@ def moe_experts(x, expert_ids, weights, gate_up, down, index):
     local = gate_up.shape[0]
     first = index * local
     out = torch.zeros_like(x)
+    if _records(x):
+        # tied to x even when no token here chose a local expert: the collective that
+        # follows is then differentiable on every rank, and every rank runs its backward
+        out = out + x[:0].sum()
     ids = expert_ids.reshape(-1) - first
     token = torch.arange(x.shape[0], device=x.device).repeat_interleave(expert_ids.shape[-1])
     mine = (ids >= 0) & (ids < local)
@@ -581,19 +585,30 @@ def moe_dispatch(x, expert_ids, weights, gate_up, down, index, group):
     send, recv = send_counts.tolist(), recv_counts.tolist()
     ids = torch.where(dest[token] == rank[:, None], expert_ids[token], torch.full_like(expert_ids[token], -1))
     rows = sum(recv)
-    rx = x.new_empty((rows, x.shape[1]))
     rids = ids.new_empty((rows, ids.shape[1]))
-    rw = weights.new_empty((rows, weights.shape[1]))
-    works = [
-        dist.all_to_all_single(rx, x[token].contiguous(), recv, send, group=group, async_op=True),
-        dist.all_to_all_single(rids, ids.contiguous(), recv, send, group=group, async_op=True),
-        dist.all_to_all_single(rw, weights[token].contiguous(), recv, send, group=group, async_op=True),
-    ]
-    for work in works:
-        work.wait()
-    ry = moe_experts(rx, rids, rw, gate_up, down, index)
-    back = x.new_empty((len(token), x.shape[1]))
-    dist.all_to_all_single(back, ry, send, recv, group=group)
+    if _records(x) or _records(weights):
+        # training: each token row travels with its routing weights in one AllToAllRows,
+        # whose backward returns their gradients to the tokens' owners (one exchange, so every
+        # rank runs the backward exchanges in the same order)
+        dist.all_to_all_single(rids, ids.contiguous(), recv, send, group=group)
+        packed = torch.cat([x[token], weights[token].to(x.dtype)], -1)
+        received = AllToAllRows.apply(packed, recv, send, group)
+        rx, rw = received.split([x.shape[1], weights.shape[1]], -1)
+        ry = moe_experts(rx, rids, rw, gate_up, down, index)
+        back = AllToAllRows.apply(ry, send, recv, group)
+    else:
+        rx = x.new_empty((rows, x.shape[1]))
+        rw = weights.new_empty((rows, weights.shape[1]))
+        works = [
+            dist.all_to_all_single(rx, x[token].contiguous(), recv, send, group=group, async_op=True),
+            dist.all_to_all_single(rids, ids.contiguous(), recv, send, group=group, async_op=True),
+            dist.all_to_all_single(rw, weights[token].contiguous(), recv, send, group=group, async_op=True),
+        ]
+        for work in works:
+            work.wait()
+        ry = moe_experts(rx, rids, rw, gate_up, down, index)
+        back = x.new_empty((len(token), x.shape[1]))
+        dist.all_to_all_single(back, ry, send, recv, group=group)
     out = torch.zeros_like(x)
     out.index_add_(0, token, back)
     return out
@@ -615,7 +630,7 @@ def mla_attention(q, latent, kv_b, mask, kv_lora, nope, scale=None):
     keys = latent[:, None]
     scores = (query @ keys.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores.float(), -1).to(q.dtype)
+    probs = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), -1).to(q.dtype)
     out_lat = probs @ latent[:, None, :, :kv_lora]
     return torch.einsum("bhtc,hvc->bhtv", out_lat, w_uv)
 
@@ -729,6 +744,25 @@ class AllToAll(torch.autograd.Function):
         out = torch.empty_like(grad)
         dist.all_to_all_single(out, grad, group=ctx.group)
         return out, None
+
+
+class AllToAllRows(torch.autograd.Function):
+    """Uneven row exchange: `send[i]` rows of t go to rank i, `recv[i]` rows come from rank
+    i; backward returns each gradient row to the rank that sent it (the same exchange with
+    the counts swapped)."""
+
+    @staticmethod
+    def forward(ctx, t, recv, send, group):
+        ctx.group, ctx.recv, ctx.send = group, recv, send
+        out = t.new_empty((sum(recv), *t.shape[1:]))
+        dist.all_to_all_single(out, t.contiguous(), recv, send, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = grad.new_empty((sum(ctx.send), *grad.shape[1:]))
+        dist.all_to_all_single(out, grad.contiguous(), ctx.send, ctx.recv, group=ctx.group)
+        return out, None, None, None
 
 
 class Collectives:
@@ -1001,27 +1035,27 @@ def cache_shapes(B, L):
 # ---------------------------------------------------------------------------- tables
 # Weight shards this program reads: `shards` lists (mesh axis, dim) splits, outer axis first.
 WEIGHTS = [
-    {'key': 'model.embed_tokens.weight@dpR_tpR', 'fqn': 'model.embed_tokens.weight', 'aliases': [], 'shape': [512, 128], 'shards': [], 'local_shape': [512, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.0.input_layernorm.weight@dpR_tpR', 'fqn': 'model.layers.0.input_layernorm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.0.self_attn.q_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.self_attn.q_proj.weight', 'aliases': [], 'shape': [128, 128], 'shards': [('tp', 0)], 'local_shape': [64, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.0.self_attn.k_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.self_attn.k_proj.weight', 'aliases': [], 'shape': [64, 128], 'shards': [('tp', 0)], 'local_shape': [32, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.0.self_attn.v_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.self_attn.v_proj.weight', 'aliases': [], 'shape': [64, 128], 'shards': [('tp', 0)], 'local_shape': [32, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.0.self_attn.o_proj.weight@dpR_tpS1', 'fqn': 'model.layers.0.self_attn.o_proj.weight', 'aliases': [], 'shape': [128, 128], 'shards': [('tp', 1)], 'local_shape': [128, 64], 'view': [], 'persistent': True},
-    {'key': 'model.layers.0.post_attention_layernorm.weight@dpR_tpR', 'fqn': 'model.layers.0.post_attention_layernorm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.0.mlp.gate_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.mlp.gate_proj.weight', 'aliases': [], 'shape': [256, 128], 'shards': [('tp', 0)], 'local_shape': [128, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.0.mlp.up_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.mlp.up_proj.weight', 'aliases': [], 'shape': [256, 128], 'shards': [('tp', 0)], 'local_shape': [128, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.0.mlp.down_proj.weight@dpR_tpS1', 'fqn': 'model.layers.0.mlp.down_proj.weight', 'aliases': [], 'shape': [128, 256], 'shards': [('tp', 1)], 'local_shape': [128, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.1.input_layernorm.weight@dpR_tpR', 'fqn': 'model.layers.1.input_layernorm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.1.self_attn.q_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.self_attn.q_proj.weight', 'aliases': [], 'shape': [128, 128], 'shards': [('tp', 0)], 'local_shape': [64, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.1.self_attn.k_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.self_attn.k_proj.weight', 'aliases': [], 'shape': [64, 128], 'shards': [('tp', 0)], 'local_shape': [32, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.1.self_attn.v_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.self_attn.v_proj.weight', 'aliases': [], 'shape': [64, 128], 'shards': [('tp', 0)], 'local_shape': [32, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.1.self_attn.o_proj.weight@dpR_tpS1', 'fqn': 'model.layers.1.self_attn.o_proj.weight', 'aliases': [], 'shape': [128, 128], 'shards': [('tp', 1)], 'local_shape': [128, 64], 'view': [], 'persistent': True},
-    {'key': 'model.layers.1.post_attention_layernorm.weight@dpR_tpR', 'fqn': 'model.layers.1.post_attention_layernorm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.1.mlp.gate_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.mlp.gate_proj.weight', 'aliases': [], 'shape': [256, 128], 'shards': [('tp', 0)], 'local_shape': [128, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.1.mlp.up_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.mlp.up_proj.weight', 'aliases': [], 'shape': [256, 128], 'shards': [('tp', 0)], 'local_shape': [128, 128], 'view': [], 'persistent': True},
-    {'key': 'model.layers.1.mlp.down_proj.weight@dpR_tpS1', 'fqn': 'model.layers.1.mlp.down_proj.weight', 'aliases': [], 'shape': [128, 256], 'shards': [('tp', 1)], 'local_shape': [128, 128], 'view': [], 'persistent': True},
-    {'key': 'model.norm.weight@dpR_tpR', 'fqn': 'model.norm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True},
-    {'key': 'lm_head.weight@dpR_tpS0', 'fqn': 'lm_head.weight', 'aliases': [], 'shape': [512, 128], 'shards': [('tp', 0)], 'local_shape': [256, 128], 'view': [], 'persistent': True},
+    {'key': 'model.embed_tokens.weight@dpR_tpR', 'fqn': 'model.embed_tokens.weight', 'aliases': [], 'shape': [512, 128], 'shards': [], 'local_shape': [512, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.0.input_layernorm.weight@dpR_tpR', 'fqn': 'model.layers.0.input_layernorm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.0.self_attn.q_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.self_attn.q_proj.weight', 'aliases': [], 'shape': [128, 128], 'shards': [('tp', 0)], 'local_shape': [64, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.0.self_attn.k_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.self_attn.k_proj.weight', 'aliases': [], 'shape': [64, 128], 'shards': [('tp', 0)], 'local_shape': [32, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.0.self_attn.v_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.self_attn.v_proj.weight', 'aliases': [], 'shape': [64, 128], 'shards': [('tp', 0)], 'local_shape': [32, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.0.self_attn.o_proj.weight@dpR_tpS1', 'fqn': 'model.layers.0.self_attn.o_proj.weight', 'aliases': [], 'shape': [128, 128], 'shards': [('tp', 1)], 'local_shape': [128, 64], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.0.post_attention_layernorm.weight@dpR_tpR', 'fqn': 'model.layers.0.post_attention_layernorm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.0.mlp.gate_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.mlp.gate_proj.weight', 'aliases': [], 'shape': [256, 128], 'shards': [('tp', 0)], 'local_shape': [128, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.0.mlp.up_proj.weight@dpR_tpS0', 'fqn': 'model.layers.0.mlp.up_proj.weight', 'aliases': [], 'shape': [256, 128], 'shards': [('tp', 0)], 'local_shape': [128, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.0.mlp.down_proj.weight@dpR_tpS1', 'fqn': 'model.layers.0.mlp.down_proj.weight', 'aliases': [], 'shape': [128, 256], 'shards': [('tp', 1)], 'local_shape': [128, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.1.input_layernorm.weight@dpR_tpR', 'fqn': 'model.layers.1.input_layernorm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.1.self_attn.q_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.self_attn.q_proj.weight', 'aliases': [], 'shape': [128, 128], 'shards': [('tp', 0)], 'local_shape': [64, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.1.self_attn.k_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.self_attn.k_proj.weight', 'aliases': [], 'shape': [64, 128], 'shards': [('tp', 0)], 'local_shape': [32, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.1.self_attn.v_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.self_attn.v_proj.weight', 'aliases': [], 'shape': [64, 128], 'shards': [('tp', 0)], 'local_shape': [32, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.1.self_attn.o_proj.weight@dpR_tpS1', 'fqn': 'model.layers.1.self_attn.o_proj.weight', 'aliases': [], 'shape': [128, 128], 'shards': [('tp', 1)], 'local_shape': [128, 64], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.1.post_attention_layernorm.weight@dpR_tpR', 'fqn': 'model.layers.1.post_attention_layernorm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.1.mlp.gate_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.mlp.gate_proj.weight', 'aliases': [], 'shape': [256, 128], 'shards': [('tp', 0)], 'local_shape': [128, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.1.mlp.up_proj.weight@dpR_tpS0', 'fqn': 'model.layers.1.mlp.up_proj.weight', 'aliases': [], 'shape': [256, 128], 'shards': [('tp', 0)], 'local_shape': [128, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.layers.1.mlp.down_proj.weight@dpR_tpS1', 'fqn': 'model.layers.1.mlp.down_proj.weight', 'aliases': [], 'shape': [128, 256], 'shards': [('tp', 1)], 'local_shape': [128, 128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'model.norm.weight@dpR_tpR', 'fqn': 'model.norm.weight', 'aliases': [], 'shape': [128], 'shards': [], 'local_shape': [128], 'view': [], 'persistent': True, 'buffer': False},
+    {'key': 'lm_head.weight@dpR_tpS0', 'fqn': 'lm_head.weight', 'aliases': [], 'shape': [512, 128], 'shards': [('tp', 0)], 'local_shape': [256, 128], 'view': [], 'persistent': True, 'buffer': False},
 ]
 # Per block: name inside the block function -> weight key.
 BLOCK_WEIGHTS = {
@@ -1083,6 +1117,7 @@ VOCAB_SIZE = 512
 #   3  each rank stores 1/dp of the weight; the forward all-gathers it where it is used
 #      (AllGather: its backward reduce-scatters the gradient), the piece is updated in place
 ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
+TRAINED = [spec for spec in WEIGHTS if not spec["buffer"]]
 
 
 def dp_size():
@@ -1116,6 +1151,18 @@ def gather_flat(piece, spec, pg, *, differentiable=False):
     return full[:numel].view(shape)
 
 
+def global_weight(t, spec, pg):
+    """This rank's shard of a weight (or of its gradient) -> the whole tensor. A weight
+    split through a `view` (stacked experts' gate_up as [E, 2, F, H]) is gathered in that
+    view, then given its stored shape."""
+    if not spec["view"]:
+        return to_global(t.contiguous(), spec["shards"], pg)
+    local_view = list(spec["view"])
+    for axis, dim in spec["shards"]:
+        local_view[dim] //= MESH[axis]
+    return to_global(t.reshape(local_view).contiguous(), spec["shards"], pg).reshape(spec["shape"])
+
+
 def replicated_axes(spec):
     """Mesh axes over which a weight shard is held whole by several ranks."""
     split = {axis for axis, _ in spec["shards"]}
@@ -1138,7 +1185,11 @@ class TrainState:
             )
         self.level = {k: (ZERO_LEVELS.get(k, 0) if zero_override is None else zero_override) for k in self.specs}
         self.stored = {}
+        # buffers (e.g. a router's score bias) are read by the forward and never trained
+        self.buffers = {key: t.to(dtype) for key, t in local.items() if self.specs[key]["buffer"]}
         for key, t in local.items():
+            if key in self.buffers:
+                continue
             t = t.to(dtype)
             if self.level[key] == 3:
                 t = flat_piece(t, pg).clone()
@@ -1152,6 +1203,8 @@ class TrainState:
         gathered = {}
 
         def weight(key):
+            if key in self.buffers:
+                return self.buffers[key]
             if key not in gathered:
                 t = self.stored[key]
                 gathered[key] = gather_flat(t, self.specs[key], self.pg, differentiable=True) if self.level[key] == 3 else t
@@ -1227,7 +1280,7 @@ class TrainState:
         return gather_flat(t, self.specs[key], self.pg) if self.level[key] == 3 else t
 
     def nbytes(self):
-        params = sum(t.numel() * t.element_size() for t in self.stored.values())
+        params = sum(t.numel() * t.element_size() for t in (*self.stored.values(), *self.buffers.values()))
         state = sum(m.numel() * m.element_size() * 2 for m, _ in self.state.values())
         return params, state
 
@@ -1346,7 +1399,9 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
     logits_name = next(n for n, info in OUTPUTS.items() if info["role"] == "logits")
     shards = OUTPUTS[logits_name]["shards"]
     row_shards = [(a, d) for a, d in shards if d in (0, 1)]
-    vocab_axis = next((a for a, d in shards if d not in (0, 1)), None)
+    vocab_axes = [a for a, d in shards if d not in (0, 1)]
+    # a vocabulary split over kvp and tp (kvp outer) is one split over the joined group
+    vocab_axis = "kvp_tp" if vocab_axes == ["kvp", "tp"] else next(iter(vocab_axes), None)
     local_labels = to_local(local_labels, row_shards, pg).to(device)
     holders = WORLD_SIZE
     for axis, _ in row_shards:
@@ -1357,7 +1412,7 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
     if ref is not None:
         ref.to(dtype).train()
         ref_params = dict(ref.named_parameters())
-        names = [next((n for n in (s["fqn"], *s["aliases"]) if n in ref_params), None) for s in WEIGHTS]
+        names = [next((n for n in (s["fqn"], *s["aliases"]) if n in ref_params), None) for s in TRAINED]
         if None in names:
             raise SystemExit("the model has a parameter this program does not know; was it changed after planning?")
         ref_opt = (torch.optim.SGD(ref.parameters(), lr=args.lr) if args.optimizer == "sgd"
@@ -1390,8 +1445,8 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
                 check.add(total.reshape(1), ref_loss.detach().reshape(1))
             if ref is not None:
                 grad_scale = max(p.grad.abs().max().item() for p in ref_params.values() if p.grad is not None)
-            for i, spec in enumerate(WEIGHTS):
-                full = to_global(train.full_grad(spec["key"], grads[spec["key"]]).contiguous(), spec["shards"], pg)
+            for i, spec in enumerate(TRAINED):
+                full = global_weight(train.full_grad(spec["key"], grads[spec["key"]]), spec, pg)
                 if ref is not None:
                     err = relative_error(full, ref_params[names[i]].grad, grad_scale)
                     if err > grad_err:
@@ -1399,8 +1454,8 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
             if ref is not None:
                 ref_opt.step()
                 param_scale = max(p.detach().abs().max().item() for p in ref_params.values())
-            for i, spec in enumerate(WEIGHTS):
-                full = to_global(train.shard(spec["key"]).contiguous(), spec["shards"], pg)
+            for i, spec in enumerate(TRAINED):
+                full = global_weight(train.shard(spec["key"]), spec, pg)
                 if ref is not None:
                     err = relative_error(full, ref_params[names[i]].detach(), param_scale)
                     if err > param_err:
