@@ -302,6 +302,7 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
             "local_shape": list(w.local_shape),
             "view": list(w.view),
             "persistent": w.persistent,
+            "buffer": w.buffer,
         }
         for w in program.weights
     ]

@@ -177,6 +177,7 @@ class WeightShard:
     local_shape: tuple[int, ...]
     view: tuple[int, ...] = ()
     persistent: bool = True  # False: not in the state dict or a checkpoint
+    buffer: bool = False  # a module buffer (rotary inv_freq): read, never trained
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,25 @@ def _passed_kv_cache(past_kv: Any, layer_indices: list[int], cache_len: int) -> 
     return PassedKVCache()
 
 
+class _Float64Stays(torch.overrides.TorchFunctionMode):
+    """transformers casts to float32 inside norms and rotary embeddings as an *upcast* for
+    half precision; run in float64 (training is verified in float64, see run_train) the same
+    cast would round the reference's activations to float32 while the traced program keeps
+    float64 (the trace, in float32, saw no cast). Under this mode a float64 tensor cast to
+    float32 stays float64: the upcast the code means, and no cast at all otherwise."""
+
+    _CASTS = (torch.Tensor.to, torch.Tensor.float, torch.Tensor.type)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in self._CASTS and args and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.float64:
+            if func is torch.Tensor.float:
+                return args[0]
+            args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+            kwargs = {k: torch.float64 if v is torch.float32 else v for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
 def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
                   position_ids: torch.Tensor | None = None, past_kv: Any = None,
                   cache_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
@@ -167,6 +186,14 @@ def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
     4-D masks, which it uses as given: left to itself, transformers derives a packed-
     sequence mask from the position ids through batch-indexed gathers that no layout rule
     can split."""
+    if next(model.parameters()).dtype == torch.float64:
+        with _Float64Stays():
+            return _run_causal_lm(model, input_ids, position_ids, past_kv, cache_lens)
+    return _run_causal_lm(model, input_ids, position_ids, past_kv, cache_lens)
+
+
+def _run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None,
+                   past_kv: Any, cache_lens: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
     config = model.config
     tokens = input_ids.shape[1]
     if not keeps_kv_cache(config):

@@ -277,6 +277,7 @@ class Builder:
                 local_shape=tuple(int(d) for d in local),
                 view=tuple(view),
                 persistent=spec.persistent,
+                buffer=spec.is_buffer,
             )
             self.weights[key] = ws
         return ws
