@@ -142,3 +142,30 @@ def test_hf_moe_decode_under_torchrun_matches_the_model(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 0, out.out + out.err
     assert json.loads(out.out.strip().splitlines()[-1])["ok"]
+
+
+def test_transformers_latent_attention_is_priced_with_its_per_step_expansion(load):
+    """transformers' DeepSeek-V3 attention expands the whole cached latent to per-head K/V
+    on every step (kv_b_proj over L + T tokens), work the absorbed form of the model file
+    (same dims) does not do: at long context it costs several times more, grows with L, and
+    splitting the heads over tp halves the expansion."""
+    from cost_models import CostModel, load_hardware
+    from ir.mesh import Mesh
+    from ir.workload import Workload
+    from passes.parallelize.context import PlanContext
+    from passes.parallelize.pricing import price
+    from passes.parallelize.strategies import REPLICATE_STRATEGY, TP
+    from tests.conftest import ROOT
+
+    hf = next(b for b in load(f"hf:{HF_CONFIGS / 'deepseek_v3_tiny.json'}").graph.blocks if b.kind == "attention")
+    absorbed = next(b for b in load(str(ROOT / "examples" / "deepseek.py")).graph.blocks if b.kind == "attention")
+    assert hf.dims == absorbed.dims and hf.traits == {"latent_one_head": 1} and not absorbed.traits
+
+    def seconds(block, context, tp):
+        wl = Workload(kind="decode", batch=64, seq=1, context=context)
+        ctx = PlanContext(workload=wl, cost=CostModel(hardware=load_hardware("h100-sxm")), mesh=Mesh.of(tp=tp))
+        return price(block, TP if tp > 1 else REPLICATE_STRATEGY, ctx).compute_s
+
+    assert seconds(hf, 131072, 1) > 4 * seconds(absorbed, 131072, 1)
+    assert 1.8 < seconds(hf, 131072, 1) / seconds(hf, 65536, 1) < 2.2
+    assert 0.45 < seconds(hf, 131072, 2) / seconds(hf, 131072, 1) < 0.6
