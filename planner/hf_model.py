@@ -176,10 +176,10 @@ def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
                   position_ids: torch.Tensor | None = None, past_kv: Any = None,
                   cache_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
     """One forward of a transformers causal LM under the model file contract:
-    `(logits, new_kv)`, the cache pairs shaped as `kv_cache_shapes` says. The masks of `attention_masks` are handed to transformers as
-    4-D masks, which it uses as given: left to itself, transformers derives a packed-
-    sequence mask from the position ids through batch-indexed gathers that no layout rule
-    can split."""
+    `(logits, new_kv)`, the cache pairs shaped as `kv_cache_shapes` says. The masks of
+    `attention_masks` are handed to transformers as 4-D masks, which it uses as given: left
+    to itself, transformers derives a packed-sequence mask from the position ids through
+    batch-indexed gathers that no layout rule can split."""
     if next(model.parameters()).dtype == torch.float64:
         with _Float64Stays():
             return _run_causal_lm(model, input_ids, position_ids, past_kv, cache_lens)
