@@ -219,11 +219,21 @@ def _latent_dims(
     ]
     rope = kv_a[0].shape[0] - kv_lora_rank if kv_a else 0
     q_norm = [p for p in norms if p not in kv_norm and "q" in p.name.split(".")[-2]]
+    # transformers' DeepSeek-V3 views the latent as one KV head [B, 1, S, r] (what its
+    # cache holds) and expands it to per-head K/V every step; the model files keep it
+    # [B, S, r + rope], the form the absorbed (and Helix) MLA lowering matches.
+    one_head = any(
+        len(graph.values[v].shape) == 4
+        and _int(graph.values[v].shape[1]) == 1
+        and _int(graph.values[v].shape[-1]) == kv_lora_rank
+        for o in _ops(graph, block) for v in o.outputs if v in graph.values
+    )
     return {
         "kv_lora_rank": kv_lora_rank,
         "q_lora_rank": q_norm[0].shape[0] if q_norm else 0,
         "qk_rope_head_dim": rope,
         "v_head_dim": v_dim,
+        **({"latent_one_head": 1} if one_head else {}),
     }
 
 

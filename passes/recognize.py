@@ -55,7 +55,7 @@ class RecognizeBlocks:
         return graph
 
 
-TRAIT_KEYS = frozenset({"gated"})
+TRAIT_KEYS = frozenset({"gated", "latent_one_head"})
 
 
 def _with_dims(graph: Graph, block: Block) -> Block:

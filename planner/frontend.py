@@ -129,9 +129,7 @@ def load_module_graph(module: torch.nn.Module, example_inputs: dict[str, Any]) -
 
 
 def trace_graph(source: ModelSource, *, dedup: bool | None = None) -> LoadedModel:
-    """Trace once with symbolic B, T and L (decode-shaped inputs with a KV cache for model
-    files and dense hf: models; prefill-shaped for other hf: models, whose attention then
-    attends over T only).
+    """Trace once with symbolic B, T and L (decode-shaped inputs with a KV cache).
 
     With `dedup` (the default unless `HELIXPLAN_TRACE_ALL_LAYERS` is set), runs of identical
     layers are traced through their first two layers only and the analyzed IR is unrolled to
@@ -147,13 +145,8 @@ def trace_graph(source: ModelSource, *, dedup: bool | None = None) -> LoadedMode
     t0 = time.perf_counter()
     model = build_model(source)
     t1 = time.perf_counter()
-    context = TRACE_CONTEXT
-    if source.kind == "hf":
-        from planner.hf_model import keeps_kv_cache
-
-        context = TRACE_CONTEXT if keeps_kv_cache(model.config) else 0
     kwargs = example_kwargs(
-        source, model, workload="decode", batch=TRACE_BATCH, seq=TRACE_SEQ, context=context
+        source, model, workload="decode", batch=TRACE_BATCH, seq=TRACE_SEQ, context=TRACE_CONTEXT
     )
     seconds = {"build": t1 - t0}
     choice = plan_truncation(model) if dedup else "layer dedup is off"

@@ -12,10 +12,9 @@ import torch
 
 class HFAdapter(torch.nn.Module):
     """Presents a transformers causal LM under the model file contract for tracing (see
-    `planner.hf_model.run_causal_lm`): dense models take `forward(input_ids, position_ids,
-    past_kv, cache_lens)` and return `(logits, new_kv)`, the others `forward(input_ids)`
-    and return the logits of a prefill from position 0. Module paths of the wrapped model
-    keep their names (`model.layers.0...`) once `hf.` is stripped."""
+    `planner.hf_model.run_causal_lm`): `forward(input_ids, position_ids, past_kv,
+    cache_lens)` returns `(logits, new_kv)`. Module paths of the wrapped model keep their
+    names (`model.layers.0...`) once `hf.` is stripped."""
 
     prefix = "hf"
 
@@ -26,7 +25,6 @@ class HFAdapter(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 past_kv: Any = None, cache_lens: torch.Tensor | None = None) -> Any:
-        from planner.hf_model import keeps_kv_cache, run_causal_lm
+        from planner.hf_model import run_causal_lm
 
-        logits, new_kv = run_causal_lm(self.hf, input_ids, position_ids, past_kv, cache_lens)
-        return (logits, new_kv) if keeps_kv_cache(self.config) else logits
+        return run_causal_lm(self.hf, input_ids, position_ids, past_kv, cache_lens)

@@ -5,12 +5,13 @@ with the config beside it as `config.json`: the generated program builds its ref
 model and initial weights through it, exactly as from a user's model file. It imports only
 torch and transformers, so the plan directory runs without helixplan installed.
 
-Dense models (standard multi-head or grouped-query attention, no experts, no latent KV)
-follow the model file contract with a KV cache: `forward(input_ids, position_ids,
-past_kv=((k, v), ...), cache_lens)` returns `(logits, new_kv)`, caches `[B, kv_heads, L,
-head_dim]` (keys after RoPE, as transformers stores them), `new_kv` the T new tokens' K/V
-only. transformers' own attention layers read the given cache through `PassedKVCache`.
-Other models (MoE, MLA) run as a prefill from position 0 with no cache: `(logits, ())`.
+Every model follows the model file contract with a KV cache: `forward(input_ids,
+position_ids, past_kv=((k, v), ...), cache_lens)` returns `(logits, new_kv)`, `new_kv` the
+T new tokens' cache entries only. Dense and MoE attention cache per-head K/V `[B, kv_heads,
+L, head_dim]` (keys after RoPE, as transformers stores them); DeepSeek-V3's latent attention
+caches what transformers caches, the normalized latent and the roped shared key
+(`kv_cache_shapes`). transformers' own attention layers read the given cache through
+`PassedKVCache`.
 State-dict names are transformers' own (`model.layers.0.self_attn.q_proj.weight`), so a
 checkpoint saved with `save_pretrained` or `safetensors.torch.save_file(model.state_dict())`
 loads.
@@ -24,27 +25,21 @@ from typing import Any
 
 import torch
 
-# Config fields that mark a model whose cache is not plain per-head K/V (latent KV) or
-# whose layers route tokens to experts: those still run as a prefill with no cache.
-_NOT_DENSE_FIELDS = ("kv_lora_rank", "num_local_experts", "n_routed_experts", "num_experts")
 
-
-def keeps_kv_cache(config: Any) -> bool:
-    """Whether the model runs under the KV-cache contract (dense attention models)."""
-    return not any(getattr(config, f, None) for f in _NOT_DENSE_FIELDS)
-
-
-def kv_cache_shape(config: Any, batch: int, length: int) -> tuple[int, int, int, int]:
-    """[B, kv_heads, L, head_dim] of one layer's K (and V) cache."""
+def kv_cache_shapes(config: Any, batch: int, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of one layer's two cache tensors, in the order transformers' attention hands
+    them to `Cache.update`: per-head keys and values `[B, kv_heads, L, head_dim]`; for latent
+    attention (DeepSeek-V3: `kv_lora_rank`) the compressed KV after its norm `[B, 1, L,
+    kv_lora_rank]` and the roped shared key `[B, 1, L, qk_rope_head_dim]` — transformers
+    caches the latent and expands it to per-head K/V on every step (`expand_kv`)."""
+    rank = getattr(config, "kv_lora_rank", None)
+    if rank:
+        return (batch, 1, length, int(rank)), (batch, 1, length, int(config.qk_rope_head_dim))
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads
-    return (batch, kv_heads, length, int(head_dim))
-
-
-def causal_masks(config: Any, tokens: int, device: torch.device) -> Any:
-    """[1, 1, T, T] masks of a prefill from position 0 with no cache (`attention_masks`)."""
-    return attention_masks(config, tokens, 0, None, device)
+    head_dim = int(getattr(config, "head_dim", None) or int(config.hidden_size) // heads)
+    shape = (batch, kv_heads, length, head_dim)
+    return shape, shape
 
 
 def attention_masks(config: Any, tokens: int, cache_len: int, cache_lens: torch.Tensor | None,
@@ -158,25 +153,43 @@ def _passed_kv_cache(past_kv: Any, layer_indices: list[int], cache_len: int) -> 
     return PassedKVCache()
 
 
+class _Float64Stays(torch.overrides.TorchFunctionMode):
+    """transformers casts to float32 inside norms and rotary embeddings as an *upcast* for
+    half precision; run in float64 (training is verified in float64, see run_train) the same
+    cast would round the reference's activations to float32 while the traced program keeps
+    float64 (the trace, in float32, saw no cast). Under this mode a float64 tensor cast to
+    float32 stays float64: the upcast the code means, and no cast at all otherwise."""
+
+    _CASTS = (torch.Tensor.to, torch.Tensor.float, torch.Tensor.type)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in self._CASTS and args and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.float64:
+            if func is torch.Tensor.float:
+                return args[0]
+            args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+            kwargs = {k: torch.float64 if v is torch.float32 else v for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
 def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
                   position_ids: torch.Tensor | None = None, past_kv: Any = None,
                   cache_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
     """One forward of a transformers causal LM under the model file contract:
-    `(logits, new_kv)` for dense models, `(logits, ())` (a prefill from position 0, no
-    cache) for the others. The masks of `attention_masks` are handed to transformers as
-    4-D masks, which it uses as given: left to itself, transformers derives a packed-
-    sequence mask from the position ids through batch-indexed gathers that no layout rule
-    can split."""
+    `(logits, new_kv)`, the cache pairs shaped as `kv_cache_shapes` says. The masks of
+    `attention_masks` are handed to transformers as 4-D masks, which it uses as given: left
+    to itself, transformers derives a packed-sequence mask from the position ids through
+    batch-indexed gathers that no layout rule can split."""
+    if next(model.parameters()).dtype == torch.float64:
+        with _Float64Stays():
+            return _run_causal_lm(model, input_ids, position_ids, past_kv, cache_lens)
+    return _run_causal_lm(model, input_ids, position_ids, past_kv, cache_lens)
+
+
+def _run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None,
+                   past_kv: Any, cache_lens: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
     config = model.config
     tokens = input_ids.shape[1]
-    if not keeps_kv_cache(config):
-        if past_kv:
-            raise ValueError(
-                f"{type(model).__name__} runs as a prefill from position 0; helixplan passes a "
-                "KV cache to dense attention models only"
-            )
-        mask = causal_masks(config, tokens, input_ids.device)
-        return model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits, ()
     cache_len = past_kv[0][0].shape[-2] if past_kv else 0
     if past_kv and cache_lens is None:
         cache_lens = torch.full((input_ids.shape[0],), cache_len, dtype=torch.long, device=input_ids.device)
@@ -222,19 +235,12 @@ def example_inputs(workload: str, batch: int, seq: int, context: int, model: Any
     """Seeded keyword arguments of forward for one step: `seq` new tokens after a cache of
     `context` tokens (random K/V; only the shape on the meta device)."""
     config = model.config if model is not None else load_config(Path(__file__).with_name("config.json"))
-    dense = keeps_kv_cache(config)
     if workload not in ("decode", "prefill", "train"):
         raise ValueError(f"unknown workload {workload!r}; valid: decode, prefill, train")
-    if context and (workload == "train" or not dense):
-        raise ValueError(
-            f"{'train steps have' if dense else type(config).__name__ + ' models have'} no KV "
-            f"cache (got context {context}); run the program with --context 0"
-            + ("" if dense else " --workload prefill")
-        )
+    if context and workload == "train":
+        raise ValueError(f"train steps have no KV cache (got context {context}); run the program with --context 0")
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, int(config.vocab_size), (batch, seq), generator=gen)
-    if not dense:
-        return {"input_ids": ids.to(device)}
     cache_lens = torch.full((batch,), context, dtype=torch.long)
     inputs: dict[str, Any] = {
         "input_ids": ids.to(device),
@@ -242,13 +248,13 @@ def example_inputs(workload: str, batch: int, seq: int, context: int, model: Any
     }
     if context > 0:
         dtype = next(model.parameters()).dtype if model is not None else torch.float32
-        shape = kv_cache_shape(config, batch, context)
+        shapes = kv_cache_shapes(config, batch, context)
 
-        def tensor() -> torch.Tensor:
+        def tensor(shape: tuple[int, ...]) -> torch.Tensor:
             if torch.device(device).type == "meta":
                 return torch.empty(shape, dtype=dtype, device=device)
             return torch.randn(shape, generator=gen, dtype=dtype).to(device)
 
-        inputs["past_kv"] = tuple((tensor(), tensor()) for _ in range(int(config.num_hidden_layers)))
+        inputs["past_kv"] = tuple(tuple(tensor(s) for s in shapes) for _ in range(int(config.num_hidden_layers)))
         inputs["cache_lens"] = cache_lens.to(device)
     return inputs

@@ -278,7 +278,7 @@ def _input_layout(builder: Builder, name: str) -> Layout:
         if consumer:
             bp = _block_plan(builder.plan, consumer[0])
             strat = lowering_for(bp.strategy, bp.name)
-            latent = len(spec.shape) == 3 and "kv_lora_rank" in _block_dims(builder, bp.name)
+            latent = "kv_lora_rank" in _block_dims(builder, bp.name) and _single_kv_head(spec.shape)
             if latent and strat.cache == "heads":
                 pass  # a latent cache: one KV "head" shared by all query heads, replicated
             elif latent and strat.cache == "helix":
@@ -316,6 +316,12 @@ def _input_layout(builder: Builder, name: str) -> Layout:
                 for a in model:
                     layout = layout.with_axis(a, shard(0))
     return layout
+
+
+def _single_kv_head(shape: tuple) -> bool:
+    """A latent attention's cache: `[B, L, r]` (the model file's absorbed form), or
+    transformers' `[B, 1, L, r]` (latent and roped key viewed as one KV head)."""
+    return len(shape) == 3 or (len(shape) == 4 and sympy.sympify(shape[1]) == 1)
 
 
 def _block_dims(builder: Builder, name: str) -> dict:

@@ -100,7 +100,16 @@ def _attention_kernel_s(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
     d = block.dims
     q_heads = d["q_heads"] // s.weight_split
     act = ctx.workload.act_dtype if ctx.workload.act_dtype != "fp32" else "fp32"
-    if "kv_lora_rank" in d:
+    expand_s = 0.0
+    if block.traits.get("latent_one_head"):
+        # transformers' MLA: every step kv_b_proj expands the whole cached latent (L + T
+        # tokens) to this rank's heads' K (no-rope part) and V, then attends per head.
+        nope = d["head_dim"] - d.get("qk_rope_head_dim", 0)
+        params = d["kv_lora_rank"] * q_heads * (nope + d["v_head_dim"])
+        rows = s.batch * (s.context + s.tokens)
+        expand_s = ctx.cost.kernel(_projection(ctx, rows, params, d["kv_lora_rank"])) if rows else 0.0
+        shape = dict(q_heads=q_heads, kv_heads=q_heads, head_dim=d["head_dim"], v_head_dim=d["v_head_dim"])
+    elif "kv_lora_rank" in d:
         shape = dict(
             q_heads=q_heads,
             kv_heads=1,
@@ -119,10 +128,10 @@ def _attention_kernel_s(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
     if s.batch == 0:
         return 0.0
     if ctx.is_decode:
-        return ctx.cost.attention_decode(
+        return expand_s + ctx.cost.attention_decode(
             batch=s.batch, kv_len=s.context + s.tokens, q_len=s.tokens, dtype=act, kv_dtype=kv, **shape
         )
-    return ctx.cost.attention_prefill(
+    return expand_s + ctx.cost.attention_prefill(
         batch=s.batch, seq=s.tokens, cached=s.context, causal=True, dtype=act, kv_dtype=kv, **shape
     )
 

@@ -24,8 +24,8 @@ VERIFIED_KINDS: dict[str, frozenset[str]] = {
     # GQA attention in prefill (tests/test_codegen_cp.py)
     "cp_pass_kv": frozenset({"attention"}),
     "cp_pass_q": frozenset({"attention"}),
-    # MoE strategies also for transformers' Mixtral and DeepSeek-V3 prefill (grouped-mm
-    # experts; tests/test_hf_models.py)
+    # MoE strategies also for transformers' Mixtral and DeepSeek-V3, prefill and decode
+    # (grouped-mm experts; tests/test_hf_models.py, tests/test_hf_decode_moe.py)
     # experts over kvp×tp, replicated stream (tests/test_codegen_moe.py)
     "ep": frozenset({"moe"}),
     # batch split over kvp×tp with all-to-all dispatch/combine (tests/test_codegen_moe.py)
@@ -73,8 +73,10 @@ def unverified_reason(strategy: str, block: Block, workload: str | None = None) 
         )
     # latent attention split by batch (dp), heads (tp, latent cache replicated) or, in
     # decode, the latent cache's sequence (helix, TPA = 1) is verified in
-    # tests/test_codegen_moe.py; transformers' DeepSeek-V3 form (no cache, run by the
-    # ordinary layout rules) under replicate and tp in tests/test_hf_models.py
+    # tests/test_codegen_moe.py; transformers' DeepSeek-V3 form (latent cached as one KV
+    # head, run by the ordinary layout rules) under replicate, dp and tp in
+    # tests/test_hf_models.py and tests/test_hf_decode_moe.py (helix: not applicable to it,
+    # strategies/helix.py)
     if "kv_lora_rank" in block.dims and strategy not in ("replicate", "dp", "tp", "helix"):
         return (
             f"{strategy} for latent (MLA) attention is not yet verified end to end "

@@ -69,30 +69,13 @@ def _sizes(args: argparse.Namespace, plan: Plan, kind: str, *, from_plan: bool) 
     return batch, seq, context
 
 
-def _keeps_kv_cache(source) -> bool:
-    """Model files keep a KV cache by contract; hf: models when they are dense."""
-    if source.kind != "hf":
-        return True
-    from types import SimpleNamespace
-
-    from planner.hf_model import keeps_kv_cache
-
-    return keeps_kv_cache(SimpleNamespace(**json.loads(Path(source.path).read_text())))
-
-
 def _plan_model(args: argparse.Namespace, out: Path) -> tuple[Plan, Path]:
     from planner.api import make_plan, write_outputs
     from planner.model_source import parse_model_args, resolve_source
     from planner.verify_runner import write_run_plan
 
     source = resolve_source(args.target, parse_model_args(args.model_arg))
-    kind = args.workload or ("decode" if _keeps_kv_cache(source) else "prefill")
-    if kind == "decode" and not _keeps_kv_cache(source):
-        raise InputError(
-            f"{args.target} is a mixture-of-experts or latent-attention model, which helixplan "
-            "runs as a prefill from position 0 with no KV cache, so its program cannot run "
-            "decode steps yet; verify it with --workload prefill"
-        )
+    kind = args.workload or "decode"
     batch = args.batch if args.batch is not None else max(2, args.nproc)
     seq = args.seq if args.seq is not None else 1 if kind == "decode" else 8
     context = args.context if args.context is not None else (16 if kind == "decode" else 0)

@@ -65,6 +65,12 @@ def helix_requirements(block: Block, ctx: PlanContext) -> str | None:
     d = block.dims
     if kvp == 1:
         return "helix needs a kvp axis (size 1 on this mesh)"
+    if block.traits.get("latent_one_head"):
+        return (
+            "this latent attention caches its latent as one KV head and expands per-head K/V "
+            "from it every step (transformers' DeepSeek-V3 form); helix is lowered for the "
+            "absorbed form of the model files (examples/deepseek.py) only"
+        )
     if "kv_lora_rank" in d:
         if tpa != 1:
             return f"latent attention has one shared KV head, so helix needs tpa=1 (mesh tp={tpa})"
