@@ -1455,7 +1455,7 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
         "param_bytes": params,
         "param_dtype_bytes": dtype.itemsize,
         "optimizer_bytes": state,
-        "zero_levels": sorted(set(train.level.values())),
+        "zero_levels": sorted({train.level[spec["key"]] for spec in TRAINED}),
         "largest_tensor_bytes": census.largest,
         "largest_tensor_shape": census.shape,
         "full_vocab_tensors": census.full_vocab,
