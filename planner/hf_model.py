@@ -80,6 +80,17 @@ def attention_masks(config: Any, tokens: int, cache_len: int, cache_lens: torch.
     return sliding
 
 
+def _for_attention(config: Any, masks: Any, dtype: torch.dtype) -> Any:
+    """The masks in the form the model's attention implementation reads: boolean for
+    `sdpa`, additive (0 where attended, the dtype's lowest value elsewhere) for `eager`,
+    which adds the mask to the scores (Gemma-2's soft-capped attention runs eager)."""
+    if getattr(config, "_attn_implementation", "sdpa") == "sdpa":
+        return masks
+    if isinstance(masks, dict):
+        return {k: _for_attention(config, m, dtype) for k, m in masks.items()}
+    return (~masks).to(dtype) * torch.finfo(dtype).min
+
+
 def load_config(path: str | Path) -> Any:
     import transformers
 
@@ -158,6 +169,10 @@ def _passed_kv_cache(past_kv: Any, layer_indices: list[int], cache_len: int) -> 
     return PassedKVCache()
 
 
+def _dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
 def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
                   position_ids: torch.Tensor | None = None, past_kv: Any = None,
                   cache_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
@@ -175,7 +190,7 @@ def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
                 f"{type(model).__name__} runs as a prefill from position 0; helixplan passes a "
                 "KV cache to dense attention models only"
             )
-        mask = causal_masks(config, tokens, input_ids.device)
+        mask = _for_attention(config, causal_masks(config, tokens, input_ids.device), _dtype(model))
         return model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits, ()
     cache_len = past_kv[0][0].shape[-2] if past_kv else 0
     if past_kv and cache_lens is None:
@@ -185,7 +200,8 @@ def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
         if cache_lens is not None:
             position_ids = cache_lens[:, None] + position_ids
     cache = _passed_kv_cache(past_kv, _layer_indices(model), cache_len)
-    mask = attention_masks(config, tokens, cache_len, cache_lens, input_ids.device)
+    mask = _for_attention(config, attention_masks(config, tokens, cache_len, cache_lens, input_ids.device),
+                          _dtype(model))
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                 past_key_values=cache, use_cache=True)
     return out.logits, cache.new_kv()
