@@ -81,7 +81,7 @@ class Block:
     `kind` is one of embedding, attention, mlp, moe, norm, lm_head, other. `dims` are its
     semantic sizes (hidden, q_heads, kv_heads, head_dim, ffn, experts, top_k, vocab, ...).
     `traits` are structural facts that are not sizes (`gated`: the MLP multiplies two
-    projections). `group` names its repeated-layer group (identical structure and dims share a group).
+    projections; `sdpa`: attention runs as one attention kernel, 0 for eager matmuls). `group` names its repeated-layer group (identical structure and dims share a group).
     `flops` and `bytes_moved` are sympy formulas in B, T, L for one forward pass."""
 
     name: str

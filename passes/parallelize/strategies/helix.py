@@ -65,6 +65,9 @@ def helix_requirements(block: Block, ctx: PlanContext) -> str | None:
     d = block.dims
     if kvp == 1:
         return "helix needs a kvp axis (size 1 on this mesh)"
+    if not block.traits.get("sdpa", 1):
+        return ("helix replaces one scaled_dot_product_attention; this block computes attention "
+                "eagerly (matmul, softmax, matmul)")
     if "kv_lora_rank" in d:
         if tpa != 1:
             return f"latent attention has one shared KV head, so helix needs tpa=1 (mesh tp={tpa})"
