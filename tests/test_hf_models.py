@@ -259,7 +259,8 @@ def test_verify_hf_decode_sharded_matches_the_model(tmp_path, capsys, name, npro
 
 # More decoder-only families, each a tiny config: what is special about each is exercised
 # under a split (Qwen2: q/k/v biases under column parallel; Qwen3: per-head q/k RMSNorm
-# under Helix; Gemma: (1+w) norms, scaled and tied embeddings; Gemma-2: eager soft-capped
+# under Helix; Gemma: (1+w) norms, scaled tied embeddings, the table replicated for the
+# lookup and split for the head, so held twice, as the plan's memory counts it; Gemma-2: eager soft-capped
 # attention, alternating sliding-window layers (window 3, passed within the run), four norms
 # per layer; Phi-3: fused qkv_proj and gate_up_proj split by columns; GPT-NeoX: fused
 # per-head interleaved QKV with biases, partial rotary, parallel residual, tp=4; Qwen2-MoE:
@@ -269,7 +270,7 @@ TP2 = ["layers.*.attention=tp(tp=2)", "layers.*.mlp=tp(tp=2)", "lm_head=vocab(tp
 FAMILY_CASES = [
     ("qwen2_tiny", {}, "decode", 2, TP2, "attention_0_tp"),
     ("qwen3_tiny", {}, "decode", 4, ["layers.*.attention=helix(kvp=2,tpa=2)"], "attention_0_helix"),
-    ("gemma_tiny", {}, "prefill", 2, [*TP2, "embedding=vocab(tp=2)"], "attention_0_tp"),
+    ("gemma_tiny", {}, "prefill", 2, [*TP2, "embedding=replicate"], "attention_0_tp"),
     ("gemma2_tiny", {"sliding_window": 3}, "decode", 4, [*TP2, "embedding=vocab(tp=2)"], "attention_0_tp"),
     ("phi3_tiny", {}, "decode", 2, TP2, "mlp_0_tp"),
     ("gpt_neox_tiny", {}, "decode", 4,
