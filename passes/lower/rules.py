@@ -9,7 +9,8 @@ reduce-scattered; otherwise a Partial is all-reduced and an unusable shard is al
 Ops: pointwise (with broadcasting), factories, linear (column / row parallel by weight
 placement; a row-parallel bias is added once, after the reduction), embedding (vocab-split
 rows: masked local lookup, Partial), norms, softmax, batched matmul (eager attention's
-scores and outputs), scaled_dot_product_attention (batch or head splits), view/reshape/flatten/unsqueeze/squeeze (shard follows the outermost merged or
+scores and outputs), scaled_dot_product_attention (batch or head splits, taken from the
+queries or, when those are whole, from the keys), view/reshape/flatten/unsqueeze/squeeze (shard follows the outermost merged or
 split dim), expand, transpose/permute, slice/select/chunk/split/unbind, cat/stack and
 reductions. An op without a rule runs only on fully replicated inputs.
 """
@@ -479,9 +480,15 @@ def sdpa(cx: BlockLowering, op: Op) -> None:
     if mask:
         want[mask] = {}
     out_pl = {}
+    q_shape, k_shape = cx.spec(q).shape, cx.spec(k).shape
     for axis in cx.axes:
-        pq = cx.on(q, axis)
+        pq, pk = cx.on(q, axis), cx.on(k, axis)
         split = pq if pq.is_shard and pq.dim in (0, 1) else REPLICATE
+        if not pq.is_shard and pk.is_shard and pk.dim in (0, 1) and same(q_shape[pk.dim], k_shape[pk.dim]):
+            # Keys (e.g. a head-split KV cache) already split by batch or heads while the
+            # queries are whole (a fused QKV gathered before the heads split): slice the
+            # queries (free) rather than gather the keys and values.
+            split = pk
         want[q][axis] = want[k][axis] = want[v][axis] = split
         out_pl[axis] = split
         if mask:
