@@ -306,7 +306,15 @@ def test_verify_hf_family_sharded_matches_the_model(tmp_path, capsys, name, chan
         pattern, strategy = f.split("=", 1)
         chosen = {b["strategy"] for b in plan["blocks"] if b["name"].split(".")[-1] == pattern.split(".")[-1]}
         assert chosen == {strategy.split("(")[0]}
-    assert f"def {function}(" in (tmp_path / "plan" / "run_plan.py").read_text()
+    program = (tmp_path / "plan" / "run_plan.py").read_text()
+    assert f"def {function}(" in program
+    if any(f.startswith("layers.*.attention=tp") for f in force):
+        # heads split through attention: at most the fused q|k|v output is gathered (Phi-3),
+        # never the KV cache; the output projection ends in one all-reduce
+        body = program.split("def attention_0_tp(", 1)[1].split("\ndef ", 1)[0]
+        assert body.count("all_gather_into_tensor(") <= (1 if name == "phi3_tiny" else 0)
+        assert "F.scaled_dot_product_attention" not in body or "tp=Shard(1)" in body.split(
+            "F.scaled_dot_product_attention", 1)[1].split("\n", 1)[0]
 
 
 def test_gemma2_eager_attention_is_split_by_heads_and_not_offered_helix(load, capsys, tmp_path):
