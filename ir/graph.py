@@ -82,7 +82,8 @@ class Block:
     semantic sizes (hidden, q_heads, kv_heads, head_dim, ffn, experts, top_k, vocab, ...).
     `traits` are structural facts that are not sizes (`gated`: the MLP multiplies two
     projections; `latent_one_head`: latent attention that caches its latent as one KV head
-    and expands per-head K/V from it every step, as transformers' DeepSeek-V3 does). `group` names its repeated-layer group (identical structure and dims share a group).
+    and expands per-head K/V from it every step, as transformers' DeepSeek-V3 does; `sdpa`:
+    attention runs as one attention kernel, 0 for eager matmuls). `group` names its repeated-layer group (identical structure and dims share a group).
     `flops` and `bytes_moved` are sympy formulas in B, T, L for one forward pass."""
 
     name: str

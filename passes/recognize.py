@@ -62,6 +62,12 @@ def _with_dims(graph: Graph, block: Block) -> Block:
     found = infer_dims(graph, block)
     dims = {k: v for k, v in found.items() if k not in TRAIT_KEYS and v is not None}
     traits = {k: v for k, v in found.items() if k in TRAIT_KEYS}
+    if block.kind == "attention":
+        # `sdpa`: the scores, softmax and values are one attention kernel (what Helix and ring
+        # attention replace); 0 for eager attention (matmul, softmax, matmul), as Gemma-2's
+        # soft-capped scores run.
+        ops = graph.iter_ops(block.ops)
+        traits["sdpa"] = int(any(o.target in ATTENTION_TARGETS for o in ops))
     return replace(block, dims=dims, traits=traits)
 
 

@@ -164,6 +164,32 @@ def _rank_map(outcome: MeshOutcome, hw: HardwareSpec) -> list[dict]:
 
 
 
+def tied_copy_bytes(graph: Graph, blocks: list[BlockPlan], weight_bytes: float) -> float:
+    """Bytes per GPU of the extra copies of weights that several blocks read in different
+    layouts: a tied embedding and LM head, the table replicated for the lookup and split by
+    vocabulary rows for the head, are held once in each layout. Block prices count a weight
+    once, in its first reader's layout; this adds the others (per plan, not per block, so the
+    integer program's memory row does not see it)."""
+    by_name = {bp.name: bp for bp in blocks}
+    layouts: dict[str, dict[tuple, int]] = {}  # param -> layout -> local elements
+    for block in graph.blocks:
+        bp = by_name.get(block.name)
+        if bp is None:
+            continue
+        split = BY_NAME[bp.strategy].splits_weights and bp.degrees
+        key = tuple(sorted(bp.degrees.items())) if split else ()
+        parts = 1
+        for size in (bp.degrees.values() if split else ()):
+            parts *= size
+        for op in graph.iter_ops(block.ops):
+            for v in op.inputs:
+                p = graph.params.get(v)
+                if p is not None and p.counts:
+                    layouts.setdefault(v, {}).setdefault(key, -(-p.numel // parts))
+    extra = sum(sum(list(held.values())[1:]) for held in layouts.values())
+    return extra * weight_bytes
+
+
 def assemble_plan(
     loaded: LoadedModel, hw: HardwareSpec, workload: Workload, result: SearchResult,
     rules: list[ForceRule],
@@ -203,6 +229,9 @@ def assemble_plan(
     if edge_s > 1e-15:
         per_collective["reshard:tp"] = edge_s
     memory["workspace"] = result.fixed_bytes
+    tied = 0.0 if workload.kind == "train" else tied_copy_bytes(loaded.graph, blocks, ctx.weight_bytes)
+    if tied:
+        memory["weights"] = memory.get("weights", 0.0) + tied
     exposed = sol.objective_s - compute
     alternatives = [
         {
@@ -251,7 +280,7 @@ def assemble_plan(
             **({"notes": notes} if notes else {}),
         },
         memory={
-            "per_gpu_bytes": sol.memory_bytes,
+            "per_gpu_bytes": sol.memory_bytes + tied,
             "capacity_bytes": result.capacity_bytes,
             "breakdown": dict(sorted(memory.items())),
         },

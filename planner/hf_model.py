@@ -75,6 +75,17 @@ def attention_masks(config: Any, tokens: int, cache_len: int, cache_lens: torch.
     return sliding
 
 
+def _for_attention(config: Any, masks: Any, dtype: torch.dtype) -> Any:
+    """The masks in the form the model's attention implementation reads: boolean for
+    `sdpa`, additive (0 where attended, the dtype's lowest value elsewhere) for `eager`,
+    which adds the mask to the scores (Gemma-2's soft-capped attention runs eager)."""
+    if getattr(config, "_attn_implementation", "sdpa") == "sdpa":
+        return masks
+    if isinstance(masks, dict):
+        return {k: _for_attention(config, m, dtype) for k, m in masks.items()}
+    return (~masks).to(dtype) * torch.finfo(dtype).min
+
+
 def load_config(path: str | Path) -> Any:
     import transformers
 
@@ -172,6 +183,10 @@ class _Float64Stays(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
 def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
                   position_ids: torch.Tensor | None = None, past_kv: Any = None,
                   cache_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
@@ -198,7 +213,8 @@ def _run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor, position_ids
         if cache_lens is not None:
             position_ids = cache_lens[:, None] + position_ids
     cache = _passed_kv_cache(past_kv, _layer_indices(model), cache_len)
-    mask = attention_masks(config, tokens, cache_len, cache_lens, input_ids.device)
+    mask = _for_attention(config, attention_masks(config, tokens, cache_len, cache_lens, input_ids.device),
+                          _dtype(model))
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                 past_key_values=cache, use_cache=True)
     return out.logits, cache.new_kv()

@@ -36,8 +36,11 @@ def _config_file(tmp_path, name: str, **changes) -> str:
 @pytest.mark.parametrize(
     "name, changes",
     [("llama_tiny", {}), ("mistral_tiny", {"sliding_window": 3}), ("gpt2_tiny", {}),
-     ("mixtral_tiny", {}), ("deepseek_v3_tiny", {})],
-    ids=["llama", "mistral-window3", "gpt2", "mixtral", "deepseek-v3"],
+     ("mixtral_tiny", {}), ("deepseek_v3_tiny", {}), ("qwen2_tiny", {}), ("qwen3_tiny", {}),
+     ("gemma_tiny", {}), ("gemma2_tiny", {"sliding_window": 3}), ("phi3_tiny", {}),
+     ("gpt_neox_tiny", {}), ("qwen2_moe_tiny", {}), ("qwen3_moe_tiny", {})],
+    ids=["llama", "mistral-window3", "gpt2", "mixtral", "deepseek-v3", "qwen2", "qwen3", "gemma",
+         "gemma2-window3", "phi3", "gpt-neox", "qwen2-moe", "qwen3-moe"],
 )
 def test_model_file_gives_the_transformers_models_own_logits(tmp_path, name, changes):
     """The explicit causal (sliding-window) mask helixplan hands transformers changes
@@ -182,8 +185,10 @@ def test_hf_plan_under_torchrun_reads_a_transformers_named_checkpoint(tmp_path, 
 
 @pytest.mark.parametrize(
     "name, changes",
-    [("llama_tiny", {}), ("mistral_tiny", {"sliding_window": 3}), ("gpt2_tiny", {})],
-    ids=["llama", "mistral-window3", "gpt2"],
+    [("llama_tiny", {}), ("mistral_tiny", {"sliding_window": 3}), ("gpt2_tiny", {}),
+     ("qwen2_tiny", {}), ("qwen3_tiny", {}), ("gemma_tiny", {}), ("gemma2_tiny", {"sliding_window": 3}),
+     ("phi3_tiny", {}), ("gpt_neox_tiny", {})],
+    ids=["llama", "mistral-window3", "gpt2", "qwen2", "qwen3", "gemma", "gemma2-window3", "phi3", "gpt-neox"],
 )
 def test_decode_over_a_passed_cache_matches_transformers_own_cache(tmp_path, name, changes):
     """A prompt of 5 then 4 single-token steps, each given the K/V the model returned so far
@@ -244,3 +249,81 @@ def test_verify_hf_decode_sharded_matches_the_model(tmp_path, capsys, name, npro
     program = (tmp_path / "plan" / "run_plan.py").read_text()
     assert ("attention_0_helix" if "helix" in " ".join(extra) else "attention_0_tp") in program
     assert code == 0, out.out + out.err  # exact, and each rank's weight/KV bytes as planned
+
+
+# More decoder-only families, each a tiny config: what is special about each is exercised
+# under a split (Qwen2: q/k/v biases under column parallel; Qwen3: per-head q/k RMSNorm
+# under Helix; Gemma: (1+w) norms, scaled tied embeddings, the table replicated for the
+# lookup and split for the head, so held twice, as the plan's memory counts it; Gemma-2: eager soft-capped
+# attention, alternating sliding-window layers (window 3, passed within the run), four norms
+# per layer; Phi-3: fused qkv_proj and gate_up_proj split by columns; GPT-NeoX: fused
+# per-head interleaved QKV with biases, partial rotary, parallel residual, tp=4; Qwen2-MoE:
+# shared expert behind a one-column sigmoid gate; Qwen3-MoE: experts over kvp, FFN columns
+# over tp). Decode runs also prefill the prompt in the plan's layouts.
+TP2 = ["layers.*.attention=tp(tp=2)", "layers.*.mlp=tp(tp=2)", "lm_head=vocab(tp=2)"]
+FAMILY_CASES = [
+    ("qwen2_tiny", {}, "decode", 2, TP2, "attention_0_tp"),
+    ("qwen3_tiny", {}, "decode", 4, ["layers.*.attention=helix(kvp=2,tpa=2)"], "attention_0_helix"),
+    ("gemma_tiny", {}, "prefill", 2, [*TP2, "embedding=replicate"], "attention_0_tp"),
+    ("gemma2_tiny", {"sliding_window": 3}, "decode", 4, [*TP2, "embedding=vocab(tp=2)"], "attention_0_tp"),
+    ("phi3_tiny", {}, "decode", 2, TP2, "mlp_0_tp"),
+    ("gpt_neox_tiny", {}, "decode", 4,
+     ["layers.*.attention=tp(tp=4)", "layers.*.mlp=tp(tp=4)", "lm_head=vocab(tp=4)"], "attention_0_tp"),
+    ("qwen2_moe_tiny", {}, "prefill", 2, ["layers.*.moe=ep(tp=2)", "layers.*.attention=tp(tp=2)"], "moe_0_ep"),
+    ("qwen3_moe_tiny", {}, "prefill", 4, ["layers.*.moe=tp_ep(tp=4)"], "moe_0_tp_ep"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, changes, workload, nproc, force, function", FAMILY_CASES,
+    ids=[f"{c[0].removesuffix('_tiny')}-{c[2]}-{c[3]}" for c in FAMILY_CASES],
+)
+def test_verify_hf_family_sharded_matches_the_model(tmp_path, capsys, name, changes, workload, nproc,
+                                                     force, function):
+    """The generated program (threaded ranks) against the transformers model of each family,
+    with the blocks split as forced; every layer's children are recognized (only the rotary
+    table is left to `other`, replicated)."""
+    spec = f"hf:{_config_file(tmp_path, name, **changes)}"
+    sizes = (["--context", "5", "--steps", "4"] if workload == "decode" else ["--seq", "8"])
+    forced = [a for f in force for a in ("--force", f)]
+    code = main(["verify", spec, "--nproc", str(nproc), "--workload", workload, "--batch", "4", *sizes,
+                 "--in-process", "--out", str(tmp_path / "plan"), *forced])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    assert summary["ok"] and summary["nproc"] == nproc
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert [b["name"] for b in plan["blocks"] if b["kind"] == "other"] == ["rotary_emb"]
+    kinds = {b["kind"] for b in plan["blocks"] if b["name"].startswith("layers.1.")}
+    assert kinds == ({"norm", "attention", "moe"} if "moe" in name else {"norm", "attention", "mlp"})
+    for f in force:
+        pattern, strategy = f.split("=", 1)
+        chosen = {b["strategy"] for b in plan["blocks"] if b["name"].split(".")[-1] == pattern.split(".")[-1]}
+        assert chosen == {strategy.split("(")[0]}
+    program = (tmp_path / "plan" / "run_plan.py").read_text()
+    assert f"def {function}(" in program
+    if any(f.startswith("layers.*.attention=tp") for f in force):
+        # heads split through attention: at most the fused q|k|v output is gathered (Phi-3),
+        # never the KV cache; the output projection ends in one all-reduce
+        body = program.split("def attention_0_tp(", 1)[1].split("\ndef ", 1)[0]
+        assert body.count("all_gather_into_tensor(") <= (1 if name == "phi3_tiny" else 0)
+        assert "F.scaled_dot_product_attention" not in body or "tp=Shard(1)" in body.split(
+            "F.scaled_dot_product_attention", 1)[1].split("\n", 1)[0]
+
+
+def test_gemma2_eager_attention_is_split_by_heads_and_not_offered_helix(load, capsys, tmp_path):
+    """Gemma-2's soft-capped attention is eager (matmul, tanh cap, softmax, matmul): tp splits
+    it by heads (the test above), but Helix and ring attention replace one SDPA kernel, so
+    they are not offered for it; forcing Helix says why, without a traceback."""
+    loaded = load(f"hf:{HF_CONFIGS / 'gemma2_tiny.json'}")
+    attention = [b for b in loaded.graph.blocks if b.kind == "attention"]
+    assert attention and all(b.traits["sdpa"] == 0 for b in attention)
+    norms = sorted(b.name for b in loaded.graph.blocks if b.kind == "norm" and b.layer == 0)
+    assert norms == ["layers.0.norm_attn", "layers.0.norm_attn_post", "layers.0.norm_mlp", "layers.0.norm_mlp_post"]
+    llama = load(f"hf:{HF_CONFIGS / 'llama_tiny.json'}")
+    assert all(b.traits["sdpa"] == 1 for b in llama.graph.blocks if b.kind == "attention")
+    code = main(["plan", f"hf:{HF_CONFIGS / 'gemma2_tiny.json'}", "--gpus", "4", "--workload", "decode",
+                 "--batch", "4", "--context", "64", "--force", "layers.*.attention=helix(kvp=2,tpa=2)",
+                 "--out", str(tmp_path / "plan")])
+    err = capsys.readouterr().err
+    assert code == 2 and "eagerly" in err and "Traceback" not in err

@@ -8,8 +8,9 @@ reduce-scattered; otherwise a Partial is all-reduced and an unusable shard is al
 
 Ops: pointwise (with broadcasting), factories, linear (column / row parallel by weight
 placement; a row-parallel bias is added once, after the reduction), embedding (vocab-split
-rows: masked local lookup, Partial), norms, softmax, scaled_dot_product_attention (batch or
-head splits), view/reshape/flatten/unsqueeze/squeeze (shard follows the outermost merged or
+rows: masked local lookup, Partial), norms, softmax, batched matmul (eager attention's
+scores and outputs), scaled_dot_product_attention (batch or head splits, taken from the
+queries or, when those are whole, from the keys), view/reshape/flatten/unsqueeze/squeeze (shard follows the outermost merged or
 split dim), expand, transpose/permute, slice/select/chunk/split/unbind, cat/stack and
 reductions. An op without a rule runs only on fully replicated inputs.
 """
@@ -425,6 +426,46 @@ def reduction(cx: BlockLowering, op: Op) -> None:
     cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(op.outputs[0], build(cx, out_pl))])
 
 
+# -- batched matmul (eager attention: scores and values) ------------------------------------
+
+
+@rule("matmul", "bmm")
+def matmul(cx: BlockLowering, op: Op) -> None:
+    """`a @ b` with a [..., n, k] and b [..., k, m] (leading dims broadcast), as eager
+    attention computes scores (q @ k^T) and outputs (p @ v): a shard on a leading dim both
+    operands really have (batch, heads) passes through; a shard of a's rows (n) or of b's
+    columns (m) passes through with the other operand whole; a shard of the contracted dim
+    k on both makes the result Partial. Anything else is gathered first."""
+    a, b = arg(op, 0, "self").name, arg(op, 1, "other" if op.target == "matmul" else "mat2").name
+    out = op.outputs[0]
+    ra, rb, ro = cx.rank(a), cx.rank(b), cx.rank(out)
+    if ra < 2 or rb < 2:
+        unknown_op(cx, op)
+        return
+    out_shape = cx.spec(out).shape
+    want_a, want_b, out_pl = {}, {}, {}
+    for axis in cx.axes:
+        pa, pb = cx.on(a, axis), cx.on(b, axis)
+        da = pa.dim + ro - ra if pa.is_shard else None  # a's shard as an output dim
+        db = pb.dim + ro - rb if pb.is_shard else None
+        choice = (REPLICATE, REPLICATE, REPLICATE)
+        if pa.is_shard and pa.dim < ra - 2 and covers(cx, a, out_shape, da) is not None:
+            other = covers(cx, b, out_shape, da)
+            choice = (pa, shard(other) if other is not None else REPLICATE, shard(da))
+        elif pb.is_shard and pb.dim < rb - 2 and covers(cx, b, out_shape, db) is not None:
+            other = covers(cx, a, out_shape, db)
+            choice = (shard(other) if other is not None else REPLICATE, pb, shard(db))
+        elif pa.is_shard and pa.dim == ra - 1 and pb.is_shard and pb.dim == rb - 2:
+            choice = (pa, pb, PARTIAL)
+        elif pa.is_shard and pa.dim == ra - 2:
+            choice = (pa, REPLICATE, shard(ro - 2))
+        elif pb.is_shard and pb.dim == rb - 1:
+            choice = (REPLICATE, pb, shard(ro - 1))
+        want_a[axis], want_b[axis], out_pl[axis] = choice
+    cx.emit_compute(op, {a: with_axes(cx, a, want_a), b: with_axes(cx, b, want_b)},
+                    [(out, build(cx, out_pl))])
+
+
 # -- attention ----------------------------------------------------------------------------
 
 
@@ -439,9 +480,15 @@ def sdpa(cx: BlockLowering, op: Op) -> None:
     if mask:
         want[mask] = {}
     out_pl = {}
+    q_shape, k_shape = cx.spec(q).shape, cx.spec(k).shape
     for axis in cx.axes:
-        pq = cx.on(q, axis)
+        pq, pk = cx.on(q, axis), cx.on(k, axis)
         split = pq if pq.is_shard and pq.dim in (0, 1) else REPLICATE
+        if not pq.is_shard and pk.is_shard and pk.dim in (0, 1) and same(q_shape[pk.dim], k_shape[pk.dim]):
+            # Keys (e.g. a head-split KV cache) already split by batch or heads while the
+            # queries are whole (a fused QKV gathered before the heads split): slice the
+            # queries (free) rather than gather the keys and values.
+            split = pk
         want[q][axis] = want[k][axis] = want[v][axis] = split
         out_pl[axis] = split
         if mask:

@@ -87,6 +87,11 @@ class StrategyLowering:
             return REPLICATE
         if self.weights == "helix" and axis != "tp":
             return REPLICATE
+        out_features = shape[0] if op.target == "linear" else shape[1]
+        if out_features % axis_size:
+            # Too few output features to split (Qwen2-MoE's one-column shared-expert gate):
+            # the projection runs whole on every rank, on its replicated input.
+            return REPLICATE
         return rows
 
     def split_axes(self, axes: tuple[str, ...]) -> tuple[str, ...]:

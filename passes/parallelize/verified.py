@@ -14,6 +14,8 @@ from ir.graph import Block
 # tests/test_codegen_helix.py)
 VERIFIED_KINDS: dict[str, frozenset[str]] = {
     "replicate": frozenset({"embedding", "attention", "mlp", "moe", "norm", "lm_head", "other"}),
+    # tp also for eager (matmul, softmax, matmul) attention and fused q|k|v / gate|up
+    # projections: Gemma-2, Phi-3, GPT-NeoX in tests/test_hf_models.py
     "tp": frozenset({"attention", "mlp"}),
     "tp_sp": frozenset({"attention", "mlp", "norm"}),
     "dp": frozenset({"attention", "mlp", "norm", "embedding", "lm_head"}),

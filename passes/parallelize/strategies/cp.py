@@ -66,6 +66,9 @@ def cp_requirements(block: Block, ctx: PlanContext) -> str | None:
         return "context parallelism does not compose with a kvp axis"
     if "kv_lora_rank" in d:
         return "latent (MLA) attention is not split by context parallelism yet"
+    if not block.traits.get("sdpa", 1):
+        return ("ring attention replaces one scaled_dot_product_attention; this block computes "
+                "attention eagerly (matmul, softmax, matmul)")
     if d["kv_heads"] % tp or d["q_heads"] % tp:
         return f"q_heads={d['q_heads']} and kv_heads={d['kv_heads']} must be divisible by tp={tp}"
     return None

@@ -71,6 +71,9 @@ def helix_requirements(block: Block, ctx: PlanContext) -> str | None:
             "from it every step (transformers' DeepSeek-V3 form); helix is lowered for the "
             "absorbed form of the model files (examples/deepseek.py) only"
         )
+    if not block.traits.get("sdpa", 1):
+        return ("helix replaces one scaled_dot_product_attention; this block computes attention "
+                "eagerly (matmul, softmax, matmul)")
     if "kv_lora_rank" in d:
         if tpa != 1:
             return f"latent attention has one shared KV head, so helix needs tpa=1 (mesh tp={tpa})"
