@@ -269,8 +269,8 @@ FAMILY_CASES = [
     ("phi3_tiny", {}, "decode", 2, TP2, "mlp_0_tp"),
     ("gpt_neox_tiny", {}, "decode", 4,
      ["layers.*.attention=tp(tp=4)", "layers.*.mlp=tp(tp=4)", "lm_head=vocab(tp=4)"], "attention_0_tp"),
-    ("qwen2_moe_tiny", {}, "prefill", 2, ["layers.*.moe=ep(tp=2)", "layers.*.attention=tp(tp=2)"], "moe_0_ep"),
-    ("qwen3_moe_tiny", {}, "prefill", 4, ["layers.*.moe=tp_ep(tp=4)"], "moe_0_tp_ep"),
+    ("qwen2_moe_tiny", {}, "decode", 2, ["layers.*.moe=ep(tp=2)", "layers.*.attention=tp(tp=2)"], "moe_0_ep"),
+    ("qwen3_moe_tiny", {}, "decode", 4, ["layers.*.moe=tp_ep(tp=4)"], "moe_0_tp_ep"),
 ]
 
 
