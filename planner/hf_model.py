@@ -19,7 +19,9 @@ loads.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,10 +197,27 @@ def run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor,
     `attention_masks` are handed to transformers as 4-D masks, which it uses as given: left
     to itself, transformers derives a packed-sequence mask from the position ids through
     batch-indexed gathers that no layout rule can split."""
-    if next(model.parameters()).dtype == torch.float64:
-        with _Float64Stays():
+    if _dtype(model) == torch.float64:
+        with _Float64Stays(), _experts_in_float64(model):
             return _run_causal_lm(model, input_ids, position_ids, past_kv, cache_lens)
     return _run_causal_lm(model, input_ids, position_ids, past_kv, cache_lens)
+
+
+@contextlib.contextmanager
+def _experts_in_float64(model: torch.nn.Module) -> Iterator[None]:
+    """transformers' default MoE experts run `torch._grouped_mm`, which takes no float64; the
+    float64 reference (training verify) runs them as the per-expert loop ("eager") instead —
+    the same arithmetic, one expert at a time."""
+    configs = {id(m.config): m.config for m in model.modules()
+               if getattr(getattr(m, "config", None), "_experts_implementation", "eager") != "eager"}
+    before = {key: c._experts_implementation for key, c in configs.items()}
+    for c in configs.values():
+        c._experts_implementation = "eager"
+    try:
+        yield
+    finally:
+        for key, c in configs.items():
+            c._experts_implementation = before[key]
 
 
 def _run_causal_lm(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None,

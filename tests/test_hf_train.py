@@ -6,6 +6,10 @@ level, AdamW — and after each of 3 steps the loss, every gradient and every up
 match the transformers model trained in one process (float64, 1e-9 of each tensor's
 largest entry; the default tolerance of `verify` is 1e-4).
 
+Mixtral and DeepSeek-V3 train their MoE blocks under EP (the expert kernels the grouped-mm
+experts are lowered to); the float64 reference runs transformers' per-expert loop instead of
+grouped_mm, which takes no float64.
+
 Two things transformers' forward needs for this, both in planner/hf_model.py and the
 training template: rotary `inv_freq` is a module buffer the program reads but never trains,
 and the float64 reference keeps transformers' float32 upcasts (norms, rotary) in float64 —
@@ -30,17 +34,40 @@ TP2 = ["layers.*.attention=tp(tp=2)", "layers.*.mlp=tp(tp=2)", "lm_head=vocab(tp
 # GPT-2 ties the LM head to the token embedding: both split by vocabulary, one weight.
 GPT2_TP2 = ["embedding=vocab(tp=2)", *TP2]
 
+# MoE: transformers' grouped-mm experts lowered to the expert kernels, trained under EP; the
+# float64 reference runs transformers' per-expert loop (grouped_mm takes no float64).
+def _moe(strategy: str, tp: int) -> list[str]:
+    return [f"layers.*.moe={strategy}(tp={tp})", f"layers.*.attention=tp(tp={tp})", f"lm_head=vocab(tp={tp})"]
+
+
 CASES = [
     # (config, gpus, force, ZeRO levels offered, mesh wanted)
     ("llama_tiny", 2, TP2, (0,), {"tp": 2}),
     ("gpt2_tiny", 2, GPT2_TP2, (0,), {"tp": 2}),
     ("llama_tiny", 4, TP2, (3,), {"dp": 2, "tp": 2}),
     ("gpt2_tiny", 4, GPT2_TP2, (2,), {"dp": 2, "tp": 2}),
+    ("mixtral_tiny", 2, _moe("ep", 2), (0,), {"tp": 2}),
+    ("deepseek_v3_tiny", 2, _moe("ep_dispatch", 2), (0,), {"tp": 2}),
+    ("mixtral_tiny", 4, _moe("tp_ep", 2), (3,), {"dp": 2, "tp": 2}),
 ]
 
 
+# tiny Mixtral's vocabulary (512) equals its experts' gate|up width (2 × 256), and the program's
+# census counts any tensor ending in a vocabulary-sized dim as full-vocabulary logits.
+CONFIG_CHANGES = {"mixtral_tiny": {"vocab_size": 384}}
+
+
+def _config(tmp_path, name) -> str:
+    path = HF_CONFIGS / (name + ".json")
+    if name not in CONFIG_CHANGES:
+        return str(path)
+    changed = tmp_path / (name + ".json")
+    changed.write_text(json.dumps({**json.loads(path.read_text()), **CONFIG_CHANGES[name]}))
+    return str(changed)
+
+
 def _train(load, tmp_path, name, gpus, force, zero, mesh):
-    loaded = load(f"hf:{HF_CONFIGS / (name + '.json')}")
+    loaded = load(f"hf:{_config(tmp_path, name)}")
     workload = Workload(kind="train", batch=4, seq=8, context=0, zero_levels=zero)
     run = make_plan(loaded, hardware="h100-sxm", gpus=gpus, workload=workload, force=force)
     assert {k: v for k, v in run.plan.mesh.items() if v > 1} == mesh
@@ -63,12 +90,12 @@ def test_hf_model_trains_exactly(load, tmp_path, name, gpus, force, zero, mesh):
         assert r0["vocab_parallel"] and r0["full_vocab_tensors"] == 0
         assert "lm_head_0_vocab" in program.read_text()
     if zero == (3,):  # each rank stores its half of every trained weight of its tp shard
-        assert r0["param_bytes"] < 0.6 * _single_rank_bytes(load, name) / mesh["tp"]
+        assert r0["param_bytes"] < 0.6 * _single_rank_bytes(load, _config(tmp_path, name)) / mesh["tp"]
 
 
-def _single_rank_bytes(load, name) -> int:
+def _single_rank_bytes(load, config: str) -> int:
     """float64 bytes of the model's trained weights (parameters, not buffers)."""
-    graph = load(f"hf:{HF_CONFIGS / (name + '.json')}").graph
+    graph = load(f"hf:{config}").graph
     return 8 * sum(p.numel for p in graph.params.values() if p.counts)
 
 
