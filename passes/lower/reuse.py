@@ -116,7 +116,8 @@ class LayerReuse:
                 reads.append(b.values[local].layout)
         fates = []
         for v in (o for op in cx.ops for o in op.outputs):
-            later = bool(b.consumer_blocks.get(v, set()) - {block.name})
+            readers = b.consumer_blocks.get(v, ())
+            later = len(readers) > 1 or (len(readers) == 1 and block.name not in readers)
             cache = self.cache_of_output.get(v)
             cache_layout = b.values[b.current[cache]].layout if cache in b.current else None
             fates.append((later, v in self.outputs, v == self.logits, cache_layout))
@@ -270,6 +271,7 @@ class _Names:
         self.ops: dict[str, str] = {}
         self.fqns: dict[str, str] = {}
         taken: set[str] = set()
+        values = self.values
         for old, new in zip(old_ops, new_ops, strict=True):
             if (old.target != new.target or len(old.inputs) != len(new.inputs)
                     or len(old.outputs) != len(new.outputs) or old.module_types != new.module_types
@@ -299,8 +301,13 @@ class _Names:
                         self.fqns[fa] = fb
                 self.values[a] = b
                 taken.add(b)
-            if not _same_attrs(old.attrs, new.attrs, self.values):
+            old_refs: list[str] = []
+            new_refs: list[str] = []
+            if _skeleton(old.attrs, old_refs) != _skeleton(new.attrs, new_refs) or any(
+                values.get(a) != b for a, b in zip(old_refs, new_refs, strict=True)
+            ):
                 raise NotReusable(old.name)
+        self.fqn_hints = [(identifier(a), identifier(b)) for a, b in self.fqns.items()]
 
     def value(self, name: str) -> str:
         try:
@@ -334,12 +341,9 @@ class _Names:
     def hint(self, hint: str, old_source: str, new_source: str) -> str:
         """A hint made from the value's source (or its parameter's name) follows the rename;
         one made from the op's role stays."""
-        for old in (identifier(old_source), *(identifier(f) for f in self.fqns)):
-            if hint.startswith(old) and old:
-                if old == identifier(old_source):
-                    return identifier(new_source) + hint[len(old):]
-                fqn = next(f for f in self.fqns if identifier(f) == old)
-                return identifier(self.fqns[fqn]) + hint[len(old):]
+        for old, new in ((identifier(old_source), identifier(new_source)), *self.fqn_hints):
+            if old and hint.startswith(old):
+                return new + hint[len(old):]
         return hint
 
 
@@ -350,19 +354,21 @@ def _leaf(op: Op) -> str:
     return "" if leaf.isdigit() else leaf
 
 
-def _same_attrs(a: Any, b: Any, values: dict[str, str]) -> bool:
-    """Equal constant arguments, with graph values compared through `values`."""
-    if isinstance(a, ValueRef):
-        return isinstance(b, ValueRef) and values.get(a.name) == b.name
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(
-            _same_attrs(a[k], b[k], values) for k in a
-        )
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(
-            _same_attrs(x, y, values) for x, y in zip(a, b, strict=True)
-        )
-    return type(a) is type(b) and a == b
+_REF = object()
+
+
+def _skeleton(x: Any, refs: list[str]) -> Any:
+    """Constant arguments with each graph value replaced by one marker (names go to `refs`,
+    in order): two ops' arguments agree when their skeletons are equal and their names map."""
+    t = type(x)
+    if t is ValueRef:
+        refs.append(x.name)
+        return _REF
+    if t is list or t is tuple:
+        return (t, tuple([_skeleton(v, refs) for v in x]))
+    if t is dict:
+        return (dict, tuple([(k, _skeleton(v, refs)) for k, v in x.items()]))
+    return (t, x)
 
 
 def _refs(x: Any, rn) -> Any:
