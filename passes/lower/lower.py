@@ -278,7 +278,7 @@ def _input_layout(builder: Builder, name: str) -> Layout:
     if model and name.startswith("past_kv"):
         consumer = sorted(builder.consumer_blocks.get(name, ()))
         if consumer:
-            bp = _block_plan(builder.plan, consumer[0])
+            bp = _block_plan(builder, consumer[0])
             strat = lowering_for(bp.strategy, bp.name)
             latent = len(spec.shape) == 3 and "kv_lora_rank" in _block_dims(builder, bp.name)
             if latent and strat.cache == "heads":
@@ -324,9 +324,9 @@ def _block_dims(builder: Builder, name: str) -> dict:
     return next((b.dims for b in builder.graph.blocks if b.name == name), {})
 
 
-def _block_plan(plan: Plan, name: str) -> BlockPlan:
+def _block_plan(builder: Builder, name: str) -> BlockPlan:
     try:
-        return plan.block(name)
+        return builder.block_plans[name]
     except KeyError:
         raise LoweringError(
             f"the plan has no entry for block {name!r}; plan and graph come from different "
@@ -335,7 +335,7 @@ def _block_plan(plan: Plan, name: str) -> BlockPlan:
 
 
 def _lower_block(builder: Builder, block: Block, reuse: LayerReuse | None = None) -> None:
-    bp = _block_plan(builder.plan, block.name)
+    bp = _block_plan(builder, block.name)
     strategy = lowering_for(bp.strategy, block.name)
     layout_in = check_stream_layout(bp.layout_in, block.name)
     layout_out = check_stream_layout(bp.layout_out, block.name)

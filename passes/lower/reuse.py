@@ -94,6 +94,7 @@ class LayerReuse:
         self.candidate: dict[tuple, _Record] = {}
         self.tries: dict[tuple, int] = {}
         self.renamed_from: dict[str, str] = {}
+        self.skeletons: dict[str, tuple[Any, list[str]]] = {}
 
     # -- matching -----------------------------------------------------------------------
     def key(self, cx: BlockLowering) -> tuple | None:
@@ -122,7 +123,7 @@ class LayerReuse:
             cache_layout = b.values[b.current[cache]].layout if cache in b.current else None
             fates.append((later, v in self.outputs, v == self.logits, cache_layout))
         return (
-            block.group, block.kind, len(cx.ops), bp.strategy, tuple(sorted(bp.degrees.items())),
+            block.group, block.signature, block.kind, len(cx.ops), bp.strategy, tuple(sorted(bp.degrees.items())),
             repr(sorted(bp.extras.items())), bp.layout_in, bp.layout_out, tuple(reads),
             tuple(fates),
         )
@@ -203,7 +204,7 @@ class LayerReuse:
         new local values from `counter` (default: the builder's counter now)."""
         b = self.b
         start = b._counter if counter is None else counter
-        names = _Names(b, record.ops, cx.ops)
+        names = _Names(b, record.ops, cx.ops, self.skeletons)
         offset = start - record.counter[0]
         local: dict[str, str] = {}
         for v_old, l_old in record.external.items():
@@ -263,23 +264,27 @@ class _Names:
     """Graph value, op and parameter names of a recorded block -> those of a matching block,
     by position; raises NotReusable where the two blocks' ops differ."""
 
-    def __init__(self, builder: Builder, old_ops: tuple[Op, ...], new_ops: list[Op]):
+    def __init__(self, builder: Builder, old_ops: tuple[Op, ...], new_ops: list[Op],
+                 skeletons: dict[str, tuple[Any, list[str]]]):
+        """`skeletons` caches the recorded ops' argument skeletons by op name. The blocks'
+        signatures (passes/group.py: op targets, output shapes, parameter shapes) are
+        already equal, so only values from outside the block have their specs compared."""
         if len(old_ops) != len(new_ops):
             raise NotReusable("op count")
         graph = builder.graph
-        self.values: dict[str, str] = {}
+        values: dict[str, str] = {}
+        self.values = values
         self.ops: dict[str, str] = {}
         self.fqns: dict[str, str] = {}
         taken: set[str] = set()
-        values = self.values
         for old, new in zip(old_ops, new_ops, strict=True):
             if (old.target != new.target or len(old.inputs) != len(new.inputs)
                     or len(old.outputs) != len(new.outputs) or old.module_types != new.module_types
                     or _leaf(old) != _leaf(new)):
                 raise NotReusable(old.name)
             self.ops[old.name] = new.name
-            for a, b in zip(old.inputs + old.outputs, new.inputs + new.outputs, strict=True):
-                known = self.values.get(a)
+            for a, b in zip(old.inputs, new.inputs, strict=True):
+                known = values.get(a)
                 if known is not None:
                     if known != b:
                         raise NotReusable(a)
@@ -299,12 +304,20 @@ class _Names:
                         raise NotReusable(a)
                     for fa, fb in zip((pa.name, *pa.aliases), (pb.name, *pb.aliases), strict=True):
                         self.fqns[fa] = fb
-                self.values[a] = b
+                values[a] = b
                 taken.add(b)
-            old_refs: list[str] = []
+            for a, b in zip(old.outputs, new.outputs, strict=True):
+                if a in values or b in taken:
+                    raise NotReusable(a)
+                values[a] = b
+                taken.add(b)
+            cached = skeletons.get(old.name)
+            if cached is None:
+                old_refs: list[str] = []
+                cached = skeletons[old.name] = (_skeleton(old.attrs, old_refs), old_refs)
             new_refs: list[str] = []
-            if _skeleton(old.attrs, old_refs) != _skeleton(new.attrs, new_refs) or any(
-                values.get(a) != b for a, b in zip(old_refs, new_refs, strict=True)
+            if cached[0] != _skeleton(new.attrs, new_refs) or any(
+                values.get(a) != b for a, b in zip(cached[1], new_refs, strict=True)
             ):
                 raise NotReusable(old.name)
         self.fqn_hints = [(identifier(a), identifier(b)) for a, b in self.fqns.items()]
