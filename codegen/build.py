@@ -299,7 +299,24 @@ def _literal(x: Any) -> str:
         return "[\n" + "".join(f"    {_literal(v)},\n" for v in x) + "]"
     if isinstance(x, dict) and x and all(isinstance(v, dict) for v in x.values()):
         return "{\n" + "".join(f"    {k!r}: {_literal(v)},\n" for k, v in x.items()) + "}"
+    if _plain(x):
+        return repr(x)  # what pformat gives on one line (width 10**6, insertion order)
     return pprint.pformat(x, width=10**6, sort_dicts=False)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(x: Any) -> bool:
+    """Built of str, numbers, None, lists, tuples and dicts only: `repr` is its pformat."""
+    t = type(x)
+    if t in _SCALARS:
+        return True
+    if t is list or t is tuple:
+        return all(_plain(v) for v in x)
+    if t is dict:
+        return all(type(k) in _SCALARS and _plain(v) for k, v in x.items())
+    return False
 
 
 def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> ProgramContext:

@@ -385,14 +385,18 @@ def _skeleton(x: Any, refs: list[str]) -> Any:
 
 
 def _refs(x: Any, rn) -> Any:
-    if isinstance(x, ValueRef):
+    """`x` with every `ValueRef` renamed by `rn` (containers rebuilt, constants kept)."""
+    t = type(x)
+    if t is ValueRef:
         return ValueRef(rn(x.name))
-    if isinstance(x, list):
+    if t is tuple:
+        return tuple([_refs(v, rn) for v in x])
+    if t is list:
         return [_refs(v, rn) for v in x]
-    if isinstance(x, tuple):
-        return tuple(_refs(v, rn) for v in x)
-    if isinstance(x, dict):
+    if t is dict:
         return {k: _refs(v, rn) for k, v in x.items()}
+    if isinstance(x, (ValueRef, list, tuple, dict)):
+        raise NotReusable(f"argument of type {t.__name__}")
     return x
 
 
