@@ -94,7 +94,7 @@ class LayerReuse:
         self.candidate: dict[tuple, _Record] = {}
         self.tries: dict[tuple, int] = {}
         self.renamed_from: dict[str, str] = {}
-        self.skeletons: dict[str, tuple[Any, list[str]]] = {}
+        self.skeletons: dict[str, tuple[tuple, Any, list[str]]] = {}
 
     # -- matching -----------------------------------------------------------------------
     def key(self, cx: BlockLowering) -> tuple | None:
@@ -265,22 +265,24 @@ class _Names:
     by position; raises NotReusable where the two blocks' ops differ."""
 
     def __init__(self, builder: Builder, old_ops: tuple[Op, ...], new_ops: list[Op],
-                 skeletons: dict[str, tuple[Any, list[str]]]):
+                 skeletons: dict[str, tuple[tuple, Any, list[str]]]):
         """`skeletons` caches the recorded ops' argument skeletons by op name. The blocks'
         signatures (passes/group.py: op targets, output shapes, parameter shapes) are
         already equal, so only values from outside the block have their specs compared."""
         if len(old_ops) != len(new_ops):
             raise NotReusable("op count")
-        graph = builder.graph
+        graph_values, params = builder.graph.values, builder.graph.params
         values: dict[str, str] = {}
         self.values = values
         self.ops: dict[str, str] = {}
         self.fqns: dict[str, str] = {}
         taken: set[str] = set()
         for old, new in zip(old_ops, new_ops, strict=True):
-            if (old.target != new.target or len(old.inputs) != len(new.inputs)
-                    or len(old.outputs) != len(new.outputs) or old.module_types != new.module_types
-                    or _leaf(old) != _leaf(new)):
+            cached = skeletons.get(old.name)
+            if cached is None:
+                old_refs: list[str] = []
+                cached = skeletons[old.name] = (_static(old), _skeleton(old.attrs, old_refs), old_refs)
+            if cached[0] != _static(new):
                 raise NotReusable(old.name)
             self.ops[old.name] = new.name
             for a, b in zip(old.inputs, new.inputs, strict=True):
@@ -291,16 +293,16 @@ class _Names:
                     continue
                 if b in taken:
                     raise NotReusable(b)
-                sa, sb = graph.values.get(a), graph.values.get(b)
-                if sa is not sb and sa != sb:
-                    raise NotReusable(a)
-                pa, pb = graph.params.get(a), graph.params.get(b)
-                if (pa is None) != (pb is None):
-                    raise NotReusable(a)
-                if pa is not None:
-                    if (pa.shape, pa.dtype, pa.is_buffer, pa.persistent, len(pa.aliases), bool(pa.tied_to)) != (
-                        pb.shape, pb.dtype, pb.is_buffer, pb.persistent, len(pb.aliases), bool(pb.tied_to)
-                    ):
+                pa, pb = params.get(a), params.get(b)
+                if pa is None:
+                    # a value from an earlier block (the signature covers the block's own)
+                    sa, sb = graph_values.get(a), graph_values.get(b)
+                    if pb is not None or (sa is not sb and sa != sb):
+                        raise NotReusable(a)
+                else:
+                    if pb is None or (
+                        pa.shape, pa.dtype, pa.is_buffer, pa.persistent, len(pa.aliases), bool(pa.tied_to)
+                    ) != (pb.shape, pb.dtype, pb.is_buffer, pb.persistent, len(pb.aliases), bool(pb.tied_to)):
                         raise NotReusable(a)
                     for fa, fb in zip((pa.name, *pa.aliases), (pb.name, *pb.aliases), strict=True):
                         self.fqns[fa] = fb
@@ -311,13 +313,9 @@ class _Names:
                     raise NotReusable(a)
                 values[a] = b
                 taken.add(b)
-            cached = skeletons.get(old.name)
-            if cached is None:
-                old_refs: list[str] = []
-                cached = skeletons[old.name] = (_skeleton(old.attrs, old_refs), old_refs)
             new_refs: list[str] = []
-            if cached[0] != _skeleton(new.attrs, new_refs) or any(
-                values.get(a) != b for a, b in zip(cached[1], new_refs, strict=True)
+            if cached[1] != _skeleton(new.attrs, new_refs) or any(
+                values.get(a) != b for a, b in zip(cached[2], new_refs, strict=True)
             ):
                 raise NotReusable(old.name)
         self.fqn_hints = [(identifier(a), identifier(b)) for a, b in self.fqns.items()]
@@ -360,11 +358,12 @@ class _Names:
         return hint
 
 
-def _leaf(op: Op) -> str:
-    """The op's module attribute as names read it (passes/lower/builder.py: op_hint); a
-    layer index (`layers.3`) is not one."""
+def _static(op: Op) -> tuple:
+    """What must be equal of two ops besides their arguments: target, arity, module types
+    and the module attribute names read (passes/lower/builder.py: op_hint; a layer index
+    such as `layers.3` is not one)."""
     leaf = op.module_path.rsplit(".", 1)[-1]
-    return "" if leaf.isdigit() else leaf
+    return (op.target, len(op.inputs), len(op.outputs), op.module_types, "" if leaf.isdigit() else leaf)
 
 
 _REF = object()
