@@ -87,12 +87,16 @@ class BlockLowering:
         self.param_locals: dict[str, str] = {}
         self.extra_specs: dict[str, TensorSpec] = {}
         self.defined: set[str] = set()
-        ops = [builder.op_by_name[name] for name in block.ops]
-        self.ops = ops
-        self.consumers: dict[str, list[Op]] = {}
-        for op in ops:
+        self.ops = [builder.op_by_name[name] for name in block.ops]
+
+    @functools.cached_property
+    def consumers(self) -> dict[str, list[Op]]:
+        """Graph value -> the block's ops reading it (built when a rule first asks)."""
+        out: dict[str, list[Op]] = {}
+        for op in self.ops:
             for v in op.inputs:
-                self.consumers.setdefault(v, []).append(op)
+                out.setdefault(v, []).append(op)
+        return out
 
     # -- queries ----------------------------------------------------------------------------
     def spec(self, value: str) -> TensorSpec:
