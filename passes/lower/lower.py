@@ -534,7 +534,9 @@ def _symbol_sources(
     """How the generated program reads each workload symbol a local shape or step uses. A
     block copied from another (`renamed_from`) has the same arguments and is not walked."""
     used: set[str] = set()
-    for shape in {v.local_shape for v in builder.values.values()}:
+    # copied blocks share their record's shape tuples: distinct objects first, then values
+    shapes = {id(v.local_shape): v.local_shape for v in builder.values.values()}
+    for shape in set(shapes.values()):
         used |= _shape_symbols(shape)
     for item in builder.items:
         if isinstance(item, BlockProgram) and item.name in renamed_from:
