@@ -20,12 +20,16 @@ from ir.plan import Plan
 from ir.rank_program import RankProgram
 
 
-def generate(program: RankProgram, plan: Plan, out_dir: str | Path, *, model_file: str | None = None) -> Path:
+def generate(
+    program: RankProgram, plan: Plan, out_dir: str | Path, *, model_file: str | None = None,
+    bytecode_dir: str | Path | None = None,
+) -> Path:
     """Write `out_dir/run_plan.py` for a lowered, scheduled `program`; returns its path.
-    `model_file` is the file the program builds the model with (default: the traced one)."""
+    `model_file` is the file the program builds the model with (default: the traced one);
+    `bytecode_dir` keeps the compiled templates across runs."""
     source = program.meta.get("source") or {}
     context = build_context(program, plan, model_file=model_file or str(source.get("path", "model.py")))
-    return write_program(context, out_dir)
+    return write_program(context, out_dir, bytecode_dir=bytecode_dir)
 
 
 __all__ = ["build_context", "generate", "render_program", "write_program"]

@@ -122,6 +122,27 @@ def _render_block(program: RankProgram, block: BlockProgram) -> _Rendered:
     return _Rendered(block, args, body, returns, context, arg_docs)
 
 
+def _rendered_blocks(program: RankProgram):
+    """(block, rendering, its text) in program order. A block lowered as a renamed copy of
+    another (`RankProgram.renamed_from`) renders to that block's text when its names come
+    from op roles, as in a repeated layer; that is checked on its first copy, which is
+    rendered, and the later copies take the text without rendering."""
+    done: dict[str, tuple[_Rendered, str]] = {}
+    alike: dict[str, bool] = {}
+    for block in program.blocks:
+        template = program.renamed_from.get(block.name)
+        if template is not None and alike.get(template):
+            r, text = done[template]
+            yield block, r, text
+            continue
+        r = _render_block(program, block)
+        text = r.text()
+        if template is not None and template in done and template not in alike:
+            alike[template] = text == done[template][1]
+        done[block.name] = (r, text)
+        yield block, r, text
+
+
 def _handle_base(local: str, names: dict[str, str] | None = None) -> str:
     if local.startswith("work_"):
         return "work_" + (names or {}).get(local[5:], "")
@@ -153,9 +174,7 @@ def _functions(program: RankProgram) -> tuple[list[FunctionContext], dict[str, t
     call_of: dict[str, tuple[str, _Rendered]] = {}
     users: dict[str, list[str]] = {}
     rendered_by_name: dict[str, _Rendered] = {}
-    for block in program.blocks:
-        r = _render_block(program, block)
-        text = r.text()
+    for block, r, text in _rendered_blocks(program):
         key = f"{block.group}|{block.strategy}|{text}"
         if key not in by_text:
             base = _function_name(block)
@@ -280,7 +299,24 @@ def _literal(x: Any) -> str:
         return "[\n" + "".join(f"    {_literal(v)},\n" for v in x) + "]"
     if isinstance(x, dict) and x and all(isinstance(v, dict) for v in x.values()):
         return "{\n" + "".join(f"    {k!r}: {_literal(v)},\n" for k, v in x.items()) + "}"
+    if _plain(x):
+        return repr(x)  # what pformat gives on one line (width 10**6, insertion order)
     return pprint.pformat(x, width=10**6, sort_dicts=False)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(x: Any) -> bool:
+    """Built of str, numbers, None, lists, tuples and dicts only: `repr` is its pformat."""
+    t = type(x)
+    if t in _SCALARS:
+        return True
+    if t is list or t is tuple:
+        return all(_plain(v) for v in x)
+    if t is dict:
+        return all(type(k) in _SCALARS and _plain(v) for k, v in x.items())
+    return False
 
 
 def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> ProgramContext:

@@ -20,8 +20,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ir.errors import HardwareSpecError
 from ir.workload import DTYPE_BYTES
 
@@ -476,10 +474,17 @@ def load_hardware(name_or_path: str | Path) -> HardwareSpec:
 
 def _load_file(path: Path) -> HardwareSpec:
     origin = f"hardware file {str(path)!r}"
+    is_json = path.suffix.lower() == ".json"
+    if not is_json:
+        import yaml  # YAML files only: a preset or a JSON profile never pays its import
+
+        not_parsed: tuple[type[Exception], ...] = (OSError, yaml.YAMLError)
+    else:
+        not_parsed = (OSError, json.JSONDecodeError)
     try:
         raw = path.read_text()
-        data = json.loads(raw) if path.suffix.lower() == ".json" else yaml.safe_load(raw)
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as err:
+        data = json.loads(raw) if is_json else yaml.safe_load(raw)
+    except not_parsed as err:
         raise HardwareSpecError(
             f"{origin} could not be read: {err}; needed valid JSON or YAML"
         ) from None

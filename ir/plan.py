@@ -9,13 +9,17 @@ same input gives byte-identical JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from ir.errors import InputError
 
 SCHEMA_VERSION = 1
+_JSON_ORDER = (
+    "schema_version", "model", "hardware", "workload", "mesh", "rank_map", "blocks",
+    "predicted", "memory", "solver", "alternatives", "excluded",
+)
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,13 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        order = [
-            "schema_version", "model", "hardware", "workload", "mesh", "rank_map", "blocks",
-            "predicted", "memory", "solver", "alternatives", "excluded",
-        ]
-        return {k: d[k] for k in order}
+        return {k: d[k] for k in _JSON_ORDER}
 
     def to_json(self) -> str:
-        return json.dumps(_round_floats(self.to_dict()), indent=1, sort_keys=False) + "\n"
+        # _round_floats copies while it rounds, so the fields go in as they are (no asdict
+        # deep copy first); nested dataclasses become dicts as asdict makes them.
+        fields_ = {k: getattr(self, k) for k in _JSON_ORDER}
+        return json.dumps(_round_floats(fields_), indent=1, sort_keys=False) + "\n"
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -120,4 +123,6 @@ def _round_floats(x: Any, digits: int = 12) -> Any:
         return {k: _round_floats(v, digits) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_round_floats(v, digits) for v in x]
+    if is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _round_floats(getattr(x, f.name), digits) for f in fields(x)}
     return x

@@ -232,6 +232,10 @@ class RankProgram:
     caches: tuple[CacheSpec, ...]
     symbols: tuple[SymbolSource, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    # Block name -> the earlier block whose lowering it is a renamed copy of (same ops, plan
+    # entry and input layouts; passes/lower/reuse.py). Later passes and codegen may reuse
+    # their work on that block; it is no part of the program's meaning (not compared).
+    renamed_from: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def blocks(self) -> tuple[BlockProgram, ...]:

@@ -29,13 +29,17 @@ def _load_command(name: str):
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with `only` (a command name) of that one alone:
+    each command module imports what its command needs, and a run needs one."""
     parser = argparse.ArgumentParser(
         prog="helixplan",
         description="Plan how to parallelize a PyTorch model over GPUs and emit the program.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if only is not None and name != only:
+            continue
         mod = _load_command(name)
         if mod is None:
             continue
@@ -51,8 +55,11 @@ def format_error(err: PlannerError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    # `helixplan plan ...` builds the plan command's parser only; anything else (help, a
+    # typo, an option first) gets the full parser and its usual messages.
+    parser = build_parser(args_in[0] if args_in and args_in[0] in COMMANDS else None)
+    args = parser.parse_args(args_in)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

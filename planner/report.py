@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.table import Table
-
 from ir.plan import Plan
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from planner.api import PlanRun
 
 
@@ -62,6 +62,8 @@ def training_rows(plan: Plan) -> list[dict]:
 
 
 def plan_table(plan: Plan) -> Table:
+    from rich.table import Table  # only for a printed table: `plan --json` skips rich
+
     wl = plan.workload
     table = Table(
         title=(

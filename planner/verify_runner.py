@@ -35,13 +35,16 @@ def write_run_plan(graph: Graph, plan: Plan, out_dir: str | Path) -> Path:
     """Lower `plan` over `graph` and write `out_dir/run_plan.py`."""
     from codegen import generate
     from passes.lower import lower
+    from planner.frontend import cache_dir
 
     program = lower(graph, plan)
     source = graph.meta.get("source") or {}
     model_file = None
     if source.get("kind") == "hf":
         model_file = str(copy_hf_model_file(source["path"], out_dir))
-    return generate(program, plan, out_dir, model_file=model_file)
+    cache = cache_dir()
+    templates = cache / "templates" if cache is not None else None
+    return generate(program, plan, out_dir, model_file=model_file, bytecode_dir=templates)
 
 
 def copy_hf_model_file(config: str | Path, out_dir: str | Path) -> Path:

@@ -427,3 +427,62 @@ def test_brute_force_refuses_huge_spaces() -> None:
     blocks = tuple(BlockVars(name=f"b{i}", group=f"b{i}", options=options) for i in range(7))
     with pytest.raises(ValueError, match="brute force stops"):
         brute_force(Problem(blocks=blocks, edges=(), memory_capacity_bytes=100.0))
+
+
+class _CpModelMirror:
+    """The backend interface on `cp_model`'s own model builder (`CpBaseModel`, its linear
+    expressions and `Domain`): the proto `cp_model.CpModel` writes for the same calls."""
+
+    name = "cpsat"
+
+    def __init__(self, reduced) -> None:
+        from ortools.sat.python import cp_model_helper as cmh
+        from ortools.util.python.sorted_interval_list import Domain
+
+        from passes.parallelize.ilp_backends import _IntegerScale
+
+        self.cmh, self.domain = cmh, Domain
+        self.scale = _IntegerScale.of(reduced)
+        self.model = cmh.CpBaseModel(None)
+        self.num_variables = self.num_constraints = 0
+
+    def new_binary(self, name: str):
+        self.num_variables += 1
+        return self.cmh.IntVar(self.model.model_proto).with_name(name).with_domain(self.domain(0, 1))
+
+    new_fraction = new_binary
+
+    def _sum(self, terms):
+        return self.cmh.LinearExpr.weighted_sum([v for v, _ in terms], [int(c) for _, c in terms])
+
+    def add_equal(self, terms, rhs: float) -> None:
+        self.model._add_bounded_linear_expression(self._sum(terms) == int(rhs))
+
+    def add_at_most(self, terms, upper: float) -> None:
+        self.model._add_bounded_linear_expression(self._sum(terms) <= int(upper))
+
+    def minimize(self, terms) -> None:
+        flat = self.cmh.FlatIntExpr(self._sum(terms))
+        objective = self.model.model_proto.objective
+        objective.vars.extend(var.index for var in flat.vars)
+        objective.coeffs.extend(flat.coeffs)
+        objective.scaling_factor = 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cpsat_proto_is_the_one_cp_model_builds(seed, monkeypatch):
+    """The CP-SAT backend writes its proto by hand (no numpy import); it must be the proto
+    `cp_model`'s builder makes from the same formulation — same variables, merged and
+    sorted linear terms, bounds and objective — so CP-SAT solves the same model."""
+    from passes.parallelize import ilp_backends
+
+    problem = _random_problem(seed, share_groups=seed % 2 == 0)
+    reduced = ilp_backends._reduce(problem)
+    ours = ilp_backends._Formulation(reduced, "cpsat")
+    monkeypatch.setattr(ilp_backends, "_new_backend", lambda r, name: _CpModelMirror(r))
+    mirror = ilp_backends._Formulation(reduced, "cpsat")
+    ours.add_no_good_cut([0] * len(reduced.units))
+    mirror.add_no_good_cut([0] * len(reduced.units))
+    text = str(ours.backend.proto)
+    assert text.count("constraints {") == ours.num_constraints + 1 > 1
+    assert text == str(mirror.backend.model.model_proto)

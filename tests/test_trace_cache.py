@@ -60,8 +60,9 @@ def test_warm_plan_does_not_import_torch(tmp_path):
     """With the trace cached, `helixplan plan` (plan.json, report.md and run_plan.py) runs
     without importing torch: the cached IR and the codegen need only sympy. The MoE model's
     router ops (topk, scatter, sum.dim_IntList) are written as `torch.ops.aten.*` from the
-    namespaces capture recorded; CP-SAT runs without `cp_model`'s pandas; lowering's
-    simplifications of monomial sizes do not pull in `sympy.physics`."""
+    namespaces capture recorded; CP-SAT runs without `cp_model`'s pandas, and its model is
+    written without the numpy that `CpBaseModel` imports; lowering's simplifications of
+    monomial sizes do not pull in `sympy.physics`; a preset hardware reads no YAML."""
     import os
     import subprocess
     import sys
@@ -76,12 +77,13 @@ def test_warm_plan_does_not_import_torch(tmp_path):
     probe = (
         "import sys\nfrom planner.cli import main\n"
         f"assert main({args!r}) == 0\n"
-        "print(*(m in sys.modules for m in ('torch', 'networkx', 'pandas', 'sympy.physics')))\n"
+        "print(*(m in sys.modules for m in "
+        "('torch', 'networkx', 'pandas', 'sympy.physics', 'numpy', 'yaml')))\n"
     )
     warm = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
                           text=True)
     assert warm.returncode == 0, warm.stderr
-    assert warm.stdout.strip().splitlines()[-1] == "False False False False"
+    assert warm.stdout.strip().splitlines()[-1] == "False False False False False False"
     assert "torch.ops.aten.topk.default" in (tmp_path / "out" / "run_plan.py").read_text()
 
     # --no-program: the same plan, no lowering or code generation.
@@ -91,3 +93,36 @@ def test_warm_plan_does_not_import_torch(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in lean.iterdir()) == ["plan.json", "report.md"]
     assert (lean / "plan.json").read_text() == (tmp_path / "out" / "plan.json").read_text()
+
+
+def test_compiled_templates_are_cached_across_runs(tmp_path, monkeypatch):
+    """With a bytecode directory the templates compile once; a later run (a new jinja2
+    environment) renders from the cache without compiling, to the same text."""
+    import jinja2
+
+    from codegen.build import build_context
+    from codegen.render import render_program
+    from passes.lower import lower
+    from tests.conftest import loaded
+    from tests.test_codegen import DECODE, make_plan
+
+    graph = loaded(str(EXAMPLES / "llama.py")).graph
+    plan = make_plan(graph, {"tp": 2}, {"attention": "tp", "mlp": "tp"}, DECODE)
+    context = build_context(lower(graph, plan), plan, model_file=str(EXAMPLES / "llama.py"))
+    compiled: list[str] = []
+    original = jinja2.Environment.compile
+
+    def counting(self, source, name=None, filename=None, raw=False, defer_init=False):
+        compiled.append(name)
+        return original(self, source, name, filename, raw, defer_init)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    plain = render_program(context)
+    assert "run_plan.py.jinja" in compiled
+    compiled.clear()
+    first = render_program(context, bytecode_dir=tmp_path / "templates")
+    assert compiled and any((tmp_path / "templates").iterdir())
+    compiled.clear()
+    again = render_program(context, bytecode_dir=tmp_path / "templates")
+    assert compiled == []
+    assert plain == first == again

@@ -81,6 +81,7 @@ def dim_of(shape: tuple[sympy.Expr, ...], symbol: sympy.Symbol) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def identifier(text: str) -> str:
     text = re.sub(r"[^0-9A-Za-z_]", "_", text).strip("_") or "v"
     return f"v_{text}" if text[0].isdigit() else text
@@ -133,6 +134,7 @@ class Builder:
                 "and tp so far. Re-plan on a mesh without them"
             )
         self.mesh = mesh
+        self.block_plans = {b.name: b for b in reversed(plan.blocks)}  # first entry wins, as Plan.block
         self.axes = tuple(a for a in SUPPORTED_AXES if mesh.get(a, 1) > 1)
         self.sizes = {a: mesh[a] for a in self.axes}
         self.model_axes = tuple(a for a in MODEL_AXES if a in self.axes)

@@ -52,7 +52,7 @@ def append_block(extras: dict) -> int:
 
 def _helix_consumer(builder: Builder, cache: str):
     for name in sorted(builder.consumer_blocks.get(cache, ())):
-        bp = builder.plan.block(name)
+        bp = builder.block_plans[name]
         if bp.strategy == "helix":
             return bp
     return None

@@ -21,6 +21,7 @@ How layouts are decided:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -60,6 +61,7 @@ from passes.lower.builder import (
     op_hint,
     substitute,
 )
+from passes.lower.reuse import LayerReuse
 from passes.lower.strategies import StrategyLowering, check_stream_layout, lowering_for
 
 
@@ -85,12 +87,16 @@ class BlockLowering:
         self.param_locals: dict[str, str] = {}
         self.extra_specs: dict[str, TensorSpec] = {}
         self.defined: set[str] = set()
-        ops = [builder.op_by_name[name] for name in block.ops]
-        self.ops = ops
-        self.consumers: dict[str, list[Op]] = {}
-        for op in ops:
+        self.ops = [builder.op_by_name[name] for name in block.ops]
+
+    @functools.cached_property
+    def consumers(self) -> dict[str, list[Op]]:
+        """Graph value -> the block's ops reading it (built when a rule first asks)."""
+        out: dict[str, list[Op]] = {}
+        for op in self.ops:
             for v in op.inputs:
-                self.consumers.setdefault(v, []).append(op)
+                out.setdefault(v, []).append(op)
+        return out
 
     # -- queries ----------------------------------------------------------------------------
     def spec(self, value: str) -> TensorSpec:
@@ -276,7 +282,7 @@ def _input_layout(builder: Builder, name: str) -> Layout:
     if model and name.startswith("past_kv"):
         consumer = sorted(builder.consumer_blocks.get(name, ()))
         if consumer:
-            bp = _block_plan(builder.plan, consumer[0])
+            bp = _block_plan(builder, consumer[0])
             strat = lowering_for(bp.strategy, bp.name)
             latent = "kv_lora_rank" in _block_dims(builder, bp.name) and _single_kv_head(spec.shape)
             if latent and strat.cache == "heads":
@@ -328,9 +334,9 @@ def _block_dims(builder: Builder, name: str) -> dict:
     return next((b.dims for b in builder.graph.blocks if b.name == name), {})
 
 
-def _block_plan(plan: Plan, name: str) -> BlockPlan:
+def _block_plan(builder: Builder, name: str) -> BlockPlan:
     try:
-        return plan.block(name)
+        return builder.block_plans[name]
     except KeyError:
         raise LoweringError(
             f"the plan has no entry for block {name!r}; plan and graph come from different "
@@ -338,16 +344,38 @@ def _block_plan(plan: Plan, name: str) -> BlockPlan:
         ) from None
 
 
-def _lower_block(builder: Builder, block: Block) -> None:
-    from passes.lower.rules import rule_for
-
-    bp = _block_plan(builder.plan, block.name)
+def _lower_block(builder: Builder, block: Block, reuse: LayerReuse | None = None) -> None:
+    bp = _block_plan(builder, block.name)
     strategy = lowering_for(bp.strategy, block.name)
     layout_in = check_stream_layout(bp.layout_in, block.name)
     layout_out = check_stream_layout(bp.layout_out, block.name)
     cx = BlockLowering(builder, block, bp, strategy)
+    _enter_block(builder, cx, layout_in)
+    outputs = reuse.replay(cx) if reuse is not None else None
+    if outputs is None:
+        recording = reuse.start(cx) if reuse is not None else None
+        _lower_body(cx)
+        outputs = _exit_block(builder, cx, layout_out)
+        if recording is not None:
+            reuse.finish(recording, cx, outputs)
+    builder.items.append(
+        BlockProgram(
+            name=block.name,
+            kind=block.kind,
+            group=block.group,
+            strategy=bp.strategy,
+            layout_in=layout_in,
+            layout_out=layout_out,
+            inputs=tuple(cx.inputs),
+            params=tuple(cx.params.values()),
+            outputs=tuple(outputs),
+            steps=tuple(cx.steps),
+        )
+    )
 
-    # Entry: residual-stream inputs are converted to layout_in by the driver.
+
+def _enter_block(builder: Builder, cx: BlockLowering, layout_in: str) -> None:
+    """Entry: the driver converts residual-stream inputs to the plan's `layout_in`."""
     edge_steps: list[Step] = []
     seen: set[str] = set()
     produced_here = {o for p in cx.ops for o in p.outputs}
@@ -368,8 +396,14 @@ def _lower_block(builder: Builder, block: Block) -> None:
             cx.primary[v] = local
             cx.inputs.append(local)
     if edge_steps:
-        builder.items.append(EdgeProgram(before_block=block.name, steps=tuple(edge_steps)))
+        builder.items.append(EdgeProgram(before_block=cx.block.name, steps=tuple(edge_steps)))
 
+
+def _lower_body(cx: BlockLowering) -> None:
+    """The block's ops, by the strategy's kernel lowering or the generic op rules."""
+    from passes.lower.rules import rule_for
+
+    block, strategy = cx.block, cx.strategy
     if strategy.cache == "helix" and "kv_lora_rank" in block.dims:
         from passes.lower.mla import lower_latent_helix
 
@@ -396,7 +430,11 @@ def _lower_block(builder: Builder, block: Block) -> None:
         for op in cx.ops:
             rule_for(op)(cx, op)
 
-    # Exit: values used later leave in the layout the plan and the caches expect.
+
+def _exit_block(builder: Builder, cx: BlockLowering, layout_out: str) -> list[str]:
+    """Exit: values used later leave in the layout the plan and the caches expect; returns
+    the block's output locals (and points `builder.current` at them)."""
+    block, strategy = cx.block, cx.strategy
     cache_of_output = {new: cache for cache, new in builder.cache_pairs}
     logits = builder.graph.outputs[0] if builder.graph.outputs else None
     outputs: list[str] = []
@@ -424,20 +462,7 @@ def _lower_block(builder: Builder, block: Block) -> None:
         local = cx.require(value, target)
         builder.current[value] = local
         outputs.append(local)
-    builder.items.append(
-        BlockProgram(
-            name=block.name,
-            kind=block.kind,
-            group=block.group,
-            strategy=bp.strategy,
-            layout_in=layout_in,
-            layout_out=layout_out,
-            inputs=tuple(cx.inputs),
-            params=tuple(cx.params.values()),
-            outputs=tuple(outputs),
-            steps=tuple(cx.steps),
-        )
-    )
+    return outputs
 
 
 def _def_index(cx: BlockLowering, value: str) -> int:
@@ -447,10 +472,14 @@ def _def_index(cx: BlockLowering, value: str) -> int:
     return len(cx.ops)
 
 
-def lower_program(graph: Graph, plan: Plan) -> RankProgram:
+def lower_program(graph: Graph, plan: Plan, *, reuse: bool = True) -> RankProgram:
+    """With `reuse`, a block that repeats an already lowered block of its layer group (same
+    ops, plan entry and input layouts) is lowered as a renamed copy of it (passes/lower/reuse.py);
+    the program is the same as lowering every block by its rules."""
     if not graph.blocks:
         raise LoweringError("the graph has no blocks; run the analysis passes before lowering")
     builder = Builder(graph, plan)
+    layer_reuse = LayerReuse(builder) if reuse else None
     inputs: list[ProgramInput] = []
     for name in graph.inputs:
         layout = _input_layout(builder, name)
@@ -459,7 +488,7 @@ def lower_program(graph: Graph, plan: Plan) -> RankProgram:
         role = "cache" if name.startswith("past_kv") else ("tokens" if builder.is_stream(name) else "other")
         inputs.append(ProgramInput(name=name, local=local, role=role))
     for block in graph.blocks:
-        _lower_block(builder, block)
+        _lower_block(builder, block, layer_reuse)
     outputs = []
     cache_outputs = {new for _, new in builder.cache_pairs}
     for i, name in enumerate(graph.outputs):
@@ -485,7 +514,8 @@ def lower_program(graph: Graph, plan: Plan) -> RankProgram:
         if length_dim is None:
             raise LoweringError(f"cache input {cache!r} {graph.values[cache]} has no L dim")
         caches.append(CacheSpec(input=cache, output=new, length_dim=length_dim, kvp_block=kvp_block))
-    symbols = _symbol_sources(builder, inputs)
+    renamed_from = dict(layer_reuse.renamed_from) if layer_reuse is not None else {}
+    symbols = _symbol_sources(builder, inputs, renamed_from)
     return RankProgram(
         mesh=dict(builder.mesh),
         axes=builder.axes,
@@ -500,17 +530,26 @@ def lower_program(graph: Graph, plan: Plan) -> RankProgram:
             "source": dict(graph.meta.get("source") or {}),
             "op_namespaces": dict(graph.meta.get("op_namespaces") or {}),
         },
+        renamed_from=renamed_from,
     )
 
 
-def _symbol_sources(builder: Builder, inputs: list[ProgramInput]) -> tuple[SymbolSource, ...]:
+def _symbol_sources(
+    builder: Builder, inputs: list[ProgramInput], renamed_from: dict[str, str]
+) -> tuple[SymbolSource, ...]:
+    """How the generated program reads each workload symbol a local shape or step uses. A
+    block copied from another (`renamed_from`) has the same arguments and is not walked."""
     used: set[str] = set()
-    for v in builder.values.values():
-        for d in v.local_shape:
-            used |= {s.name for s in sympy.sympify(d).free_symbols}
-    for step in (s for item in builder.items for s in item.steps):
-        if isinstance(step, Compute):
-            used |= _free_symbols((step.args, step.kwargs))
+    # copied blocks share their record's shape tuples: distinct objects first, then values
+    shapes = {id(v.local_shape): v.local_shape for v in builder.values.values()}
+    for shape in set(shapes.values()):
+        used |= _shape_symbols(shape)
+    for item in builder.items:
+        if isinstance(item, BlockProgram) and item.name in renamed_from:
+            continue
+        for step in item.steps:
+            if isinstance(step, Compute):
+                used |= _free_symbols((step.args, step.kwargs))
     out = []
     for sym in sorted(used):
         symbol = WORKLOAD_SYMBOLS.get(sym)
@@ -532,6 +571,11 @@ def _symbol_sources(builder: Builder, inputs: list[ProgramInput]) -> tuple[Symbo
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1 << 12)
+def _shape_symbols(shape: tuple[sympy.Expr, ...]) -> frozenset[str]:
+    return frozenset(s.name for d in shape for s in sympy.sympify(d).free_symbols)
+
+
 def _free_symbols(x: Any) -> set[str]:
     if isinstance(x, sympy.Basic):
         return {s.name for s in x.free_symbols}
@@ -550,8 +594,9 @@ class LowerToRanks:
 
     name: ClassVar[str] = "lower-to-ranks"
     plan: Plan
+    reuse: bool = True  # lower repeated layers once and copy them renamed (passes/lower/reuse.py)
 
     def run(self, graph: Graph) -> RankProgram:
-        return lower_program(graph, self.plan)
+        return lower_program(graph, self.plan, reuse=self.reuse)
 
 

@@ -24,6 +24,11 @@ from ir.rank_program import (
 
 
 def schedule_steps(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+    return tuple(steps[i] for i in schedule_order(steps))
+
+
+def schedule_order(steps: tuple[Step, ...]) -> list[int]:
+    """The scheduled order as indices into `steps`."""
     writer: dict[str, int] = {}
     for i, s in enumerate(steps):
         for name in step_writes(s):
@@ -48,19 +53,28 @@ def schedule_steps(steps: tuple[Step, ...]) -> tuple[Step, ...]:
         order.append(pick)
         done.add(pick)
         remaining.remove(pick)
-    return tuple(steps[i] for i in order)
+    return order
 
 
 @dataclass(frozen=True)
 class ScheduleOverlap:
     """Pass: RankProgram -> RankProgram with each block's and edge's steps reordered for
     overlap. Pre: a lowered program. Post: the same steps; every Wait after as much
-    independent work as the dataflow allows."""
+    independent work as the dataflow allows. A block lowered as a renamed copy of another
+    (`RankProgram.renamed_from`) has the same dataflow and takes that block's order."""
 
     name: ClassVar[str] = "schedule-overlap"
 
     def run(self, program: RankProgram) -> RankProgram:
         items: list[BlockProgram | EdgeProgram] = []
+        orders: dict[str, list[int]] = {}
         for item in program.items:
-            items.append(replace(item, steps=schedule_steps(item.steps)))
+            order = None
+            if isinstance(item, BlockProgram):
+                order = orders.get(program.renamed_from.get(item.name, ""))
+            if order is None or len(order) != len(item.steps):
+                order = schedule_order(item.steps)
+            if isinstance(item, BlockProgram):
+                orders[item.name] = order
+            items.append(replace(item, steps=tuple(item.steps[i] for i in order)))
         return replace(program, items=tuple(items))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.console import Console
-
 from ir.errors import InputError
 from ir.workload import Workload
 from planner.commands.common import add_model_arguments, parse_tokens
@@ -148,8 +146,10 @@ def run(args: argparse.Namespace) -> int:
     paths = write_outputs(run_, args.out, unverified_ok=args.allow_unverified,
                           write_program=not args.no_program)
     if args.json:
-        sys.stdout.write(run_.plan.to_json())
+        sys.stdout.write(paths["plan"].read_text())  # as written: serialized once
         return 0
+    from rich.console import Console
+
     console = Console(width=max(Console().width, 140))
     console.print(plan_table(run_.plan))
     solver = run_.plan.solver
