@@ -3,8 +3,9 @@ gradient reduction, ZeRO levels over dp, SGD/AdamW, checked against the single-p
 model (loss within the forward tolerance; every gradient and every updated weight within
 1e-4 of the tensor's largest entry) after each of 3 optimizer steps.
 
-Most cases run the ranks as threads (threaded process group); two launch torchrun through
-`helixplan verify`. AdamW cases train in float64 (AdamW turns float32 rounding noise in a
+Gradients are reduced in buckets started from gradient hooks while backward runs; level-3
+weights are gathered per use and freed after their block. Most cases run the ranks as
+threads (threaded process group); two launch torchrun through `helixplan verify`. AdamW cases train in float64 (AdamW turns float32 rounding noise in a
 near-zero gradient entry into a full-size update, in the reference as much as in the
 program; the SGD cases show float32 agreement)."""
 
@@ -56,6 +57,8 @@ def test_dp_each_sharding_level_adamw(load, tmp_path, zero):
                            ["--zero", str(zero), *F64])
     assert_exact(results, tol=1e-9)
     assert all(r["zero_levels"] == [zero] for r in results)
+    # the whole tiny model fits one 25 MiB bucket of one reduction, started from the hooks
+    assert results[0]["grad_buckets"] == 1 and results[0]["grad_buckets_started_in_backward"] == 1
     full = results[0]["param_bytes"]
     if zero == 3:  # each rank stores half of every weight (flattened, padded to even)
         assert all(r["param_bytes"] <= full for r in results)
@@ -118,6 +121,49 @@ def test_recomputed_blocks_rerun_their_collectives_in_backward(load, tmp_path):
     assert text.count("(recomputed in backward)") == 4  # 2 layers × (attention, MLP)
 
 
+def test_gradient_buckets_start_during_backward(load, tmp_path):
+    """dp2 × tp2 with every level (attention 3 and recomputed, MLP 2, norms 1, the rest 0)
+    and 10 KiB buckets: many buckets, of every reduction (all-reduce over dp then tp for
+    the tp-replicated norms; reduce-scatter over dp, then all-reduce over tp), each started
+    by the gradient hooks while backward runs, in the same order on every rank."""
+    _, results = train_run(load, tmp_path, "llama", {"dp": 2, "tp": 2}, TP_SP, ["--bucket-mb", "0.01", *F64],
+                           zero_of={"attention": 3, "mlp": 2, "norm": 1}, recompute=frozenset({"attention"}))
+    assert_exact(results, tol=1e-9)
+    r0 = results[0]
+    assert r0["zero_levels"] == [0, 1, 2, 3] and r0["grad_buckets"] >= 10
+    assert all(r["grad_buckets_started_in_backward"] == r0["grad_buckets"] for r in results)
+
+
+def test_no_overlap_reduces_the_same_buckets_after_backward(load, tmp_path):
+    _, results = train_run(load, tmp_path, "llama", {"dp": 2}, REPLICATE,
+                           ["--zero", "2", "--bucket-mb", "0.05", "--no-overlap", *F64])
+    assert_exact(results, tol=1e-9)
+    assert results[0]["grad_buckets"] > 1 and results[0]["grad_buckets_started_in_backward"] == 0
+
+
+def test_level3_holds_one_gathered_block_at_a_time(load, tmp_path):
+    """Level 3 frees each gathered weight after its block's forward and all-gathers it again
+    in backward: at most one block's weights are whole at once (the planner's workspace
+    allows two: the running block and a prefetched one), against every weight of the model
+    when the gathered weights are kept for backward (--keep-gathered). With attention and
+    MLP recomputed (checkpoint inside the saved-tensor hooks), the block's recompute gathers
+    them again."""
+    graph = load(str(ROOT / "examples" / "llama.py")).graph
+    float64 = 8
+    largest_block = max(b.param_count for b in graph.blocks) * float64
+    every_weight = sum(b.param_count for b in graph.blocks) * float64
+    _, freed = train_run(load, tmp_path / "freed", "llama", {"dp": 2}, REPLICATE, ["--zero", "3", *F64],
+                         recompute=frozenset({"attention", "mlp"}))
+    _, kept = train_run(load, tmp_path / "kept", "llama", {"dp": 2}, REPLICATE,
+                        ["--zero", "3", "--keep-gathered", *F64])
+    assert_exact(freed, tol=1e-9)
+    assert_exact(kept, tol=1e-9)
+    for f, k in zip(freed, kept, strict=True):
+        assert 0 < f["peak_gathered_bytes"] <= largest_block < k["peak_gathered_bytes"]
+        assert k["peak_gathered_bytes"] == every_weight
+        assert f["peak_step_bytes"] < k["peak_step_bytes"]
+
+
 def test_gpt2_tied_head_tp(load, tmp_path):
     _, results = train_run(load, tmp_path, "gpt2", {"tp": 2}, TP, ["--optimizer", "sgd"])
     assert_exact(results)
@@ -160,12 +206,14 @@ def test_verify_cli_trains_planner_plan_on_two_ranks(tmp_path):
 @pytest.mark.slow
 def test_verify_cli_trains_dp2_tp2_with_sharded_state(load, tmp_path):
     """4 ranks, dp2 × tp2, TP+SP blocks and vocab head; the plan shards attention's
-    gradients and optimizer state (level 2) and the MLP's optimizer state (level 1)."""
+    gradients and optimizer state (level 2), the MLP's weights too (level 3: gathered per
+    use, freed, gathered again in backward beside the async bucket reductions) and the
+    norms' optimizer state (level 1)."""
     from tests.test_codegen_torchrun import verify
 
     graph = load(str(ROOT / "examples" / "llama.py")).graph
     plan = make_plan(graph, {"dp": 2, "tp": 2}, TP_SP, TRAIN)
-    levels = {"attention": 2, "mlp": 1}
+    levels = {"attention": 2, "mlp": 3, "norm": 1}
     plan = dataclasses.replace(plan, blocks=[
         dataclasses.replace(b, extras={"zero": levels.get(b.kind, 0), "recompute": 0})
         for b in plan.blocks
