@@ -389,7 +389,7 @@ def test_generated_file_is_lint_clean_and_shares_functions(load, tmp_path):
     assert "tp=Shard(1)" in text  # layouts are stated per tensor
     imports = {line.split()[1] for line in text.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= {"__future__", "argparse", "contextlib", "importlib.util", "itertools", "json",
-                       "sys", "threading", "time", "warnings", "pathlib", "torch",
+                       "math", "sys", "threading", "time", "warnings", "weakref", "pathlib", "torch",
                        "torch.distributed", "torch.nn.functional"}
 
 

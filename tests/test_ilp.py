@@ -294,14 +294,15 @@ def test_edge_costs_make_the_solver_pick_a_consistent_pair(backend: str) -> None
 
 def test_edge_costs_that_depend_on_layouts_only_become_layout_classes() -> None:
     # 4 options x 4 options but 2 layouts each side: 8 x-variables and 2 x 2 z-variables,
-    # 2 one-option rows and 2 + 2 linearization rows and the memory row.
+    # 2 one-option rows and 2 + 2 linearization rows and the memory row, and 2 symmetry
+    # breaking rows: a and b are twins whose options o0/o2 and o1/o3 trade freely.
     options = tuple(_option(f"o{i}", (1 + i) * 1e-3, GiB, LAYOUTS[i % 2]) for i in range(4))
     a = BlockVars(name="a", group="a", options=options)
     b = BlockVars(name="b", group="b", options=options)
     edge = Edge.from_layouts(a, b, lambda lo, li: 0.0 if lo == li else 1e-3)
     problem = Problem(blocks=(a, b), edges=(edge,), memory_capacity_bytes=10 * GiB)
     solution = solve(problem, backend="cpsat")
-    assert (solution.num_variables, solution.num_constraints) == (12, 7)
+    assert (solution.num_variables, solution.num_constraints) == (12, 9)
 
 
 @pytest.mark.parametrize("backend", SOLVER_BACKENDS)
@@ -486,3 +487,78 @@ def test_cpsat_proto_is_the_one_cp_model_builds(seed, monkeypatch):
     text = str(ours.backend.proto)
     assert text.count("constraints {") == ours.num_constraints + 1 > 1
     assert text == str(mirror.backend.model.model_proto)
+
+
+def _identical_layers(num_layers: int, capacity_fraction: float) -> Problem:
+    """`num_layers` identical layers (attention, MLP) in a chain, without shared groups; per
+    block 16 options: 2 layouts x 4 sharding levels x recompute on/off (a training problem's
+    shape). A memory cap between the smallest and the fastest plan makes it a knapsack whose
+    optimum mixes options across layers, so every plan has many equal-time reorderings."""
+    rng = random.Random(5)
+    options = {}
+    for kind, base_s, weight in (("attention", 2e-3, 0.4e9), ("mlp", 3e-3, 0.9e9)):
+        options[kind] = tuple(
+            _option(
+                f"{layout}_z{zero}r{recompute}",
+                base_s * (1 + 0.3 * recompute) * (1 + 0.05 * zero) * rng.uniform(0.95, 1.05)
+                * (1.0 if layout == "replicate" else 0.8),
+                float(round(weight * (1 - 0.2 * zero) * (0.4 if recompute else 1.0)
+                            * (1.0 if layout == "replicate" else 1.3))),
+                layout,
+            )
+            for layout in LAYOUTS[:2]
+            for zero in range(4)
+            for recompute in (0, 1)
+        )
+    blocks = tuple(
+        BlockVars(name=f"layers.{i}.{kind}", group=kind, options=options[kind])
+        for i in range(num_layers)
+        for kind in options
+    )
+    edges = tuple(
+        Edge.from_layouts(a, b, lambda lo, li: 0.0 if lo == li else 5e-4)
+        for a, b in zip(blocks, blocks[1:], strict=False)
+    )
+    fastest = sum(min(b.options, key=lambda o: o.time_s).memory_bytes for b in blocks)
+    smallest = sum(min(o.memory_bytes for o in b.options) for b in blocks)
+    return Problem(
+        blocks=blocks, edges=edges, share_groups=False,
+        memory_capacity_bytes=smallest + capacity_fraction * (fastest - smallest),
+    )
+
+
+def test_symmetry_breaking_keeps_the_optimum_and_drops_reordered_runner_ups() -> None:
+    """Two identical layers (16^4 plans, brute force): the optimum is the same with and
+    without symmetry breaking. Without it the runner-up is the optimum with the layers'
+    options swapped (the same time); with it the runner-up is the next different plan."""
+    problem = _identical_layers(2, 0.3)
+    ranked = ranked_plans(problem, 3)
+    assert math.isclose(ranked[0][1], ranked[1][1])  # a reordering ties with the optimum
+    with_rows = solve(problem, backend="cpsat", top_k=2)
+    without = solve(dataclasses.replace(problem, break_symmetry=False), backend="cpsat", top_k=2)
+    assert with_rows.status == without.status == "OPTIMAL"
+    _assert_close(with_rows.objective_s, ranked[0][1])
+    _assert_close(without.objective_s, ranked[0][1])
+    assert with_rows.num_constraints > without.num_constraints
+    _assert_close(without.alternatives[0].objective_s, ranked[1][1])
+    _assert_close(with_rows.alternatives[0].objective_s, ranked[2][1])
+    plan = with_rows.assignment  # the two layers differ: a real knapsack
+    assert any(plan[f"layers.0.{k}"] != plan[f"layers.1.{k}"] for k in ("attention", "mlp"))
+
+
+@pytest.mark.parametrize("backend", ["cpsat", "highs"])
+def test_symmetry_breaking_on_sixteen_identical_layers_keeps_the_optimum(backend: str) -> None:
+    problem = _identical_layers(16, 0.6)
+    with_rows = solve(problem, backend=backend, top_k=1, time_limit_s=30)
+    without = solve(dataclasses.replace(problem, break_symmetry=False), backend=backend, top_k=1,
+                    time_limit_s=30)
+    assert with_rows.status == without.status == "OPTIMAL"
+    _assert_close(with_rows.objective_s, without.objective_s)
+    assert with_rows.memory_bytes <= problem.memory_capacity_bytes
+    # the plan found is the twin-sorted one: within each layout, options never decrease
+    for kind in ("attention", "mlp"):
+        names = [with_rows.assignment[f"layers.{i}.{kind}"] for i in range(16)]
+        for layout in LAYOUTS[:2]:
+            picked = [n for n in names if n.startswith(layout)]
+            order = [o.name for o in problem.blocks[0 if kind == "attention" else 1].options]
+            assert [order.index(n) for n in picked] == sorted(order.index(n) for n in picked)

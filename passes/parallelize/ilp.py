@@ -44,7 +44,20 @@ The integer program
                                  sum_a z[p,a,g] = sum_{t in g} x[v,t]          for all p, g
           memory capacity:       sum_{u,s} w[u,s] x[u,s] <= M - F
           time budget:           (the objective) <= T
+          symmetry breaking:     sum_{s in E, s >= e_k} x[u,s] + sum_{s in E, s < e_k} x[v,s] <= 1
+                                 for consecutive twins u < v, edge class E, k >= 1
           no-good cut (k-th runner-up):  sum_u x[u, s_u^(j)] <= |U| - 1   for each plan j found
+
+Symmetry breaking: without shared groups, 32 identical layers with 8 (zero level,
+recompute) options each are a knapsack with 32! equivalent orderings of every plan, which
+CP-SAT cannot close in minutes. Units u, v are twins when they have the same options, costs,
+memories and edge classes E (options no edge cost tells apart: the same layout class in
+every coupling). Trading two options of one class between twins changes no cost, so every
+plan has a twin-sorted copy of equal time and memory: among consecutive twins that both
+pick from class E (options e_0 < e_1 < ...), the first picks the lower index. Only those
+copies stay feasible (`Problem.break_symmetry`, on by default); the optimum is unchanged,
+hints are sorted the same way, and runner-ups are plans that differ from better ones by
+more than a reordering of twins.
 
 Why the edge linearization is exact: for integral x both marginals of z[p] are one-hot, and
 the only nonnegative matrix with one-hot row and column sums is their outer product, so
@@ -230,6 +243,7 @@ class Problem:
     fixed_memory_bytes: float = 0.0
     time_budget_s: float | None = None
     share_groups: bool = True
+    break_symmetry: bool = True
 
     def __post_init__(self) -> None:
         _require_finite_nonnegative(self.memory_capacity_bytes, "memory_capacity_bytes")

@@ -58,12 +58,22 @@ class _Coupling:
 
 
 @dataclass(frozen=True)
+class _TwinChain:
+    """Interchangeable units, in unit order, and their options' edge classes (each a tuple
+    of option indices, ascending; see _twin_chains)."""
+
+    units: tuple[int, ...]
+    edge_classes: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
 class _Reduced:
     units: tuple[_Unit, ...]
     couplings: tuple[_Coupling, ...]
     memory_limit_bytes: float
     time_budget_s: float | None
     unit_of_block: Mapping[str, int]
+    twin_chains: tuple[_TwinChain, ...] = ()
 
     def time_upper_bound_s(self) -> float:
         return sum(max(u.cost_s) for u in self.units) + sum(
@@ -142,7 +152,54 @@ def _reduce(problem: Problem) -> _Reduced:
         memory_limit_bytes=problem.memory_capacity_bytes - problem.fixed_memory_bytes,
         time_budget_s=problem.time_budget_s,
         unit_of_block=unit_of_block,
+        twin_chains=_twin_chains(units, couplings) if problem.break_symmetry else (),
     )
+
+
+def _twin_chains(units: Sequence[_Unit], couplings: Sequence[_Coupling]) -> tuple[_TwinChain, ...]:
+    """Units that can trade options without changing any plan's time or memory.
+
+    Options s, s' of unit u are edge-equivalent when they fall in the same layout class of
+    every coupling of u (no edge cost tells them apart). Units u, v are twins when they have
+    the same options, costs, memories and edge-equivalence classes. Then for s, s' in one
+    class, (u = s, v = s') and (u = s', v = s) cost the same: the unit costs swap, and
+    every coupling sees the same classes. The repeated layers of a per-layer problem are
+    twins (up to the first and last, whose edges differ)."""
+    signature: list[list[tuple[int, int]]] = [[] for _ in units]
+    per_option: list[list[tuple[int, ...]]] = [[() for _ in u.option_names] for u in units]
+    for p, coupling in enumerate(couplings):
+        for unit, classes in ((coupling.src, coupling.src_class), (coupling.dst, coupling.dst_class)):
+            signature[unit].append((p, 0))
+            for s, a in enumerate(classes):
+                per_option[unit][s] += (p, a)
+    chains: dict[tuple, list[int]] = {}
+    classes_of: dict[tuple, tuple[tuple[int, ...], ...]] = {}
+    for u, unit in enumerate(units):
+        label_of: dict[tuple[int, ...], int] = {}
+        labels = tuple(label_of.setdefault(key, len(label_of)) for key in per_option[u])
+        key = (unit.option_names, unit.cost_s, unit.memory_bytes, labels)
+        chains.setdefault(key, []).append(u)
+        classes_of[key] = tuple(
+            tuple(s for s, label in enumerate(labels) if label == c) for c in range(len(label_of))
+        )
+    return tuple(
+        _TwinChain(tuple(members), tuple(c for c in classes_of[key] if len(c) > 1))
+        for key, members in chains.items()
+        if len(members) > 1 and any(len(c) > 1 for c in classes_of[key])
+    )
+
+
+def _canonical_choice(reduced: _Reduced, choice: Sequence[int]) -> list[int]:
+    """The plan `choice` with the options of each twin chain sorted within each edge class
+    (same time and memory, see _twin_chains): the representative the symmetry-breaking rows
+    admit."""
+    out = list(choice)
+    for chain in reduced.twin_chains:
+        for members in chain.edge_classes:
+            at = [u for u in chain.units if out[u] in members]
+            for u, s in zip(at, sorted(out[u] for u in at), strict=True):
+                out[u] = s
+    return out
 
 
 def _classes(vectors: list[tuple[float, ...]]) -> tuple[tuple[int, ...], list[int]]:
@@ -450,6 +507,7 @@ class _Formulation:
         self._add_one_option_per_block()
         self._add_edge_linearization()
         self._add_memory_capacity()
+        self._add_symmetry_breaking()
         if with_time_budget and reduced.time_budget_s is not None:
             self._add_time_budget(reduced.time_budget_s)
         self.backend.minimize(self._time_terms())
@@ -486,6 +544,18 @@ class _Formulation:
             if w > 0
         ]
         self.backend.add_at_most(terms, self.scale.memory_limit(self.reduced.memory_limit_bytes))
+
+    def _add_symmetry_breaking(self) -> None:
+        """Consecutive twins u, v of a chain, both in edge class E (options e_0 < e_1 < ...):
+        u's option is at most v's. Per threshold e_k: u at e_k or above and v below e_k
+        exclude each other."""
+        for chain in self.reduced.twin_chains:
+            for u, v in zip(chain.units, chain.units[1:], strict=False):
+                for members in chain.edge_classes:
+                    for k in range(1, len(members)):
+                        terms = [(self.x[u][s], 1) for s in members[k:]]
+                        terms += [(self.x[v][s], 1) for s in members[:k]]
+                        self.backend.add_at_most(terms, 1)
 
     def _add_time_budget(self, budget_s: float) -> None:
         self.backend.add_at_most(self._time_terms(), self.scale.time(budget_s))
@@ -524,6 +594,8 @@ class _Formulation:
     def solve(
         self, time_limit_s: float, hint: Sequence[int] | None
     ) -> tuple[_Outcome, list[int] | None]:
+        if hint is not None:
+            hint = _canonical_choice(self.reduced, hint)
         outcome = self.backend.solve(
             time_limit_s, self.hint_values(hint) if hint is not None else None
         )

@@ -16,7 +16,10 @@ them per block, like Helix's HOP-B slices):
 
   Gradient collectives are bucketed per block and overlap the backward of the blocks before
   it (the block's own backward time hides them); level 3's all-gathers are prefetched and
-  overlap the forward / backward compute. The all-gather of the updated shard at levels 1
+  overlap the forward / backward compute. (The generated program buckets and overlaps the
+  gradient collectives; its level-3 all-gathers run where a block needs the weight, not
+  prefetched, and it holds at most one block's gathered weights, within the two-block
+  workspace `search.workspace_bytes` prices.) The all-gather of the updated shard at levels 1
   and 2 runs after the optimizer step, before the next forward reads the weights: it is
   exposed. An overlapped collective still slows the compute beside it (its kernels take
   SMs and memory bandwidth): OVERLAP_SLOWDOWN of its time is added to the step, so a plan
