@@ -132,3 +132,14 @@ def test_dispatch_training_under_torchrun(tmp_path):
     plan, program = moe_train(tmp_path, "deepseek", {"tp": 2}, "ep_dispatch")
     results = run_torchrun(program, 2, [*ARGV, *F64])
     assert_exact(results, tol=1e-9)
+
+
+def test_level3_gathers_line_up_when_a_rank_has_idle_experts(tmp_path):
+    """dp2 × tp2 at level 3 with DeepSeek's skewed routing, so on some rank some local
+    experts get no token: backward gathers a level-3 weight again where an op saved it, so
+    every rank must run the same expert ops (an idle expert runs on no rows) — otherwise one
+    dp rank issues an all-gather its peer never does, and the ranks hang."""
+    plan, program = moe_train(tmp_path, "deepseek", {"dp": 2, "tp": 2}, "ep")
+    results = run_threaded(program, plan.world_size, [*ARGV, "--zero", "3", *F64])
+    assert_exact(results, tol=1e-9)
+    assert all(r["zero_levels"] == [3] and r["peak_gathered_bytes"] > 0 for r in results)
