@@ -40,10 +40,12 @@ import contextlib
 import importlib.util
 import itertools
 import json
+import math
 import sys
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -542,7 +544,8 @@ def moe_experts(x, expert_ids, weights, gate_up, down, index):
     local = gate_up.shape[0]
     first = index * local
     out = torch.zeros_like(x)
-    if _records(x):
+    training = _records(x)
+    if training:
         # tied to x even when no token here chose a local expert: the collective that
         # follows is then differentiable on every rank, and every rank runs its backward
         out = out + x[:0].sum()
@@ -555,8 +558,12 @@ def moe_experts(x, expert_ids, weights, gate_up, down, index):
     counts = torch.bincount(ids, minlength=local).tolist()
     start = 0
     for e, n in enumerate(counts):
-        if n == 0:
+        if n == 0 and not training:
             continue
+        # in training every local expert runs, on no rows if no token chose it: each rank's
+        # backward then has the same ops in the same order (the collectives in it — a level-3
+        # weight gathered again where backward needs it, a gradient bucket started when its
+        # weights are done — line up across ranks whatever the routing)
         rows = token[start:start + n]
         gate, up = F.linear(x[rows], gate_up[e]).chunk(2, -1)
         y = F.linear(F.silu(gate) * up, down[e])
@@ -1098,8 +1105,9 @@ VOCAB_SIZE = 512
 #   1  gradients all-reduced; each rank updates and keeps optimizer state for 1/dp of the
 #      flattened weight, then the updated pieces are all-gathered
 #   2  gradients reduce-scattered over dp (each rank keeps 1/dp), updated, all-gathered
-#   3  each rank stores 1/dp of the weight; the forward all-gathers it where it is used
-#      (AllGather: its backward reduce-scatters the gradient), the piece is updated in place
+#   3  each rank stores 1/dp of the weight; it is all-gathered where a block uses it and
+#      freed after (GatheredWeights), its gradient reduce-scattered; the piece is updated
+#      in place
 ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 TRAINED = [spec for spec in WEIGHTS if not spec["buffer"]]
 
@@ -1119,12 +1127,10 @@ def flat_piece(t, pg):
     return flat.narrow(0, pg.coord.get("dp", 0) * size, size)
 
 
-def gather_flat(piece, spec, pg, *, differentiable=False):
+def gather_flat(piece, spec, pg):
     """The dp pieces of a weight -> the weight (this rank's model-parallel shard)."""
     if dp_size() == 1:
         full = piece
-    elif differentiable:
-        full = AllGather.apply(piece, pg.dp)
     else:
         full = piece.new_empty(dp_size() * piece.numel())
         dist.all_gather_into_tensor(full, piece.contiguous(), group=pg.dp)
@@ -1155,9 +1161,11 @@ def replicated_axes(spec):
 
 class TrainState:
     """This rank's trainable tensors: per weight key the stored tensor (the shard, or its
-    dp piece at level 3), requiring grad; optimizer state for the piece it updates."""
+    dp piece at level 3), requiring grad; optimizer state for the piece it updates.
+    Gradients are reduced while backward runs (GradBuckets); level-3 weights are whole only
+    while a block uses them (GatheredWeights)."""
 
-    def __init__(self, local, pg, optimizer, lr, zero_override, dtype):
+    def __init__(self, local, pg, optimizer, lr, zero_override, dtype, *, bucket_bytes, overlap, keep_gathered):
         self.pg, self.optimizer, self.lr = pg, optimizer, lr
         self.specs = {spec["key"]: spec for spec in WEIGHTS}
         fqns = [spec["fqn"] for spec in WEIGHTS]
@@ -1180,44 +1188,24 @@ class TrainState:
             self.stored[key] = t.detach().clone().requires_grad_(True)
         self.state = {}
         self.steps = 0
+        self.gathered = GatheredWeights(self, keep=keep_gathered)
+        self.buckets = GradBuckets(self, bucket_bytes, overlap)
+
+    def gathers(self, key):
+        """Whether a weight is all-gathered over dp where it is used (level 3 with dp > 1)."""
+        return self.level[key] == 3 and dp_size() > 1
 
     def block_weights(self):
-        """Per block, name -> the weight the block function reads (level 3: all-gathered
-        over dp where it is used, once per step and weight)."""
-        gathered = {}
+        """Per block, name -> the weight the block function reads."""
+        return {block: LazyWeights(table, self.weight) for block, table in BLOCK_WEIGHTS.items()}
 
-        def weight(key):
-            if key in self.buffers:
-                return self.buffers[key]
-            if key not in gathered:
-                t = self.stored[key]
-                gathered[key] = gather_flat(t, self.specs[key], self.pg, differentiable=True) if self.level[key] == 3 else t
-            return gathered[key]
-
-        return {block: LazyWeights(table, weight) for block, table in BLOCK_WEIGHTS.items()}
-
-    def reduced_grad(self, key):
-        """The gradient of the piece this rank updates, summed over every rank holding it."""
-        t, level = self.stored[key], self.level[key]
-        grad = t.grad if t.grad is not None else torch.zeros_like(t)
-        for axis in replicated_axes(self.specs[key]):
-            if axis == "dp" and level >= 2:
-                continue  # level 2 reduce-scatters below; level 3's AllGather already summed
-            grad = grad.contiguous().clone()
-            dist.all_reduce(grad, group=getattr(self.pg, axis))
-        if level == 1:
-            grad = flat_piece(grad, self.pg)
-        elif level == 2 and dp_size() > 1:
-            flat = grad.reshape(-1)
-            pad = (-flat.numel()) % dp_size()
-            if pad:
-                flat = torch.cat([flat, flat.new_zeros(pad)])
-            piece = flat.new_empty(flat.numel() // dp_size())
-            dist.reduce_scatter_tensor(piece, flat.contiguous(), group=self.pg.dp)
-            grad = piece
-        elif level == 2:
-            grad = grad.reshape(-1)
-        return grad
+    def weight(self, key):
+        if key in self.buffers:
+            return self.buffers[key]
+        if self.gathers(key):
+            return self.gathered.get(key)
+        t = self.stored[key]
+        return t.view(self.specs[key]["local_shape"]) if self.level[key] == 3 else t
 
     def full_grad(self, key, grad):
         """A reduced gradient -> this rank's whole shard of it (for --verify)."""
@@ -1226,20 +1214,19 @@ class TrainState:
         return gather_flat(grad.reshape(-1), self.specs[key], self.pg)
 
     def step(self):
-        """Reduce every gradient, update the pieces, re-assemble levels 1-2. Returns the
-        reduced gradients (this rank's pieces)."""
+        """Wait for the gradient reductions, update the pieces, re-assemble levels 1-2.
+        Returns the reduced gradients (this rank's pieces)."""
         self.steps += 1
-        grads = {}
+        grads = self.buckets.finish()
         with torch.no_grad():
-            for key in self.stored:
-                grad = self.reduced_grad(key)
-                grads[key] = grad
-                t, level = self.stored[key], self.level[key]
+            for key, t in self.stored.items():
+                level = self.level[key]
                 target = flat_piece(t, self.pg).clone() if level in (1, 2) else t
-                self.update(key, target, grad)
+                self.update(key, target, grads[key])
                 if level in (1, 2):
                     t.copy_(gather_flat(target, self.specs[key], self.pg))
                 t.grad = None
+        self.gathered.new_step()
         return grads
 
     def update(self, key, p, g):
@@ -1269,6 +1256,252 @@ class TrainState:
         return params, state
 
 
+# ---------------------------------------------------------------------------- gradient buckets
+# Gradients are reduced while backward still runs. Weights are grouped into buckets of
+# about --bucket-mb, in reverse forward order (the order backward finishes them), each
+# bucket holding weights reduced the same way. A hook on each stored weight reports its
+# gradient (register_post_accumulate_grad_hook: after autograd has summed every use); when
+# a bucket has every gradient, one async collective reduces the whole bucket, and the hook
+# frees the weight's own gradient. Buckets start in index order on every rank (a ready
+# bucket waits for the ones before it), so all ranks issue the same collectives in the
+# same order. The optimizer step waits for all of them.
+#
+# How a bucket is reduced, by level (dp = the data-parallel group; other = the model axes
+# over which the shard is held whole):
+#   0, 1  all-reduce over dp, then over each other axis (level 1 keeps its 1/dp piece)
+#   2, 3  reduce-scatter over dp (the bucket laid out rank-major, so that each rank
+#         receives its piece of every weight in it), then all-reduce over each other axis
+# Only the first collective overlaps backward; the rest run when the step waits. A
+# reduce-scatter bucket holds whole gradients until its collective is done, so at most
+# SCATTER_IN_FLIGHT of them run at once (the oldest is waited for and freed first): levels
+# 2 and 3 keep their gradients at 1/dp plus a few buckets, as the planner prices them.
+SCATTER_IN_FLIGHT = 2
+
+
+class Bucket:
+    """Weights reduced by one collective: for each, a slot in one flat buffer."""
+
+    def __init__(self, steps, scatter):
+        self.steps, self.scatter = steps, scatter
+        self.keys, self.offsets, self.sizes = [], [], []
+        self.width = 0  # elements per dp row (scatter) or in all
+        self.nbytes = 0
+        self.buffer = self.work = None
+        self.pending = set()
+
+    def add_weight(self, key, numel, element_size):
+        size = -(-numel // dp_size()) if self.scatter else numel
+        self.nbytes += numel * element_size
+        self.keys.append(key)
+        self.offsets.append(self.width)
+        self.sizes.append(size)
+        self.width += size
+
+    def slot(self, i, like):
+        """Weight i's place in the buffer: [dp, piece] (scatter) or flat."""
+        if self.buffer is None:
+            rows = dp_size() if self.scatter else 1
+            self.buffer = like.new_zeros(rows * self.width)
+        off, size = self.offsets[i], self.sizes[i]
+        if self.scatter:
+            return self.buffer.view(dp_size(), self.width)[:, off:off + size]
+        return self.buffer[off:off + size]
+
+
+class GradBuckets:
+    """The gradient reduction of one step (see above)."""
+
+    def __init__(self, train, bucket_bytes, overlap):
+        self.train, self.overlap = train, overlap
+        self.buckets, self.place = [], {}
+        for spec in reversed(TRAINED):
+            key = spec["key"]
+            t = train.stored[key]
+            numel = math.prod(spec["local_shape"])
+            steps = self.reduction(key)
+            scatter = bool(steps) and steps[0][0] == "reduce_scatter"
+            last = self.buckets[-1] if self.buckets else None
+            if last is None or last.steps != steps or last.nbytes + numel * t.element_size() > bucket_bytes:
+                last = Bucket(steps, scatter)
+                self.buckets.append(last)
+            self.place[key] = (last, len(last.keys))
+            last.add_weight(key, numel, t.element_size())
+            if train.gathers(key):  # GatherWeight's backward adds the gradient
+                t.register_post_accumulate_grad_hook(lambda p, key=key: self.ready(key, None))
+            else:
+                t.register_post_accumulate_grad_hook(lambda p, key=key: self.ready(key, p))
+        self.start()
+
+    def reduction(self, key):
+        """The collectives that reduce a weight's gradient, as (kind, axis), first first."""
+        level = self.train.level[key]
+        axes = replicated_axes(self.train.specs[key])
+        other = [("all_reduce", a) for a in axes if a != "dp"]
+        if "dp" not in axes:
+            return tuple(other)
+        if level >= 2:
+            return (("reduce_scatter", "dp"), *other)
+        return (("all_reduce", "dp"), *other)
+
+    def start(self):
+        for bucket in self.buckets:
+            bucket.buffer = bucket.work = None
+            bucket.pending = set(bucket.keys)
+        self.next_launch = 0
+        self.scattering = []  # reduce-scatter buckets started and not waited for
+
+    def add(self, key, grad):
+        """Sum a gradient of a weight's local shard into its slot."""
+        bucket, i = self.place[key]
+        flat = grad.reshape(-1)
+        if bucket.scatter:
+            flat = F.pad(flat, (0, dp_size() * bucket.sizes[i] - flat.numel())).view(dp_size(), -1)
+        bucket.slot(i, flat).add_(flat)
+
+    def ready(self, key, param):
+        """A weight's gradient is complete: take it (freeing the weight's own), start every
+        bucket that is now full and whose turn it is."""
+        if param is not None and param.grad is not None:
+            self.add(key, param.grad)
+            param.grad = None
+        bucket, _ = self.place[key]
+        bucket.pending.discard(key)
+        if self.overlap:
+            self.launch(until=len(self.buckets), only_full=True)
+
+    def launch(self, until, only_full):
+        while self.next_launch < until:
+            bucket = self.buckets[self.next_launch]
+            if only_full and bucket.pending:
+                return
+            if bucket.buffer is None:  # no gradient reached it (unused weights): zeros
+                bucket.slot(0, self.train.stored[bucket.keys[0]].detach())
+            if bucket.steps:
+                kind, axis = bucket.steps[0]
+                bucket.work = self.collective(kind, axis, bucket)
+                if bucket.scatter:
+                    self.scattering.append(bucket)
+                if len(self.scattering) > SCATTER_IN_FLIGHT:
+                    oldest = self.scattering.pop(0)
+                    oldest.work.wait()
+                    oldest.work = None  # frees its whole-gradient input
+            self.next_launch += 1
+
+    def collective(self, kind, axis, bucket):
+        group = getattr(self.train.pg, axis)
+        if kind == "all_reduce":
+            return dist.all_reduce(bucket.buffer, group=group, async_op=True)
+        out = bucket.buffer.new_empty(bucket.width)
+        work = dist.reduce_scatter_tensor(out, bucket.buffer, group=group, async_op=True)
+        bucket.buffer = out
+        return work
+
+    def finish(self):
+        """Start what has not started, wait for every bucket; per weight key, the reduced
+        gradient of the piece this rank updates."""
+        self.started_in_backward = self.next_launch
+        self.launch(until=len(self.buckets), only_full=False)
+        grads = {}
+        for bucket in self.buckets:
+            if bucket.work is not None:
+                bucket.work.wait()
+            for _, axis in bucket.steps[1:]:
+                dist.all_reduce(bucket.buffer, group=getattr(self.train.pg, axis))
+            for key, off, size in zip(bucket.keys, bucket.offsets, bucket.sizes, strict=True):
+                grad = bucket.buffer[off:off + size]
+                level = self.train.level[key]
+                if level == 0:
+                    grad = grad.view(self.train.specs[key]["local_shape"])
+                elif level == 1:
+                    grad = flat_piece(grad, self.train.pg)
+                grads[key] = grad
+        self.start()
+        return grads
+
+
+# ---------------------------------------------------------------------------- level 3: gathered weights
+# A level-3 weight is stored as this rank's 1/dp piece. Where a block reads it, GatherWeight
+# all-gathers the whole weight; the block's ops save it for backward through
+# saved-tensor hooks that keep only a note of which weight it was (pack_saved), so the
+# gathered weight is freed as soon as the block's forward no longer uses it. Backward
+# all-gathers it again where an op needs it (unpack_saved) and frees it after. Every use
+# gathers anew, never "if a copy is still alive": when a tensor dies can differ between
+# ranks (garbage collection), and all ranks must issue the same collectives in the same order. At most the weights of the running block
+# are whole at a time (the planner's workspace allows two blocks: the running one and a
+# prefetched next one; this program does not prefetch). GatherWeight's backward adds the
+# whole-weight gradient to its bucket, which reduce-scatters it over dp. --keep-gathered
+# keeps each gathered weight until backward is done instead (fewer all-gathers, more memory).
+class GatherWeight(torch.autograd.Function):
+    """A level-3 weight's dp piece -> the whole weight (this rank's model-parallel shard)."""
+
+    @staticmethod
+    def forward(ctx, piece, key, gathered):
+        ctx.key, ctx.gathered, ctx.numel = key, gathered, piece.numel()
+        return gathered.all_gather(key)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.gathered.train.buckets.add(ctx.key, grad)
+        return grad.new_zeros(()).expand(ctx.numel), None, None
+
+
+class GatheredWeights:
+    """The level-3 weights gathered now, found by their storage, with the bytes they hold
+    (now and at most)."""
+
+    def __init__(self, train, keep):
+        self.train, self.keep = train, keep
+        self.owner = {}  # storage address -> weight key, while that storage lives
+        self.kept = {}
+        self.bytes = self.peak_bytes = 0
+
+    def all_gather(self, key):
+        piece = self.train.stored[key].detach()
+        full = piece.new_empty(dp_size() * piece.numel())
+        dist.all_gather_into_tensor(full, piece.contiguous(), group=self.train.pg.dp)
+        storage = full.untyped_storage()
+        address, nbytes = storage.data_ptr(), storage.nbytes()
+        self.owner[address] = key
+        self.bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        weakref.finalize(storage, self.freed, key, address, nbytes)
+        shape = self.train.specs[key]["local_shape"]
+        return full[:math.prod(shape)].view(shape)
+
+    def freed(self, key, address, nbytes):
+        self.bytes -= nbytes
+        self.owner.pop(address, None)
+
+    def get(self, key):
+        """The whole weight for a block's forward (differentiable)."""
+        weight = GatherWeight.apply(self.train.stored[key], key, self)
+        if self.keep:
+            self.kept[key] = weight
+        return weight
+
+    def new_step(self):
+        self.kept.clear()
+
+    def hooks(self):
+        """Saved-tensor hooks for the forward (no-ops with --keep-gathered)."""
+        if self.keep:
+            return contextlib.nullcontext()
+        return torch.autograd.graph.saved_tensors_hooks(self.pack_saved, self.unpack_saved)
+
+    def pack_saved(self, t):
+        key = self.owner.get(t.untyped_storage().data_ptr()) if t.device.type != "meta" else None
+        if key is None:
+            return t
+        return (key, t.dtype, tuple(t.shape), t.stride(), t.storage_offset())
+
+    def unpack_saved(self, saved):
+        if isinstance(saved, torch.Tensor):
+            return saved
+        key, dtype, shape, stride, offset = saved
+        storage = self.all_gather(key).untyped_storage()
+        return torch.empty(0, dtype=dtype, device=storage.device).set_(storage, offset, shape, stride)
+
+
 def recompute(fn, *args, **kwargs):
     """A block the plan recomputes: while autograd records, only its inputs are kept and
     backward runs it again (its collectives too, in the same order on every rank) before
@@ -1279,16 +1512,15 @@ def recompute(fn, *args, **kwargs):
 
 
 class LazyWeights(dict):
-    """A block's weights by name, materialized on first use (level 3 gathers there)."""
+    """A block's weights by name, looked up where the block reads them (level 3 gathers
+    there; nothing here keeps the gathered weight alive after the block)."""
 
     def __init__(self, table, weight):
         super().__init__()
         self.table, self.weight = table, weight
 
     def __getitem__(self, name):
-        if not super().__contains__(name):
-            super().__setitem__(name, self.weight(self.table[name]))
-        return super().__getitem__(name)
+        return self.weight(self.table[name])
 
 
 def shifted_labels(ids):
@@ -1326,15 +1558,21 @@ def cross_entropy_sum(logits, labels, vocab_axis, pg):
 
 
 class TensorCensus(torch.utils._python_dispatch.TorchDispatchMode):
-    """The largest tensor any op produces on this rank, and how many op outputs end in a
-    full-vocabulary dim (logits over the whole vocabulary)."""
+    """The largest tensor any op produces on this rank, how many op outputs end in a
+    full-vocabulary dim (logits over the whole vocabulary), and the most bytes that op
+    outputs held at once (activations, gradients, gathered weights, buckets: the step's
+    memory beyond the stored weights and optimizer state)."""
 
     def __init__(self, vocab):
         super().__init__()
         self.vocab, self.largest, self.shape, self.full_vocab = vocab, 0, [], 0
+        self.live = self.peak_live = 0
+        self.counted = set()  # storage addresses of live op outputs
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
         for t in torch.utils._pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 size = t.numel() * t.element_size()
@@ -1342,7 +1580,22 @@ class TensorCensus(torch.utils._python_dispatch.TorchDispatchMode):
                     self.largest, self.shape = size, list(t.shape)
                 if t.dim() >= 2 and t.shape[-1] == self.vocab:
                     self.full_vocab += 1
+                if t.device.type != "meta":
+                    self.count(t.untyped_storage(), inputs)
         return out
+
+    def count(self, storage, inputs):
+        address = storage.data_ptr()
+        if address in inputs or address in self.counted or storage.nbytes() == 0:
+            return
+        self.counted.add(address)
+        self.live += storage.nbytes()
+        self.peak_live = max(self.peak_live, self.live)
+        weakref.finalize(storage, self.uncount, address, storage.nbytes())
+
+    def uncount(self, address, nbytes):
+        self.counted.discard(address)
+        self.live -= nbytes
 
 
 FLOOR = 1e-3  # see relative_error
@@ -1392,7 +1645,8 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
         holders //= MESH[axis]
     tokens = int((labels != -100).sum())
     dtype = getattr(torch, args.dtype)
-    train = TrainState(local, pg, args.optimizer, args.lr, args.zero, dtype)
+    train = TrainState(local, pg, args.optimizer, args.lr, args.zero, dtype, bucket_bytes=args.bucket_mb * 2**20,
+                       overlap=not args.no_overlap, keep_gathered=args.keep_gathered)
     if ref is not None:
         ref.to(dtype).train()
         ref_params = dict(ref.named_parameters())
@@ -1409,8 +1663,10 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
         sync(device)
         t0 = time.perf_counter()
         with torch.enable_grad(), census:
-            out = forward(inputs, train.block_weights(), pg, **({"device": device} if "device" in FORWARD_ARGS else {}))
-            loss = cross_entropy_sum(out[logits_name], local_labels, vocab_axis, pg) / tokens / holders
+            with train.gathered.hooks():
+                out = forward(inputs, train.block_weights(), pg, **({"device": device} if "device" in FORWARD_ARGS else {}))
+                loss = cross_entropy_sum(out[logits_name], local_labels, vocab_axis, pg) / tokens / holders
+            del out
             loss.backward()
         grads = train.step()
         sync(device)
@@ -1457,6 +1713,10 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
         "optimizer_bytes": state,
         "zero_levels": sorted({train.level[spec["key"]] for spec in TRAINED}),
         "largest_tensor_bytes": census.largest,
+        "peak_step_bytes": census.peak_live,
+        "peak_gathered_bytes": train.gathered.peak_bytes,
+        "grad_buckets": len(train.buckets.buckets),
+        "grad_buckets_started_in_backward": train.buckets.started_in_backward,
         "largest_tensor_shape": census.shape,
         "full_vocab_tensors": census.full_vocab,
         "vocab_parallel": vocab_axis is not None,
@@ -1918,6 +2178,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=1e-2, help="train: learning rate")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="train: parameter and compute dtype")
     parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None, help="train: one dp sharding level for every weight (default: the plan's, per weight)")
+    parser.add_argument("--bucket-mb", type=float, default=25.0, help="train: gradient bucket size in MiB (one collective per bucket)")
+    parser.add_argument("--no-overlap", action="store_true", help="train: reduce the gradient buckets after backward instead of during it")
+    parser.add_argument("--keep-gathered", action="store_true", help="train: keep level-3 gathered weights until backward (more memory, fewer all-gathers)")
     parser.add_argument("--batch", type=int, default=WORKLOAD.get("batch", 1))
     parser.add_argument("--seq", type=int, default=WORKLOAD.get("seq", 1), help="new tokens (prefill)")
     parser.add_argument("--context", type=int, default=WORKLOAD.get("context", 0), help="prompt (decode) or cached prefix (prefill)")
