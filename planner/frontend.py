@@ -98,6 +98,9 @@ def load_graph(source: ModelSource, *, use_cache: bool = True) -> LoadedModel:
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError):
             graph = None
         if graph is not None:
+            # the key is the content, not the path: the cached graph may have been traced
+            # through another path to the same file, and the program names this one
+            graph.meta["source"] = source.to_dict()
             return LoadedModel(source, graph, {"cache_load": time.perf_counter() - t0})
     loaded = trace_graph(source)
     if path is not None:

@@ -34,6 +34,21 @@ def test_cache_hit_and_invalidation_on_edit(tmp_path, monkeypatch):
     assert edited.graph.block("embedding").dims["vocab"] == 640
 
 
+def test_a_cache_hit_names_the_path_it_was_asked_for(tmp_path, monkeypatch):
+    """The cache is keyed by content: the same file reached by another path (a copy, a
+    relative path) is a hit, and the graph — which the program's header and model import
+    read — must name the path given now, not the one it was first traced through."""
+    monkeypatch.setenv("HELIXPLAN_CACHE_DIR", str(tmp_path / "cache"))
+    first, second = tmp_path / "a" / "model.py", tmp_path / "b" / "model.py"
+    for path in (first, second):
+        path.parent.mkdir()
+        shutil.copy(EXAMPLES / "llama.py", path)
+    assert load_graph(resolve_source(str(first))).graph.meta["source"]["path"] == str(first)
+    again = load_graph(resolve_source(str(second)))
+    assert "cache_load" in again.seconds
+    assert again.graph.meta["source"]["path"] == str(second)
+
+
 def test_cache_key_covers_local_modules_the_model_imports(tmp_path):
     """A model file that imports a module beside it: editing that module changes the key;
     editing an unrelated file in the folder does not."""
