@@ -171,6 +171,7 @@ def tied_copy_bytes(graph: Graph, blocks: list[BlockPlan], weight_bytes: float) 
     once, in its first reader's layout; this adds the others (per plan, not per block, so the
     integer program's memory row does not see it)."""
     by_name = {bp.name: bp for bp in blocks}
+    ops = {op.name: op for op in graph.ops}  # one index (graph.iter_ops rebuilds it per call)
     layouts: dict[str, dict[tuple, int]] = {}  # param -> layout -> local elements
     for block in graph.blocks:
         bp = by_name.get(block.name)
@@ -181,8 +182,8 @@ def tied_copy_bytes(graph: Graph, blocks: list[BlockPlan], weight_bytes: float) 
         parts = 1
         for size in (bp.degrees.values() if split else ()):
             parts *= size
-        for op in graph.iter_ops(block.ops):
-            for v in op.inputs:
+        for name in block.ops:
+            for v in ops[name].inputs:
                 p = graph.params.get(v)
                 if p is not None and p.counts:
                     layouts.setdefault(v, {}).setdefault(key, -(-p.numel // parts))
