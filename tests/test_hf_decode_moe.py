@@ -24,6 +24,7 @@ transformers = pytest.importorskip("transformers")
 from planner.cli import main  # noqa: E402
 from planner.hf_model import HFCausalLM, kv_cache_shapes, load_config  # noqa: E402
 from tests.conftest import HF_CONFIGS  # noqa: E402
+from tests.test_hf_models import transformers_decoding  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["mixtral_tiny", "deepseek_v3_tiny"], ids=["mixtral", "deepseek-v3"])
@@ -38,13 +39,8 @@ def test_decode_over_a_passed_cache_matches_transformers_own_cache(name):
     ours = HFCausalLM(model)
     ids = torch.randint(0, config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
     prompt = 5
+    want = transformers_decoding(model, ids, prompt)
     with torch.no_grad():
-        out = model(input_ids=ids[:, :prompt], use_cache=True)
-        want, theirs = [out.logits], out.past_key_values
-        for s in range(prompt, ids.shape[1]):
-            out = model(input_ids=ids[:, s : s + 1], past_key_values=theirs, use_cache=True)
-            want.append(out.logits)
-            theirs = out.past_key_values
         got, cache = ours(ids[:, :prompt], position_ids=torch.arange(prompt).expand(2, prompt))
         assert [tuple(t.shape) for t in cache[0]] == list(kv_cache_shapes(config, 2, prompt))
         got = [got]

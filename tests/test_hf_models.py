@@ -183,6 +183,19 @@ def test_hf_plan_under_torchrun_reads_a_transformers_named_checkpoint(tmp_path, 
     assert json.loads(out.out.strip().splitlines()[-1])["ok"]
 
 
+def transformers_decoding(model, ids: torch.Tensor, prompt: int) -> list[torch.Tensor]:
+    """transformers' own decoding of `ids`: the first `prompt` tokens at once, then one token
+    a step over the cache it returned — the logits of each call."""
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :prompt], use_cache=True)
+        want, theirs = [out.logits], out.past_key_values
+        for s in range(prompt, ids.shape[1]):
+            out = model(input_ids=ids[:, s : s + 1], past_key_values=theirs, use_cache=True)
+            want.append(out.logits)
+            theirs = out.past_key_values
+    return want
+
+
 @pytest.mark.parametrize(
     "name, changes",
     [("llama_tiny", {}), ("mistral_tiny", {"sliding_window": 3}), ("gpt2_tiny", {}),
@@ -202,13 +215,8 @@ def test_decode_over_a_passed_cache_matches_transformers_own_cache(tmp_path, nam
     ours = HFCausalLM(model)
     ids = torch.randint(0, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
     prompt = 5
+    want = transformers_decoding(model, ids, prompt)
     with torch.no_grad():
-        out = model(input_ids=ids[:, :prompt], use_cache=True)
-        want, theirs = [out.logits], out.past_key_values
-        for s in range(prompt, ids.shape[1]):
-            out = model(input_ids=ids[:, s : s + 1], past_key_values=theirs, use_cache=True)
-            want.append(out.logits)
-            theirs = out.past_key_values
         got, cache = ours(ids[:, :prompt], position_ids=torch.arange(prompt).expand(2, prompt))
         got = [got]
         for s in range(prompt, ids.shape[1]):
