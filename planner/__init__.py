@@ -79,7 +79,7 @@ def parallelize(module: Any, plan: Plan, example_inputs: dict[str, Any] | None =
 def _as_planner_module(module: Any, example_inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """A transformers causal LM is planned through `planner.hf_model.HFCausalLM` (the
     generated program's model too): a prefill from position 0 over `input_ids`, parameter
-    names unchanged, returning `(logits, ())`."""
+    names unchanged, returning `(logits, new_kv)` (the prompt's K/V per layer)."""
     import sys
 
     transformers = sys.modules.get("transformers")
