@@ -52,7 +52,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-MODEL_FILE = "/work/main/examples/llama.py"
+MODEL_FILE = "<checkout>/examples/llama.py"
 MODEL_ARGS = {}
 MESH = {'dp': 1, 'cp': 1, 'kvp': 2, 'tp': 2, 'ep': 1}
 AXES = ('kvp', 'tp')
