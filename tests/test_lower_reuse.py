@@ -112,3 +112,26 @@ def test_a_record_that_does_not_check_out_is_never_copied(llama10, monkeypatch):
     program = lower(llama10, plan)
     assert program.renamed_from == {}
     _same_program(program, _one_by_one(llama10, plan))
+
+
+def test_moe_blocks_with_a_buffer_are_copied_too():
+    """DeepSeek's MoE blocks read a buffer (the router's score bias, `WeightShard.buffer`):
+    a copy must carry every field of the recorded weights, or the record never checks out
+    and every MoE block is lowered by the rules (as happened when the flag was added)."""
+    from tests.conftest import loaded
+
+    graph = loaded(str(ROOT / "examples" / "deepseek.py"), layers="6").graph
+    moe = [b for b in graph.blocks if b.kind == "moe"]
+    assert len(moe) == 5
+    plan = Plan(model=dict(graph.meta["source"]), hardware={}, workload={"kind": "decode", "batch": 4, "seq": 1,
+                "context": 8, "weight_dtype": "bf16", "kv_dtype": "bf16"}, mesh={"dp": 1, "cp": 1, "kvp": 1, "tp": 2, "ep": 1},
+                rank_map=[], predicted={}, memory={}, solver={}, blocks=[
+                    BlockPlan(name=b.name, kind=b.kind, group=b.group,
+                              strategy="ep" if b.kind == "moe" else "replicate",
+                              degrees={"tp": 2} if b.kind == "moe" else {},
+                              layout_in="replicate", layout_out="replicate", dims=dict(b.dims))
+                    for b in graph.blocks])
+    program = lower(graph, plan)
+    _same_program(program, _one_by_one(graph, plan))
+    assert any(w.buffer for w in program.weights)
+    assert sum(b.name in program.renamed_from for b in moe) >= 2

@@ -24,6 +24,7 @@ lowering every block by its rules gives (tests/test_lower_reuse.py compares both
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -237,11 +238,10 @@ class LayerReuse:
             except KeyError:
                 raise NotReusable(name) from None
 
-        weights = tuple(
-            WeightShard(
-                key=names.weight_key(w.key), param=names.value(w.param), fqn=names.fqn(w.fqn),
-                aliases=tuple(names.fqn(a) for a in w.aliases), shape=w.shape, dtype=w.dtype,
-                layout=w.layout, local_shape=w.local_shape, view=w.view, persistent=w.persistent,
+        weights = tuple(  # every other field (layout, shapes, flags) carries over as recorded
+            dataclasses.replace(
+                w, key=names.weight_key(w.key), param=names.value(w.param), fqn=names.fqn(w.fqn),
+                aliases=tuple(names.fqn(a) for a in w.aliases),
             )
             for w in record.weights
         )
