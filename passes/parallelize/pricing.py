@@ -83,7 +83,7 @@ def split_param_count(block: Block, split: int) -> float:
     return whole + (block.param_count - whole) / split
 
 
-def _projection(ctx: PlanContext, rows: int, params: float, hidden: int) -> KernelWork:
+def projection_work(ctx: PlanContext, rows: int, params: float, hidden: int) -> KernelWork:
     """All of a block's weight matmuls as one GEMM-family kernel: 2·rows·params FLOPs, the
     weights read once, activations in and out."""
     width = params / max(hidden, 1)
@@ -96,7 +96,7 @@ def _elementwise(ctx: PlanContext, nbytes: float) -> float:
     return ctx.cost.elementwise(nbytes) if nbytes > 0 else 0.0
 
 
-def _attention_kernel_s(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
+def attention_kernel_s(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
     d = block.dims
     q_heads = d["q_heads"] // s.weight_split
     act = ctx.workload.act_dtype if ctx.workload.act_dtype != "fp32" else "fp32"
@@ -107,7 +107,7 @@ def _attention_kernel_s(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
         nope = d["head_dim"] - d.get("qk_rope_head_dim", 0)
         params = d["kv_lora_rank"] * q_heads * (nope + d["v_head_dim"])
         rows = s.batch * (s.context + s.tokens)
-        expand_s = ctx.cost.kernel(_projection(ctx, rows, params, d["kv_lora_rank"])) if rows else 0.0
+        expand_s = ctx.cost.kernel(projection_work(ctx, rows, params, d["kv_lora_rank"])) if rows else 0.0
         shape = dict(q_heads=q_heads, kv_heads=q_heads, head_dim=d["head_dim"], v_head_dim=d["v_head_dim"])
     elif "kv_lora_rank" in d:
         shape = dict(
@@ -149,9 +149,9 @@ def _moe_work(block: Block, ctx: PlanContext, s: LocalSizes) -> list[KernelWork]
         nbytes=active * per_expert * ctx.weight_bytes + 2 * rows * top_k * hidden * ctx.act_bytes,
         dtype=dtype,
     )
-    work = [routed, _projection(ctx, rows, hidden * experts, hidden)]
+    work = [routed, projection_work(ctx, rows, hidden * experts, hidden)]
     if d.get("shared_experts"):
-        work.append(_projection(ctx, rows, d["shared_experts"] * per_expert, hidden))
+        work.append(projection_work(ctx, rows, d["shared_experts"] * per_expert, hidden))
     return work
 
 
@@ -163,12 +163,12 @@ def compute_seconds(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
     rows, e = s.rows, ctx.act_bytes
     if block.kind == "attention":
         params = split_param_count(block, s.weight_split)
-        t = ctx.cost.kernel(_projection(ctx, rows, params, hidden))
-        return t + _attention_kernel_s(block, ctx, s) + _elementwise(ctx, 6 * rows * hidden * e)
+        t = ctx.cost.kernel(projection_work(ctx, rows, params, hidden))
+        return t + attention_kernel_s(block, ctx, s) + _elementwise(ctx, 6 * rows * hidden * e)
     if block.kind == "mlp":
         params = block.param_count / s.weight_split
         ffn = block.dims.get("ffn", hidden) // s.weight_split
-        return ctx.cost.kernel(_projection(ctx, rows, params, hidden)) + _elementwise(
+        return ctx.cost.kernel(projection_work(ctx, rows, params, hidden)) + _elementwise(
             ctx, 3 * rows * ffn * e
         )
     if block.kind == "moe":
@@ -178,7 +178,7 @@ def compute_seconds(block: Block, ctx: PlanContext, s: LocalSizes) -> float:
     if block.kind == "lm_head":
         vocab = block.dims["vocab"]
         rows = lm_head_rows(ctx, s.batch, s.rows)
-        return ctx.cost.kernel(_projection(ctx, rows, vocab * hidden / s.weight_split, hidden))
+        return ctx.cost.kernel(projection_work(ctx, rows, vocab * hidden / s.weight_split, hidden))
     if block.kind == "embedding":
         return _elementwise(ctx, 2 * rows * hidden * e)
     if block.kind == "norm":

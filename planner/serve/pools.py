@@ -15,7 +15,7 @@ from ir.graph import Graph
 from ir.mesh import Mesh
 from ir.workload import Workload
 from passes.parallelize.context import PlanContext
-from passes.parallelize.pricing import LocalSizes, _attention_kernel_s, kv_cache_bytes, local_sizes
+from passes.parallelize.pricing import LocalSizes, attention_kernel_s, kv_cache_bytes, local_sizes
 from passes.parallelize.search import SearchResult, search
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
 from planner.serve.traffic import Traffic
@@ -191,7 +191,7 @@ def _decode_attention(graph: Graph, settings: PlanSettings, result: SearchResult
             # repeated on each, they are spread over the group as `dp` does (attention-DP).
             group = BY_NAME["dp"].degree(ctx)
             sizes = replace(sizes, batch=math.ceil(decodes / group))
-        seconds += _attention_kernel_s(block, ctx, sizes)
+        seconds += attention_kernel_s(block, ctx, sizes)
         kv += kv_cache_bytes(block, ctx, sizes)
     return seconds, kv
 

@@ -18,7 +18,7 @@ import dataclasses
 
 from ir.graph import Block
 from passes.parallelize.context import PlanContext
-from passes.parallelize.pricing import Priced, _projection, price
+from passes.parallelize.pricing import Priced, price, projection_work
 from passes.parallelize.strategies.tp import hidden_bytes
 from passes.parallelize.strategy import (
     MODEL_AXES,
@@ -58,8 +58,8 @@ def price_tp_kvdup(block: Block, ctx: PlanContext) -> Priced:
     rows = ctx.replica_batch() * ctx.workload.seq
     split = block.param_count / n
     hidden = block.dims["hidden"]
-    extra_s = ctx.cost.kernel(_projection(ctx, rows, split + extra_params, hidden)) - ctx.cost.kernel(
-        _projection(ctx, rows, split, hidden)
+    extra_s = ctx.cost.kernel(projection_work(ctx, rows, split + extra_params, hidden)) - ctx.cost.kernel(
+        projection_work(ctx, rows, split, hidden)
     )
     memory = dict(base.memory)
     memory["weights"] = memory.get("weights", 0.0) + extra_params * ctx.weight_bytes
