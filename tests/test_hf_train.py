@@ -29,6 +29,7 @@ from planner.api import make_plan  # noqa: E402
 from planner.cli import main  # noqa: E402
 from planner.verify_runner import program_args, run_threaded, write_run_plan  # noqa: E402
 from tests.conftest import HF_CONFIGS  # noqa: E402
+from tests.test_hf_models import _config_file  # noqa: E402
 
 TP2 = ["layers.*.attention=tp(tp=2)", "layers.*.mlp=tp(tp=2)", "lm_head=vocab(tp=2)"]
 # GPT-2 ties the LM head to the token embedding: both split by vocabulary, one weight.
@@ -58,12 +59,7 @@ CONFIG_CHANGES = {"mixtral_tiny": {"vocab_size": 384}}
 
 
 def _config(tmp_path, name) -> str:
-    path = HF_CONFIGS / (name + ".json")
-    if name not in CONFIG_CHANGES:
-        return str(path)
-    changed = tmp_path / (name + ".json")
-    changed.write_text(json.dumps({**json.loads(path.read_text()), **CONFIG_CHANGES[name]}))
-    return str(changed)
+    return _config_file(tmp_path, name, **CONFIG_CHANGES.get(name, {}))
 
 
 def _train(load, tmp_path, name, gpus, force, zero, mesh):

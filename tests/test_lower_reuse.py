@@ -39,18 +39,21 @@ def _strategy(block) -> tuple[str, dict]:
     return "replicate", {}
 
 
-def mixed_plan(graph: Graph) -> Plan:
+def mixed_plan(graph: Graph, choose=_strategy, mesh: dict[str, int] = MESH) -> Plan:
+    """A decode plan giving each block `choose(block)` -> (strategy, extras), split over the
+    mesh's model axes unless replicated."""
+    split = {a: n for a, n in mesh.items() if a in ("kvp", "tp") and n > 1}
     blocks = []
     for b in graph.blocks:
-        strategy, extras = _strategy(b)
-        degrees = {"kvp": 2, "tp": 2} if strategy != "replicate" else {}
+        strategy, extras = choose(b)
+        degrees = split if strategy != "replicate" else {}
         blocks.append(BlockPlan(
             name=b.name, kind=b.kind, group=b.group, strategy=strategy, degrees=degrees,
             extras=extras, layout_in="replicate", layout_out="replicate", dims=dict(b.dims),
         ))
     workload = {"kind": "decode", "batch": 4, "seq": 1, "context": 8,
                 "weight_dtype": "bf16", "kv_dtype": "bf16"}
-    return Plan(model=dict(graph.meta["source"]), hardware={}, workload=workload, mesh=MESH,
+    return Plan(model=dict(graph.meta["source"]), hardware={}, workload=workload, mesh=dict(mesh),
                 rank_map=[], blocks=blocks, predicted={}, memory={}, solver={})
 
 
@@ -123,14 +126,8 @@ def test_moe_blocks_with_a_buffer_are_copied_too():
     graph = loaded(str(ROOT / "examples" / "deepseek.py"), layers="6").graph
     moe = [b for b in graph.blocks if b.kind == "moe"]
     assert len(moe) == 5
-    plan = Plan(model=dict(graph.meta["source"]), hardware={}, workload={"kind": "decode", "batch": 4, "seq": 1,
-                "context": 8, "weight_dtype": "bf16", "kv_dtype": "bf16"}, mesh={"dp": 1, "cp": 1, "kvp": 1, "tp": 2, "ep": 1},
-                rank_map=[], predicted={}, memory={}, solver={}, blocks=[
-                    BlockPlan(name=b.name, kind=b.kind, group=b.group,
-                              strategy="ep" if b.kind == "moe" else "replicate",
-                              degrees={"tp": 2} if b.kind == "moe" else {},
-                              layout_in="replicate", layout_out="replicate", dims=dict(b.dims))
-                    for b in graph.blocks])
+    plan = mixed_plan(graph, lambda b: ("ep", {}) if b.kind == "moe" else ("replicate", {}),
+                      mesh={"dp": 1, "cp": 1, "kvp": 1, "tp": 2, "ep": 1})
     program = lower(graph, plan)
     _same_program(program, _one_by_one(graph, plan))
     assert any(w.buffer for w in program.weights)
