@@ -440,7 +440,7 @@ class _CpModelMirror:
         from ortools.sat.python import cp_model_helper as cmh
         from ortools.util.python.sorted_interval_list import Domain
 
-        from passes.parallelize.ilp_backends import _IntegerScale
+        from passes.parallelize.ilp_solvers import _IntegerScale
 
         self.cmh, self.domain = cmh, Domain
         self.scale = _IntegerScale.of(reduced)

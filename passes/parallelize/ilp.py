@@ -127,8 +127,6 @@ from typing import Literal
 
 from ir.errors import InfeasiblePlanError
 from passes.parallelize.ilp_backends import (
-    BACKENDS,
-    Backend,
     _Formulation,
     _option_names,
     _reduce,
@@ -139,6 +137,7 @@ from passes.parallelize.ilp_diagnostics import (
     _runner_up_reason,
     _time_budget_error,
 )
+from passes.parallelize.ilp_solvers import BACKENDS, Backend
 
 __all__ = [
     "BACKENDS",
