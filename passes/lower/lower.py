@@ -49,7 +49,6 @@ from ir.rank_program import (
     ProgramOutput,
     RankProgram,
     Step,
-    SymbolSource,
 )
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
 from passes.lower.builder import (
@@ -63,6 +62,7 @@ from passes.lower.builder import (
 )
 from passes.lower.reuse import LayerReuse
 from passes.lower.strategies import StrategyLowering, check_stream_layout, lowering_for
+from passes.lower.symbols import symbol_sources
 
 
 class BlockLowering:
@@ -515,7 +515,7 @@ def lower_program(graph: Graph, plan: Plan, *, reuse: bool = True) -> RankProgra
             raise LoweringError(f"cache input {cache!r} {graph.values[cache]} has no L dim")
         caches.append(CacheSpec(input=cache, output=new, length_dim=length_dim, kvp_block=kvp_block))
     renamed_from = dict(layer_reuse.renamed_from) if layer_reuse is not None else {}
-    symbols = _symbol_sources(builder, inputs, renamed_from)
+    symbols = symbol_sources(builder, inputs, renamed_from)
     return RankProgram(
         mesh=dict(builder.mesh),
         axes=builder.axes,
@@ -532,58 +532,6 @@ def lower_program(graph: Graph, plan: Plan, *, reuse: bool = True) -> RankProgra
         },
         renamed_from=renamed_from,
     )
-
-
-def _symbol_sources(
-    builder: Builder, inputs: list[ProgramInput], renamed_from: dict[str, str]
-) -> tuple[SymbolSource, ...]:
-    """How the generated program reads each workload symbol a local shape or step uses. A
-    block copied from another (`renamed_from`) has the same arguments and is not walked."""
-    used: set[str] = set()
-    # copied blocks share their record's shape tuples: distinct objects first, then values
-    shapes = {id(v.local_shape): v.local_shape for v in builder.values.values()}
-    for shape in set(shapes.values()):
-        used |= _shape_symbols(shape)
-    for item in builder.items:
-        if isinstance(item, BlockProgram) and item.name in renamed_from:
-            continue
-        for step in item.steps:
-            if isinstance(step, Compute):
-                used |= _free_symbols((step.args, step.kwargs))
-    out = []
-    for sym in sorted(used):
-        symbol = WORKLOAD_SYMBOLS.get(sym)
-        if symbol is None:
-            raise LoweringError(f"a shape depends on symbol {sym!r}, which is not B, T or L")
-        for pin in inputs:
-            spec = builder.graph.values[pin.name]
-            d = next((i for i, s in enumerate(spec.shape) if sympy.sympify(s) == symbol), None)
-            if d is None:
-                continue
-            layout = builder.values[pin.local].layout
-            factor = 1
-            for a in layout.axes_sharding(d):
-                factor *= builder.sizes[a]
-            out.append(SymbolSource(symbol=sym, input=pin.name, dim=d, factor=factor))
-            break
-        else:
-            raise LoweringError(f"no graph input has a dim of size {sym}; cannot bind it at run time")
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def _shape_symbols(shape: tuple[sympy.Expr, ...]) -> frozenset[str]:
-    return frozenset(s.name for d in shape for s in sympy.sympify(d).free_symbols)
-
-
-def _free_symbols(x: Any) -> set[str]:
-    if isinstance(x, sympy.Basic):
-        return {s.name for s in x.free_symbols}
-    if isinstance(x, (list, tuple)):
-        return set().union(*(_free_symbols(v) for v in x)) if x else set()
-    if isinstance(x, dict):
-        return _free_symbols(list(x.values()))
-    return set()
 
 
 @dataclass(frozen=True)
