@@ -24,7 +24,7 @@ transformers = pytest.importorskip("transformers")
 from planner.cli import main  # noqa: E402
 from planner.hf_model import HFCausalLM, kv_cache_shapes, load_config  # noqa: E402
 from tests.conftest import HF_CONFIGS  # noqa: E402
-from tests.test_hf_models import transformers_decoding  # noqa: E402
+from tests.test_hf_models import model_file_decoding, transformers_decoding  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["mixtral_tiny", "deepseek_v3_tiny"], ids=["mixtral", "deepseek-v3"])
@@ -40,16 +40,9 @@ def test_decode_over_a_passed_cache_matches_transformers_own_cache(name):
     ids = torch.randint(0, config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
     prompt = 5
     want = transformers_decoding(model, ids, prompt)
+    got, cache = model_file_decoding(ours, ids, prompt)
+    assert [tuple(t.shape) for t in cache[0]] == list(kv_cache_shapes(config, 2, ids.shape[1]))
     with torch.no_grad():
-        got, cache = ours(ids[:, :prompt], position_ids=torch.arange(prompt).expand(2, prompt))
-        assert [tuple(t.shape) for t in cache[0]] == list(kv_cache_shapes(config, 2, prompt))
-        got = [got]
-        for s in range(prompt, ids.shape[1]):
-            lens = torch.full((2,), s)
-            logits, new = ours(ids[:, s : s + 1], position_ids=lens[:, None].clone(), past_kv=cache, cache_lens=lens)
-            cache = tuple(tuple(torch.cat([c, n], 2) for c, n in zip(old, fresh, strict=True))
-                          for old, fresh in zip(cache, new, strict=True))
-            got.append(logits)
         for step, (g, w) in enumerate(zip(got, want, strict=True)):
             torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"step {step}")
         lens = torch.tensor([7, 6])

@@ -196,6 +196,24 @@ def transformers_decoding(model, ids: torch.Tensor, prompt: int) -> list[torch.T
     return want
 
 
+def model_file_decoding(ours, ids: torch.Tensor, prompt: int) -> tuple[list[torch.Tensor], tuple]:
+    """The same decoding through the model file contract: the prompt, then one token a step
+    given the cache returned so far (each step's new K/V one token long, joined to it) — the
+    logits of each call and the final cache."""
+    with torch.no_grad():
+        batch = ids.shape[0]
+        logits, cache = ours(ids[:, :prompt], position_ids=torch.arange(prompt).expand(batch, prompt))
+        got = [logits]
+        for s in range(prompt, ids.shape[1]):
+            lens = torch.full((batch,), s)
+            logits, new = ours(ids[:, s : s + 1], position_ids=lens[:, None].clone(), past_kv=cache, cache_lens=lens)
+            assert all(t.shape[2] == 1 for layer in new for t in layer)
+            cache = tuple(tuple(torch.cat([c, n], 2) for c, n in zip(old, fresh, strict=True))
+                          for old, fresh in zip(cache, new, strict=True))
+            got.append(logits)
+    return got, cache
+
+
 @pytest.mark.parametrize(
     "name, changes",
     [("llama_tiny", {}), ("mistral_tiny", {"sliding_window": 3}), ("gpt2_tiny", {}),
@@ -216,15 +234,8 @@ def test_decode_over_a_passed_cache_matches_transformers_own_cache(tmp_path, nam
     ids = torch.randint(0, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
     prompt = 5
     want = transformers_decoding(model, ids, prompt)
+    got, cache = model_file_decoding(ours, ids, prompt)
     with torch.no_grad():
-        got, cache = ours(ids[:, :prompt], position_ids=torch.arange(prompt).expand(2, prompt))
-        got = [got]
-        for s in range(prompt, ids.shape[1]):
-            lens = torch.full((2,), s)
-            logits, new = ours(ids[:, s : s + 1], position_ids=lens[:, None].clone(), past_kv=cache, cache_lens=lens)
-            assert all(k.shape[2] == 1 and v.shape[2] == 1 for k, v in new)
-            cache = tuple((torch.cat([k, nk], 2), torch.cat([v, nv], 2)) for (k, v), (nk, nv) in zip(cache, new, strict=True))
-            got.append(logits)
         for step, (g, w) in enumerate(zip(got, want, strict=True)):
             torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"step {step}")
         # Uneven: sequence 1 has only 7 valid cache slots of 8; slot 7 holds garbage.
