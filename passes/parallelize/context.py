@@ -19,7 +19,7 @@ class PlanContext:
 
     @property
     def placement(self) -> MeshPlacement:
-        return MeshPlacement(axes=tuple((a.value, self.mesh.size(a)) for a in AXIS_ORDER))
+        return _placement(self.mesh)
 
     @property
     def act_bytes(self) -> float:
@@ -73,6 +73,16 @@ class PlanContext:
         groups = _groups_by_shape(self.mesh, axes, self.cost.hardware.scaleup_domain_gpus)
         return max(_collective_s(self.cost, kind, nbytes, g) for g in groups)
 
+    def ring_send_s(self, nbytes: float, axis: str) -> float:
+        """One step of a ring along `axis` in which every rank sends `nbytes` to the next at
+        once: the step takes as long as the slowest neighbour link of any ring, wrap-around
+        included (with cp outside tp, a ring of four ranks four apart on 8-GPU nodes has two
+        NVLink hops and two across nodes)."""
+        if self.mesh.size(axis) == 1 or nbytes <= 0:
+            return 0.0
+        pairs = _ring_pairs_by_shape(self.mesh, axis, self.cost.hardware.scaleup_domain_gpus)
+        return max(_collective_s(self.cost, "send_recv", nbytes, p) for p in pairs)
+
 
 @functools.lru_cache(maxsize=1 << 16)
 def _collective_s(cost: CostModel, kind: str, nbytes: float, group: tuple[int, ...]) -> float:
@@ -91,8 +101,7 @@ def _groups_by_shape(
     axis but one or two shapes, and the mesh search asks for the same groups thousands of
     times. Rank r runs on GPU r (`MeshPlacement` lays meshes out from GPU 0)."""
     if len(axes) == 1:
-        placement = MeshPlacement(axes=tuple((a.value, mesh.size(a)) for a in AXIS_ORDER))
-        groups = [tuple(g) for g in placement.groups(axes[0])]
+        groups = [tuple(g) for g in _placement(mesh).groups(axes[0])]
     else:
         groups = [tuple(g) for g in mesh.groups_over(axes)]
     seen: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -101,3 +110,22 @@ def _groups_by_shape(
         shape = tuple(counts[d] for d in sorted(counts))
         seen.setdefault(shape, group)
     return tuple(seen.values())
+
+
+@functools.lru_cache(maxsize=4096)
+def _ring_pairs_by_shape(
+    mesh: Mesh, axis: str, scaleup_domain_gpus: int
+) -> tuple[tuple[int, int], ...]:
+    """One (sender, receiver) pair per kind of neighbour link in the rings along `axis`: a
+    pair inside one scale-up domain and/or one across two (a send's price depends on nothing
+    else)."""
+    seen: dict[bool, tuple[int, int]] = {}
+    for group in _placement(mesh).groups(axis):
+        for i, gpu in enumerate(group):
+            nxt = group[(i + 1) % len(group)]
+            seen.setdefault(gpu // scaleup_domain_gpus == nxt // scaleup_domain_gpus, (gpu, nxt))
+    return tuple(seen.values())
+
+
+def _placement(mesh: Mesh) -> MeshPlacement:
+    return MeshPlacement(axes=tuple((a.value, mesh.size(a)) for a in AXIS_ORDER))

@@ -112,7 +112,7 @@ def ring_terms(block: Block, ctx: PlanContext, variant: str) -> dict[str, float]
         msg = batch * tc * shape["q_heads"] * kd * ctx.act_bytes
         partials = batch * tc * shape["q_heads"] * (vd * ctx.act_bytes + 4.0) * n
         final = ctx.collective_s("all_to_all", partials, ("cp",))
-    send_s = _send_s(ctx, msg)
+    send_s = ctx.ring_send_s(msg, "cp")
     terms = {
         "steps": float(n), "step_compute_s": step_s, "step_send_s": send_s,
         "exposed_ring_s": (n - 1) * max(0.0, send_s - step_s), "final_all_to_all_s": final,
@@ -121,16 +121,6 @@ def ring_terms(block: Block, ctx: PlanContext, variant: str) -> dict[str, float]
     if ctx.is_train:
         terms.update(_backward_ring_terms(ctx, variant, terms, batch, tc, lc, shape))
     return terms
-
-
-def _send_s(ctx: PlanContext, nbytes: float) -> float:
-    """One ring step's send/recv of `nbytes`: every rank sends to the next at once, so the
-    step takes as long as the slowest neighbour link of any ring (with cp outside tp, a ring
-    of four ranks four apart on 8-GPU nodes has two NVLink hops and two across nodes)."""
-    return max(
-        ctx.cost.collective("send_recv", nbytes, (g[i], g[(i + 1) % len(g)]))
-        for g in ctx.mesh.groups("cp") for i in range(len(g))
-    )
 
 
 def _backward_ring_terms(
@@ -144,13 +134,13 @@ def _backward_ring_terms(
     kd, vd = shape["head_dim"], shape["v_head_dim"]
     if variant == "cp_pass_kv":
         grad_msg = batch * (tc + lc) * shape["kv_heads"] * (kd + vd) * ACCUMULATOR_BYTES
-        grad_s = _send_s(ctx, grad_msg)
+        grad_s = ctx.ring_send_s(grad_msg, "cp")
         per_step = fwd["step_send_s"] + grad_s
         sends = (n - 1) * per_step + grad_s
         final = grad_s
     else:
         grad_msg = batch * tc * shape["q_heads"] * (kd + vd + 2) * ACCUMULATOR_BYTES
-        per_step = _send_s(ctx, grad_msg)
+        per_step = ctx.ring_send_s(grad_msg, "cp")
         sends = (n - 1) * per_step
         partials = batch * tc * shape["q_heads"] * kd * ACCUMULATOR_BYTES * n
         final = ctx.collective_s("all_to_all", partials, ("cp",))
