@@ -107,8 +107,8 @@ def test_a_record_that_does_not_check_out_is_never_copied(llama10, monkeypatch):
     plan = mixed_plan(llama10)
     original = reuse._rename_step
 
-    def off_by_one(step, rn, names):
-        out = original(step, rn, names)
+    def off_by_one(step, renamers, rn, names):
+        out = original(step, renamers, rn, names)
         return replace(out, source_op=out.source_op + "x") if hasattr(out, "source_op") else out
 
     monkeypatch.setattr(reuse, "_rename_step", off_by_one)

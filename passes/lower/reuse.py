@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ir.graph import Op, ValueRef
@@ -69,6 +70,11 @@ class _Record:
     steps: tuple[Step, ...]
     outputs: tuple[str, ...]
     current: tuple[tuple[str, str], ...]  # graph value -> local the builder now holds
+    # per value: (value, its number when lowering numbered it, how its hint is renamed);
+    # worked out once, when the record first serves a copy (`_value_plan`)
+    value_plan: tuple[tuple[LocalValue, int | None, _Hint], ...] | None = field(default=None, compare=False)
+    # per step: (step, for a Compute the renamers of its args and kwargs)
+    step_plan: tuple[tuple[Step, tuple | None], ...] = field(default=(), compare=False)
 
 
 @dataclass
@@ -219,18 +225,20 @@ class LayerReuse:
             key = names.weight_key(p.key)
             weight_keys[p.key] = key
             local[p.local] = f"w__{identifier(key)}"
+        if record.value_plan is None:  # both plans at once: either may raise NotReusable
+            step_plan = tuple(
+                (step, (_renamer(step.args), _renamer(step.kwargs)) if type(step) is Compute else None)
+                for step in record.steps
+            )
+            record.value_plan, record.step_plan = _value_plan(record, set(local), names), step_plan
         values = []
-        for v in record.values:
+        for v, number, hint in record.value_plan:
             source = names.source(v.source)
-            if v.name not in local:
-                m = _NUMBERED.fullmatch(v.name)
-                n = int(m.group(2)) if m else -1
-                if not (record.counter[0] < n <= record.counter[1]) or m.group(1) != identifier(v.source):
-                    raise NotReusable(v.name)
-                local[v.name] = f"{identifier(source)}__{n + offset}"
+            if number is not None:
+                local[v.name] = f"{identifier(source)}__{number + offset}"
                 local[f"work_{v.name}"] = f"work_{local[v.name]}"
             values.append(LocalValue(local[v.name], source, v.spec, v.layout, v.local_shape,
-                                     names.hint(v.hint, v.source, source)))
+                                     hint.apply(source, names)))
 
         def rn(name: str) -> str:
             try:
@@ -254,7 +262,7 @@ class LayerReuse:
             values=tuple(values),
             weights=weights,
             params=tuple(ParamUse(weight_keys[p.key], p.local_name, rn(p.local)) for p in record.params),
-            steps=tuple(_rename_step(s, rn, names) for s in record.steps),
+            steps=tuple(_rename_step(s, args, rn, names) for s, args in record.step_plan),
             outputs=tuple(rn(o) for o in record.outputs),
             current=tuple((names.source(v), rn(lo)) for v, lo in record.current),
         )
@@ -318,7 +326,6 @@ class _Names:
                 values.get(a) != b for a, b in zip(cached[2], new_refs, strict=True)
             ):
                 raise NotReusable(old.name)
-        self.fqn_hints = [(identifier(a), identifier(b)) for a, b in self.fqns.items()]
 
     def value(self, name: str) -> str:
         try:
@@ -349,13 +356,55 @@ class _Names:
         fqn, at, rest = key.partition("@")
         return self.fqn(fqn) + at + rest
 
-    def hint(self, hint: str, old_source: str, new_source: str) -> str:
-        """A hint made from the value's source (or its parameter's name) follows the rename;
-        one made from the op's role stays."""
-        for old, new in ((identifier(old_source), identifier(new_source)), *self.fqn_hints):
-            if old and hint.startswith(old):
-                return new + hint[len(old):]
-        return hint
+    def new_fqn_identifier(self, old: str) -> str:
+        return identifier(self.fqn(old))
+
+
+@dataclass(frozen=True)
+class _Hint:
+    """How a local value's hint follows the rename: made from the value's source (`source`),
+    from a parameter's name (`fqn`, the recorded one), or from the op's role (neither: kept)."""
+
+    text: str
+    suffix: str = ""
+    source: bool = False
+    fqn: str = ""
+
+    def apply(self, new_source: str, names: _Names) -> str:
+        if self.source:
+            return identifier(new_source) + self.suffix
+        if self.fqn:
+            return names.new_fqn_identifier(self.fqn) + self.suffix
+        return self.text
+
+
+def _value_plan(record: _Record, mapped: set[str], names: _Names) -> tuple:
+    """What renaming each recorded local value needs that depends on the record alone: the
+    number lowering gave it (None for the block's externals and parameters, renamed through
+    them) and its hint's rule; raises NotReusable for a name the renamer cannot number."""
+    plan = []
+    for v in record.values:
+        number = None
+        if v.name not in mapped:
+            m = _NUMBERED.fullmatch(v.name)
+            number = int(m.group(2)) if m else -1
+            if not (record.counter[0] < number <= record.counter[1]) or m.group(1) != identifier(v.source):
+                raise NotReusable(v.name)
+        plan.append((v, number, _hint_rule(v.hint, v.source, names)))
+    return tuple(plan)
+
+
+def _hint_rule(hint: str, source: str, names: _Names) -> _Hint:
+    """The first of the value's source and the block's parameter names (in the order the
+    block's ops read them) that the hint starts with decides how it is renamed."""
+    old = identifier(source)
+    if old and hint.startswith(old):
+        return _Hint(hint, hint[len(old):], source=True)
+    for fqn in names.fqns:
+        old = identifier(fqn)
+        if old and hint.startswith(old):
+            return _Hint(hint, hint[len(old):], fqn=fqn)
+    return _Hint(hint)
 
 
 def _static(op: Op) -> tuple:
@@ -383,28 +432,38 @@ def _skeleton(x: Any, refs: list[str]) -> Any:
     return (t, x)
 
 
-def _refs(x: Any, rn) -> Any:
-    """`x` with every `ValueRef` renamed by `rn` (containers rebuilt, constants kept)."""
+def _renamer(x: Any) -> Callable[[Callable[[str], str]], Any] | None:
+    """A function giving `x` with every `ValueRef` renamed by the `rn` it is called with
+    (containers holding one rebuilt, constants kept); None when `x` holds no `ValueRef`, so it
+    is shared as is. Built once per record: the copies only call it."""
     t = type(x)
     if t is ValueRef:
-        return ValueRef(rn(x.name))
-    if t is tuple:
-        return tuple([_refs(v, rn) for v in x])
-    if t is list:
-        return [_refs(v, rn) for v in x]
+        name = x.name
+        return lambda rn: ValueRef(rn(name))
+    if t is tuple or t is list:
+        parts = [(_renamer(v), v) for v in x]
+        if all(f is None for f, _ in parts):
+            return None
+        return lambda rn: t([v if f is None else f(rn) for f, v in parts])
     if t is dict:
-        return {k: _refs(v, rn) for k, v in x.items()}
+        items = [(k, _renamer(v), v) for k, v in x.items()]
+        if all(f is None for _, f, _ in items):
+            return None
+        return lambda rn: {k: v if f is None else f(rn) for k, f, v in items}
     if isinstance(x, (ValueRef, list, tuple, dict)):
         raise NotReusable(f"argument of type {t.__name__}")
-    return x
+    return None
 
 
-def _rename_step(step: Step, rn, names: _Names) -> Step:
+def _rename_step(step: Step, renamers: tuple | None, rn, names: _Names) -> Step:
+    """`step` renamed; `renamers` are a Compute's (`_renamer` of its args, of its kwargs)."""
     if type(step) is Compute:
         source_op = names.ops.get(step.source_op, "") if step.source_op else ""
         if step.source_op and not source_op:
             raise NotReusable(step.source_op)
-        return Compute(step.target, _refs(step.args, rn), _refs(step.kwargs, rn),
+        args, kwargs = renamers
+        return Compute(step.target, step.args if args is None else args(rn),
+                       step.kwargs if kwargs is None else kwargs(rn),
                        tuple(rn(o) for o in step.outputs), source_op)
     if type(step) is LocalShard:
         return LocalShard(step.axis, step.dim, rn(step.input), rn(step.output))
