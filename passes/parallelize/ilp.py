@@ -213,7 +213,8 @@ class Edge:
         if self.src == self.dst:
             raise ValueError(f"edge from block {self.src!r} to itself")
         for pair, cost in self.cost_s.items():
-            _require_finite_nonnegative(cost, f"edge {self.src}->{self.dst} cost_s[{pair}]")
+            if not (math.isfinite(cost) and cost >= 0):  # the message only when it is needed
+                _require_finite_nonnegative(cost, f"edge {self.src}->{self.dst} cost_s[{pair}]")
 
     @classmethod
     def from_layouts(
