@@ -96,6 +96,9 @@ class Block:
     group: str = ""
     signature: str = ""
     param_count: int = 0
+    # parameters the block's ops read that another block owns (a tied LM head reads the
+    # embedding's table); a strategy that holds them in another layout holds a second copy
+    shared_param_count: int = 0
     flops: sympy.Expr = sympy.Integer(0)
     bytes_moved: sympy.Expr = sympy.Integer(0)
     module_path: str = ""

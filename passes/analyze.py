@@ -169,24 +169,30 @@ def op_bytes(graph: Graph, op: Op, *, cache_traced: bool = True) -> sympy.Expr:
 
 @dataclass(frozen=True)
 class AnalyzeCosts:
-    """Post: every block has `param_count`, `flops` and `bytes_moved` (formulas in B, T, L)."""
+    """Post: every block has `param_count` (the parameters it owns), `shared_param_count`
+    (those it reads that another block owns), `flops` and `bytes_moved` (formulas in B, T, L)."""
 
     name: ClassVar[str] = "analyze-costs"
 
     def run(self, graph: Graph) -> Graph:
         traced = bool(graph.meta.get("kv_cache_traced", True))
         blocks: list[Block] = []
+        index = {op.name: op for op in graph.ops}
         for b in graph.blocks:
             flops = sympy.Integer(0)
             nbytes = sympy.Integer(0)
-            for op in graph.iter_ops(b.ops):
+            ops = [index[name] for name in b.ops]
+            for op in ops:
                 flops += op_flops(graph, op, cache_traced=traced)
                 nbytes += op_bytes(graph, op, cache_traced=traced)
             params = sum(graph.params[v].numel for v in b.params if graph.params[v].counts)
+            read = {v for op in ops for v in op.inputs if v in graph.params}
+            shared = sum(graph.params[v].numel for v in read - set(b.params) if graph.params[v].counts)
             blocks.append(
                 replace(
                     b,
                     param_count=params,
+                    shared_param_count=shared,
                     flops=sympy.expand(flops),
                     bytes_moved=sympy.expand(nbytes),
                 )

@@ -164,30 +164,36 @@ def _rank_map(outcome: MeshOutcome, hw: HardwareSpec) -> list[dict]:
 
 
 
-def tied_copy_bytes(graph: Graph, blocks: list[BlockPlan], weight_bytes: float) -> float:
-    """Bytes per GPU of the extra copies of weights that several blocks read in different
-    layouts: a tied embedding and LM head, the table replicated for the lookup and split by
-    vocabulary rows for the head, are held once in each layout. Block prices count a weight
-    once, in its first reader's layout; this adds the others (per plan, not per block, so the
-    integer program's memory row does not see it)."""
+def shared_copy_overcount(graph: Graph, blocks: list[BlockPlan], weight_bytes: float) -> float:
+    """Bytes per GPU that block prices count twice: a weight several blocks read (a tied
+    embedding and LM head) is priced by each reader in its own layout
+    (`Block.shared_param_count`), which is what the GPUs hold when the layouts differ (the
+    table replicated for the lookup and split by vocabulary rows for the head: two copies);
+    readers holding the same layout share one copy, and the second count comes off here. The
+    integer program, pricing blocks one by one, keeps that count: its memory row is exact when
+    the layouts differ and errs by one split copy on the safe side when they agree."""
     by_name = {bp.name: bp for bp in blocks}
     ops = {op.name: op for op in graph.ops}  # one index (graph.iter_ops rebuilds it per call)
-    layouts: dict[str, dict[tuple, int]] = {}  # param -> layout -> local elements
+    readers: dict[str, list[tuple]] = {}  # param -> each reader's layout (its split degrees)
     for block in graph.blocks:
         bp = by_name.get(block.name)
         if bp is None:
             continue
         split = BY_NAME[bp.strategy].splits_weights and bp.degrees
         key = tuple(sorted(bp.degrees.items())) if split else ()
-        parts = 1
-        for size in (bp.degrees.values() if split else ()):
-            parts *= size
-        for name in block.ops:
-            for v in ops[name].inputs:
-                p = graph.params.get(v)
-                if p is not None and p.counts:
-                    layouts.setdefault(v, {}).setdefault(key, -(-p.numel // parts))
-    extra = sum(sum(list(held.values())[1:]) for held in layouts.values())
+        read = {v for name in block.ops for v in ops[name].inputs}
+        for v in read:
+            p = graph.params.get(v)
+            if p is not None and p.counts:
+                readers.setdefault(v, []).append(key)
+    extra = 0.0
+    for v, keys in readers.items():
+        numel = graph.params[v].numel
+        for key in set(keys):
+            parts = 1
+            for _, size in key:
+                parts *= size
+            extra += (keys.count(key) - 1) * numel / parts
     return extra * weight_bytes
 
 
@@ -230,9 +236,9 @@ def assemble_plan(
     if edge_s > 1e-15:
         per_collective["reshard:tp"] = edge_s
     memory["workspace"] = result.fixed_bytes
-    tied = 0.0 if workload.kind == "train" else tied_copy_bytes(loaded.graph, blocks, ctx.weight_bytes)
-    if tied:
-        memory["weights"] = memory.get("weights", 0.0) + tied
+    overcount = 0.0 if workload.kind == "train" else shared_copy_overcount(loaded.graph, blocks, ctx.weight_bytes)
+    if overcount:
+        memory["weights"] -= overcount
     exposed = sol.objective_s - compute
     alternatives = [
         {
@@ -281,7 +287,7 @@ def assemble_plan(
             **({"notes": notes} if notes else {}),
         },
         memory={
-            "per_gpu_bytes": sol.memory_bytes + tied,
+            "per_gpu_bytes": sol.memory_bytes - overcount,
             "capacity_bytes": result.capacity_bytes,
             "breakdown": dict(sorted(memory.items())),
         },
