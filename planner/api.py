@@ -84,13 +84,17 @@ def make_plan(
 
 def warn_unrecognized(graph: Graph) -> None:
     """A block the recognizer could not classify (kind "other") is planned replicated — only
-    `replicate` applies to it — and says so, by name."""
+    `replicate` applies to it — and says so, by name, when it holds weights (each GPU then
+    holds them whole). One without weights (transformers' rotary embedding, a mask) costs
+    nothing more replicated, and is named at debug level only."""
     by_name = {op.name: op for op in graph.ops}
     for block in graph.blocks:
         if block.kind != "other":
             continue
         paths = sorted({by_name[n].module_path for n in block.ops if n in by_name} - {""})
-        log.warning(
+        holds_weights = block.param_count + block.shared_param_count > 0
+        log.log(
+            logging.WARNING if holds_weights else logging.DEBUG,
             "helixplan: block %r (module %s, %d ops) is not a kind helixplan recognizes "
             "(embedding, attention, mlp, moe, norm, lm_head); it is planned replicated, run "
             "whole on every rank",

@@ -144,13 +144,36 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_unrecognized_block_is_planned_replicated_with_a_warning(load):
+ODD_MODEL = """
+import torch
+from torch import nn
+
+
+class Odd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(64, 16)
+        self.mixer = nn.Conv1d(16, 16, 3, padding=1)  # weights in a module of no known kind
+        self.lm_head = nn.Linear(16, 64, bias=False)
+
+    def forward(self, input_ids):
+        x = self.mixer(self.embed_tokens(input_ids).transpose(1, 2)).transpose(1, 2)
+        return self.lm_head(x)
+
+
+def build_model(**size):
+    return Odd()
+
+
+def example_inputs(workload, batch, seq, context, model=None):
+    return {"input_ids": torch.zeros(batch, seq, dtype=torch.long)}
+"""
+
+
+def _plan_and_log(loaded):
     from ir.workload import Workload
     from planner.api import log, make_plan
 
-    loaded = load(f"hf:{HF_CONFIGS / 'llama_tiny.json'}")
-    others = [b.name for b in loaded.graph.blocks if b.kind == "other"]
-    assert others == ["rotary_emb"]
     records = _Records()
     log.addHandler(records)
     try:
@@ -158,8 +181,26 @@ def test_unrecognized_block_is_planned_replicated_with_a_warning(load):
                         workload=Workload(kind="prefill", batch=2, seq=8, context=0))
     finally:
         log.removeHandler(records)
-    assert any("'rotary_emb'" in m and "replicated" in m for m in records.messages)
+    return run, records.messages
+
+
+def test_unrecognized_block_is_planned_replicated_with_a_warning_when_it_holds_weights(load, tmp_path):
+    """transformers' rotary embedding (no weights, one buffer) is not a kind the recognizer
+    knows: replicated, and no warning (it costs nothing more). A convolution holding weights
+    is replicated too, with a warning naming it."""
+    loaded = load(f"hf:{HF_CONFIGS / 'llama_tiny.json'}")
+    others = [b.name for b in loaded.graph.blocks if b.kind == "other"]
+    assert others == ["rotary_emb"]
+    run, messages = _plan_and_log(loaded)
     assert run.plan.block("rotary_emb").strategy == "replicate"
+    assert [m for m in messages if "'rotary_emb'" in m] == []
+
+    (tmp_path / "odd.py").write_text(ODD_MODEL)
+    loaded = load(str(tmp_path / "odd.py"))
+    assert next(b for b in loaded.graph.blocks if b.name == "mixer").kind == "other"
+    run, messages = _plan_and_log(loaded)
+    assert run.plan.block("mixer").strategy == "replicate"
+    assert any("'mixer'" in m and "replicated" in m for m in messages)
 
 
 @pytest.mark.slow
