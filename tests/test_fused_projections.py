@@ -18,6 +18,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from ir.errors import PlannerError  # noqa: E402
 from ir.rank_program import BlockProgram, Collective, Compute  # noqa: E402
 from ir.workload import Workload  # noqa: E402
 from passes.lower import lower  # noqa: E402
@@ -156,7 +157,11 @@ def test_sections_that_do_not_divide_keep_the_gather(load, tmp_path):
     258-wide section does not, so the columns are split contiguously and gathered before the
     chunk (as before sections) — still exact. The planner does not offer tp here (the FFN
     must divide), so this plan is made by hand."""
-    graph = load(f"hf:{_config_file(tmp_path, 'phi3_tiny', intermediate_size=258)}").graph
+    spec = f"hf:{_config_file(tmp_path, 'phi3_tiny', intermediate_size=258)}"
+    with pytest.raises(PlannerError, match="ffn=258 is not divisible by tp=4"):
+        make_plan(load(spec), hardware="h100-sxm", gpus=4, workload=Workload(kind="prefill", batch=4, seq=8, context=0),
+                  force=["layers.*.mlp=tp(tp=4)"])
+    graph = load(spec).graph
     plan = hand_plan(graph, {"tp": 4}, {"mlp": "tp"}, {"kind": "prefill", "batch": 4, "seq": 4, "context": 4})
     program = lower(graph, plan)
     mlp = next(b for b in program.blocks if b.kind == "mlp")
