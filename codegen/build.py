@@ -293,6 +293,13 @@ def _shards(program: RankProgram, layout) -> list[tuple[str, int]]:
     return [(a, p.dim) for a, p in layout.placements if p.is_shard]
 
 
+def _sections(layout) -> dict[str, dict[int, list[int]]]:
+    """`{"sections": {dim: sizes}}` for a weight split section by section (a fused
+    projection, passes/lower/fused.py), read by the loader's `take_shard`; else nothing."""
+    dims = {p.dim: list(p.sections) for _, p in layout.placements if p.sections}
+    return {"sections": dims} if dims else {}
+
+
 def _literal(x: Any) -> str:
     """A Python literal; lists and dicts of records one record per line."""
     if isinstance(x, list) and x and all(isinstance(v, dict) for v in x):
@@ -339,6 +346,7 @@ def build_context(program: RankProgram, plan: Plan, *, model_file: str) -> Progr
             "view": list(w.view),
             "persistent": w.persistent,
             "buffer": w.buffer,
+            **_sections(w.layout),
         }
         for w in program.weights
     ]

@@ -3,6 +3,10 @@
 A `Layout` gives one `Placement` per active mesh axis (an axis of size > 1): `Replicate`
 (every rank of the axis holds the whole tensor), `Shard(dim)` (rank i holds the i-th of n
 equal pieces along `dim`) or `Partial` (each rank holds a summand; the tensor is their sum).
+A shard may be sectioned: `Shard(dim, sections)` cuts `dim` into consecutive sections (a
+fused projection's Q|K|V or gate|up columns) and rank i holds the i-th equal piece of every
+section, concatenated in section order — Megatron's head split of a fused projection, so
+that the model's own split into sections runs locally.
 When two axes shard the same dim, the outer axis (earlier in mesh order) splits first, so a
 rank's piece is the inner axis' share of the outer axis' piece — as in DTensor.
 
@@ -28,10 +32,13 @@ class LoweringError(PlannerError):
 class Placement:
     kind: str  # "R" replicate, "S" shard, "P" partial sum
     dim: int = -1
+    sections: tuple[int, ...] = ()  # a sectioned shard: the global sizes of dim's sections
 
     def __post_init__(self) -> None:
         if self.kind not in ("R", "S", "P"):
             raise ValueError(f"placement kind {self.kind!r} is not R, S or P")
+        if self.sections and (self.kind != "S" or len(self.sections) < 2):
+            raise ValueError(f"only a shard is sectioned, in two or more sections: {self}")
 
     @property
     def is_shard(self) -> bool:
@@ -45,7 +52,13 @@ class Placement:
     def is_replicate(self) -> bool:
         return self.kind == "R"
 
+    def moved(self, dim: int) -> Placement:
+        """The same shard (sections kept) on another dim, as a view or transpose moves it."""
+        return Placement("S", dim, self.sections)
+
     def __str__(self) -> str:
+        if self.sections:
+            return f"Shard({self.dim}; sections {'+'.join(map(str, self.sections))})"
         return {"R": "Replicate", "P": "Partial"}.get(self.kind) or f"Shard({self.dim})"
 
 
@@ -53,8 +66,8 @@ REPLICATE = Placement("R")
 PARTIAL = Placement("P")
 
 
-def shard(dim: int) -> Placement:
-    return Placement("S", dim)
+def shard(dim: int, sections: tuple[int, ...] = ()) -> Placement:
+    return Placement("S", dim, tuple(sections))
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,10 @@ class Layout:
 
     def tag(self) -> str:
         """A short identifier fragment (`tpS2`, `dpS0_tpR`)."""
-        return "_".join(f"{a}{p.kind}{p.dim if p.is_shard else ''}" for a, p in self.placements)
+        return "_".join(
+            f"{a}{p.kind}{p.dim if p.is_shard else ''}" + "".join(f"s{n}" for n in p.sections)
+            for a, p in self.placements
+        )
 
 
 def local_shape(

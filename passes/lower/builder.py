@@ -183,6 +183,12 @@ class Builder:
             p, q = cur.on(axis), target.on(axis)
             if p == q or (joined_done and axis in MODEL_AXES):
                 continue
+            if p.sections or q.sections:
+                raise LoweringError(
+                    f"value {src.source!r} would change from {p} to {q} on {axis}; a fused "
+                    "projection is split by sections only when the model cuts its output into "
+                    "them (passes/lower/fused.py), so nothing converts a sectioned shard"
+                )
             if self._joins_model_axes(cur, target, axis):
                 # kvp and tp change alike: one collective over the whole model group.
                 joined_done = True

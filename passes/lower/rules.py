@@ -7,7 +7,8 @@ meeting a sharded one is sliced locally; a Partial operand meeting a sharded one
 reduce-scattered; otherwise a Partial is all-reduced and an unusable shard is all-gathered.
 
 Ops: pointwise (with broadcasting), factories, linear (column / row parallel by weight
-placement; a row-parallel bias is added once, after the reduction), embedding (vocab-split
+placement; a row-parallel bias is added once, after the reduction; a fused projection the
+model cuts into sections is split section by section, passes/lower/fused.py), embedding (vocab-split
 rows: masked local lookup, Partial), norms, softmax, batched matmul (eager attention's
 scores and outputs), scaled_dot_product_attention (batch or head splits, taken from the
 queries or, when those are whole, from the keys), view/reshape/flatten/unsqueeze/squeeze (shard follows the outermost merged or
@@ -106,25 +107,26 @@ def unify(
     blocked_dims: frozenset[int] = frozenset(),
 ) -> tuple[dict[str, Placement], Placement]:
     """Placements on `axis` for operands broadcast to `out_shape`, and the result's: the
-    first operand's shard wins (others sliced, re-sharded or reduce-scattered to match);
+    first operand's shard wins (others sliced, re-sharded or reduce-scattered to match; a
+    sectioned shard's sections too, see passes/lower/fused.py);
     with no shard, Partials are all-reduced (or kept when `partial_ok` and all are
     Partial). Shards on `blocked_dims` (output dims) are gathered."""
     n = len(out_shape)
     pl = {v: cx.on(v, axis) for v in values}
     if partial_ok and values and all(p.is_partial for p in pl.values()):
         return dict(pl), PARTIAL
-    out_dim = None
+    out_dim, sections = None, ()
     for v, p in pl.items():
         if p.is_shard:
             d = p.dim + n - cx.rank(v)
             if d not in blocked_dims and covers(cx, v, out_shape, d) is not None:
-                out_dim = d
+                out_dim, sections = d, p.sections
                 break
     want: dict[str, Placement] = {}
     for v in values:
         d = covers(cx, v, out_shape, out_dim) if out_dim is not None else None
-        want[v] = shard(d) if d is not None else REPLICATE
-    return want, (shard(out_dim) if out_dim is not None else REPLICATE)
+        want[v] = shard(d, sections) if d is not None else REPLICATE
+    return want, (shard(out_dim, sections) if out_dim is not None else REPLICATE)
 
 
 def with_axes(cx: BlockLowering, value: str, per_axis: dict[str, Placement]) -> Layout:
@@ -248,6 +250,8 @@ def linear(cx: BlockLowering, op: Op) -> None:
             keep = px.is_shard and px.dim < x_rank - 1
             want_x[axis] = px if keep else REPLICATE
             want_b[axis], out_pl[axis] = REPLICATE, (px if keep else REPLICATE)
+    by_sections(cx, out, [a for a in cx.axes if want_w[a] == shard(0)], (want_w, 0), (want_b, 0),
+                (out_pl, out_rank - 1))
     if cx.is_param(w):
         cx.param(w, build(cx, want_w))
     if b is not None and cx.is_param(b):
@@ -264,6 +268,30 @@ def linear(cx: BlockLowering, op: Op) -> None:
     args = list(op.attrs.get("args", ()))[:2]
     cx.emit_compute(op, inputs, [(partial, build(cx, out_pl))], args=args, kwargs={})
     add_bias_after_reduction(cx, op, partial, out_pl, row_parallel_axes, b, want_b)
+
+
+def by_sections(
+    cx: BlockLowering, out: str, column_axes: list[str], *placed: tuple[dict[str, Placement], int]
+) -> None:
+    """A column-parallel projection whose output the model cuts into sections (a fused
+    Q|K|V or gate|up) splits each section over `column_axes` instead of its columns as one
+    block (passes/lower/fused.py): each (placements, dim) pair — weight, bias, output —
+    becomes a sectioned shard of that dim on those axes. Unchanged when the output is used
+    any other way or a section does not divide."""
+    from passes.lower.fused import fused_sections
+
+    if not column_axes:
+        return
+    parts = 1
+    for axis in column_axes:
+        parts *= cx.sizes[axis]
+    out_dim = placed[-1][1]
+    sections = fused_sections(cx, out, out_dim, parts)
+    if not sections:
+        return
+    for placements, dim in placed:
+        for axis in column_axes:
+            placements[axis] = shard(dim, sections)
 
 
 def add_bias_after_reduction(
@@ -317,6 +345,7 @@ def addmm(cx: BlockLowering, op: Op) -> None:
             keep = px.is_shard and px.dim == 0
             want_x[axis] = px if keep else REPLICATE
             want_b[axis], out_pl[axis] = REPLICATE, (px if keep else REPLICATE)
+    by_sections(cx, out, [a for a in cx.axes if want_w[a] == shard(1)], (want_w, 1), (want_b, 0), (out_pl, 1))
     cx.param(w, build(cx, want_w))
     cx.param(b, build(cx, want_b))
     inputs = {x: with_axes(cx, x, want_x), w: build(cx, want_w)}

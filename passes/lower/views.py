@@ -1,6 +1,8 @@
 """Layout rules for views and data movement: view/reshape/flatten/unsqueeze/squeeze (the
 shard follows the outermost dim of a merged or split group), expand, transpose/permute,
 slice/select, chunk/split/unbind and cat/stack. Registered into `passes.lower.rules.RULES`.
+A sectioned shard (a fused projection's output, passes/lower/fused.py) keeps its sections
+through a view that leaves its dim whole, and a slice or split along them runs locally.
 """
 
 from __future__ import annotations
@@ -85,10 +87,12 @@ def view_like(cx: BlockLowering, op: Op) -> None:
             if len(ins) == 1 or len(outs) == 1:
                 if not first.is_Integer or int(first) % n == 0:
                     target = outs[0]
+            if p.sections and (len(ins) != 1 or len(outs) != 1):
+                target = None  # sections only survive a view that keeps their dim whole
         if target is None:
             want[axis] = out_pl[axis] = REPLICATE
         else:
-            out_pl[axis] = shard(target)
+            out_pl[axis] = p.moved(target)
     out_layout = build(cx, out_pl)
     args = None
     if op.target in ("view", "_unsafe_view", "reshape"):
@@ -180,11 +184,36 @@ def slice_(cx: BlockLowering, op: Op) -> None:
     rank = cx.rank(x)
     dim = norm_dim(arg(op, 1, "dim", 0), rank)
     full = _full_slice(cx, x, dim, arg(op, 2, "start"), arg(op, 3, "end"), arg(op, 4, "step", 1))
+    if _cuts_sections(cx, op, x, dim):
+        return
     want = {}
     for axis in cx.axes:
         p = cx.on(x, axis)
         want[axis] = REPLICATE if (p.is_shard and p.dim == dim and not full) else p
     cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(op.outputs[0], build(cx, want))])
+
+
+def _cuts_sections(cx: BlockLowering, op: Op, x: str, dim: int) -> bool:
+    """A slice or split of a sectioned shard (a fused projection's output) along its
+    sections, emitted as this rank's local cut: each piece is its section's ordinary shard
+    (passes/lower/fused.py). False (nothing emitted) when `x` is not sectioned on `dim`."""
+    from passes.lower.fused import cut_pieces, local_cut
+
+    placed = {a: cx.on(x, a) for a in cx.axes}
+    sectioned = [a for a, p in placed.items() if p.is_shard and p.dim == dim and p.sections]
+    if not sectioned:
+        return False
+    sections = placed[sectioned[0]].sections
+    bounds = [sum(sections[:i]) for i in range(len(sections) + 1)]
+    whole = set(zip(bounds, bounds[1:], strict=False))
+    pieces = cut_pieces(cx, op, dim)
+    if pieces is None or any(piece not in whole for piece in pieces):
+        raise cx.fail(op, f"cuts a fused projection's output across its sections {sections}")
+    out_pl = {a: (shard(dim) if a in sectioned else p) for a, p in placed.items()}
+    target, args = local_cut(cx, op, sections, _shard_count(cx, x, dim))
+    cx.emit_compute(op, {x: cx.layout(x)}, [(v, build(cx, out_pl)) for v in op.outputs],
+                    target=target, args=args, kwargs={})
+    return True
 
 
 @rule("select.int")
@@ -207,6 +236,8 @@ def split(cx: BlockLowering, op: Op) -> None:
     rank = cx.rank(x)
     dim = norm_dim(arg(op, 1, "dim", 0) if op.target == "unbind.int" else arg(op, 2, "dim", 0), rank)
     drops = op.target == "unbind.int"
+    if not drops and _cuts_sections(cx, op, x, dim):
+        return
     want, out_pl = {}, {}
     for axis in cx.axes:
         p = cx.on(x, axis)

@@ -1161,12 +1161,26 @@ def global_weight(t, spec, pg):
     """This rank's shard of a weight (or of its gradient) -> the whole tensor. A weight
     split through a `view` (stacked experts' gate_up as [E, 2, F, H]) is gathered in that
     view, then given its stored shape."""
+    if spec.get("sections"):
+        return unsection(to_global(t.contiguous(), spec["shards"], pg), spec)
     if not spec["view"]:
         return to_global(t.contiguous(), spec["shards"], pg)
     local_view = list(spec["view"])
     for axis, dim in spec["shards"]:
         local_view[dim] //= MESH[axis]
     return to_global(t.reshape(local_view).contiguous(), spec["shards"], pg).reshape(spec["shape"])
+
+
+def unsection(t, spec):
+    """A weight split section by section, gathered (each rank's pieces of every section one
+    rank after another) -> the stored order (each section whole, one after another)."""
+    ((dim, sizes),) = spec["sections"].items()
+    ranks = 1
+    for axis, d in spec["shards"]:
+        if d == dim:
+            ranks *= MESH[axis]
+    pieces = [part.split([s // ranks for s in sizes], dim) for part in t.chunk(ranks, dim)]
+    return torch.cat([pieces[r][k] for k in range(len(sizes)) for r in range(ranks)], dim)
 
 
 def replicated_axes(spec):
@@ -1790,6 +1804,34 @@ def shard_index(spec, pg):
     return tuple(index)
 
 
+def section_indices(spec, pg):
+    """A weight split section by section (a fused projection: Q|K|V or gate|up, each split
+    over the ranks, as Megatron splits heads): the sectioned dim and, per section, the index
+    of this rank's piece of it."""
+    ((dim, sizes),) = spec["sections"].items()
+    indices, offset = [], 0
+    for section in sizes:
+        index = list(shard_index(spec, pg))
+        size, start = section, offset
+        for axis, d in spec["shards"]:
+            if d == dim:
+                size //= MESH[axis]
+                start += pg.coord[axis] * size
+        index[dim] = slice(start, start + size)
+        indices.append(tuple(index))
+        offset += section
+    return dim, indices
+
+
+def take_shard(full, spec, pg):
+    """This rank's piece of a weight: one slice of `full` (a tensor or a safetensors slice,
+    so only that piece is read), or its section pieces side by side."""
+    if not spec.get("sections"):
+        return full[shard_index(spec, pg)]
+    dim, indices = section_indices(spec, pg)
+    return torch.cat([full[index] for index in indices], dim)
+
+
 def model_state(model):
     """The model's state dict plus its non-persistent buffers (e.g. rotary inv_freq)."""
     state = dict(model.named_buffers())
@@ -1805,7 +1847,7 @@ def weights_from_state(state, pg, device, specs=WEIGHTS):
         if name is None:
             raise SystemExit(f"the model has no parameter {spec['fqn']!r}; was it changed after planning?")
         full = state[name].reshape(spec["view"]) if spec["view"] else state[name]
-        piece = full[shard_index(spec, pg)].reshape(spec["local_shape"])
+        piece = take_shard(full, spec, pg).reshape(spec["local_shape"])
         local[spec["key"]] = piece.to(device).clone()
     return local
 
@@ -1836,9 +1878,9 @@ def weights_from_checkpoint(directory, pg, device):
             if spec["view"]:
                 # a regrouped weight: its pieces are not one slice of the stored tensor
                 full = where[name].get_tensor(name).reshape(spec["view"])
-                piece = full[shard_index(spec, pg)].reshape(spec["local_shape"])
+                piece = take_shard(full, spec, pg).reshape(spec["local_shape"])
             else:
-                piece = tensor[shard_index(spec, pg)]
+                piece = take_shard(tensor, spec, pg)
             local[spec["key"]] = piece.to(device).contiguous()
     return local
 
