@@ -182,5 +182,9 @@ HELIX = Strategy(
     price=price_helix,
     default=True,
     workloads=frozenset({"decode"}),
+    workload_hint=(
+        "it attends a prefill's new tokens on kvp rank 0 only; split a long prefill's "
+        "sequence with cp_pass_kv or cp_pass_q (context parallelism)"
+    ),
     variants=helix_variants,
 )
