@@ -150,7 +150,7 @@ def search(
                 + ", ".join(b.name for b in graph.blocks[:6])
                 + " ..."
             )
-        off_workload = BY_NAME[rule.strategy].workload_reason(workload.kind)
+        off_workload = BY_NAME[rule.strategy].workload_reason(workload.kind, hint=True)
         if off_workload:
             # raised here: the mesh search would only say that no mesh has the forced axis
             raise InfeasiblePlanError(f"--force {rule.text!r}: {off_workload}")

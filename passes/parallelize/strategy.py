@@ -79,13 +79,14 @@ class Strategy:
     workloads: frozenset[str] = frozenset({"decode", "prefill", "train"})
     workload_hint: str = ""
 
-    def workload_reason(self, kind: str) -> str | None:
-        """None when the strategy applies to `kind` workloads; else why not, with the
-        strategy's `workload_hint` (what to use instead)."""
+    def workload_reason(self, kind: str, *, hint: bool = False) -> str | None:
+        """None when the strategy applies to `kind` workloads; else why not, with `hint` the
+        strategy's `workload_hint` too (what to use instead: for a user who forced it, not
+        for every plan's list of rejected options)."""
         if kind in self.workloads:
             return None
         reason = f"{self.name} applies to {', '.join(sorted(self.workloads))} workloads"
-        return f"{reason}: {self.workload_hint}" if self.workload_hint else reason
+        return f"{reason}: {self.workload_hint}" if hint and self.workload_hint else reason
 
     def options(self, block: Block, ctx: PlanContext) -> list[dict[str, int]]:
         """The strategy's extra-parameter choices the ILP picks among ({} when none); a
