@@ -103,7 +103,7 @@ def test_helix_tpa1_prices_the_programs_cp_decode_by_hand(load):
     * combine: 4 partials of 32/4 heads in, bf16 out: 4·8·(4·129·4 + 128·2) = 74240 B;
     * all-reduce after the output projection: 4·4096·2 = 32768 B over kvp;
     * no query or append traffic: every rank computes Q and the new K/V itself."""
-    from passes.parallelize.strategies.helix import helix_terms, price_helix
+    from passes.parallelize.strategies.helix import explain_helix, helix_terms, price_helix
 
     block = next(b for b in load(str(EXAMPLES / "llama.py"), preset="llama3-8b").graph.blocks if b.kind == "attention")
     ctx = _decode_ctx({"kvp": 4})
@@ -123,6 +123,10 @@ def test_helix_tpa1_prices_the_programs_cp_decode_by_hand(load):
         "all_to_all:kvp": ctx.collective_s("all_to_all", 66048, ("kvp",)),
         "all_reduce:kvp": ctx.collective_s("all_reduce", 32768, ("kvp",)),
     }
+    notes = explain_helix(block, ctx)
+    assert "holds 2048 of 8192 slots" in notes[0] and "64.5 KiB per rank" in notes[1]
+    assert notes[2].startswith("tpa=1: this is context-parallel decode")
+    assert not any("context-parallel" in n for n in explain_helix(block, _decode_ctx({"kvp": 2, "tp": 2})))
     # twice the ranks: half the KV per rank, the same partials (independent of L)
     wider = helix_terms(block, _decode_ctx({"kvp": 8}))
     assert wider["kv_tokens"] == 1024 and wider["slice_partials_bytes"] == 66048

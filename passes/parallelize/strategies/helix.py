@@ -201,6 +201,30 @@ def price_helix(
     return Priced(compute + exposed, compute, {k: v for k, v in comm.items() if v}, exposed, memory)
 
 
+def explain_helix(block: Block, ctx: PlanContext) -> list[str]:
+    """Where a Helix step's time goes (whole batch, no HOP-B slicing), and at tpa=1 that this
+    is the decode form of context parallelism."""
+    wl = ctx.workload
+    kvp, tpa = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    terms = helix_terms(block, ctx)
+    us = 1e6
+    lines = [
+        f"KV split along the sequence: the fullest of kvp={kvp} ranks holds "
+        f"{terms['kv_tokens']:.0f} of {wl.context + wl.seq} slots (blocks of {DEFAULT_APPEND_BLOCK} "
+        f"round-robin); attention over them {terms['slice_attention_s'] * us:.1f} µs per step",
+        f"all-to-all of float32 partials over kvp: {terms['slice_partials_bytes'] / 1024:.1f} KiB per rank, "
+        f"{terms['slice_all_to_all_s'] * us:.1f} µs; combine {terms['combine_s'] * us:.1f} µs; "
+        f"all-reduce over {ctx.axes_label(MODEL_AXES)} {terms['all_reduce_s'] * us:.1f} µs",
+    ]
+    if tpa == 1:
+        lines.append(
+            "tpa=1: this is context-parallel decode (no cp strategy is offered for decode: the ring "
+            "would pad the new tokens to 2·cp); helix also runs the output projection and FFN over "
+            "the kvp ranks"
+        )
+    return lines
+
+
 def helix_variants(block: Block, ctx: PlanContext) -> list[dict[str, int]]:
     batch = ctx.replica_batch()
     return [{"hopb": h} for h in HOPB_CHOICES if h <= batch]
@@ -222,4 +246,5 @@ HELIX = Strategy(
         "sequence with cp_pass_kv or cp_pass_q (context parallelism)"
     ),
     variants=helix_variants,
+    explain=explain_helix,
 )
