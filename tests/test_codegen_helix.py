@@ -148,3 +148,55 @@ def test_helix_weight_and_cache_layouts(llama):
     v = program.values[cache.local]
     assert v.local_shape == (B, 1, L / 2, 32)
     assert {c.kvp_block for c in program.caches} == {APPEND_BLOCK}
+
+
+# Context-parallel decode is helix with tpa=1 (passes/parallelize/strategies/cp.py says why no
+# cp strategy is offered for decode): planned by the planner, the cache split over N ranks
+# with append_block 1 (each new token to the next rank, round-robin), no padding of T.
+CP_DECODE = [(2, 1), (4, 1), (4, 3)]
+
+
+@pytest.mark.parametrize(("ranks", "append"), CP_DECODE, ids=[f"cp{n}-append{a}" for n, a in CP_DECODE])
+def test_context_parallel_decode_is_helix_tpa1_and_exact(ranks, append, tmp_path):
+    from ir.workload import Workload
+    from planner.api import make_plan
+    from tests.conftest import loaded
+
+    force = [f"layers.*.attention=helix(kvp={ranks},tpa=1,append_block={append})"]
+    run = make_plan(
+        loaded(str(ROOT / "examples" / "llama.py")), hardware="h100-sxm", gpus=ranks,
+        workload=Workload(kind="decode", batch=4, seq=1, context=9), force=force,
+    )
+    assert run.plan.mesh["kvp"] == ranks and run.plan.mesh["tp"] == run.plan.mesh["cp"] == 1
+    steps = 7
+    path = write_run_plan(run.graph, run.plan, tmp_path)
+    argv = program_args(workload="decode", batch=4, seq=1, context=9, steps=steps) + ["--uneven-cache"]
+    results = run_threaded(path, ranks, argv)
+    report = judge(run.plan, results, ranks)
+    assert report.ok, (report.max_abs_err, report.ref_scale, report.problems)
+    assert report.max_abs_err <= 1e-4 * report.ref_scale
+    assert report.memory_ok, report.problems
+    assert results[0]["steps_checked"] == 1 + steps
+    # no padding: capacity is prompt + steps rounded up to whole rounds of append blocks only
+    unit = ranks * append
+    assert results[0]["kv_tokens"] == -(-(9 + steps) // unit) * unit
+    assert results[0]["kv_bytes"] == 2 * 2 * 4 * 2 * 32 * 4 * results[0]["kv_tokens"] // ranks
+
+
+@pytest.mark.slow
+def test_context_parallel_decode_verifies_under_torchrun(tmp_path, capsys):
+    """`helixplan verify` of the decode form of cp (helix, tpa=1, append_block 1) on 4
+    ranks under torchrun/gloo: prompt 13 (not a multiple of 4), 6 teacher-forced steps."""
+    import json
+
+    from planner.cli import main
+
+    code = main([
+        "verify", str(ROOT / "examples" / "llama.py"), "--nproc", "4", "--workload", "decode",
+        "--batch", "4", "--context", "13", "--steps", "6", "--out", str(tmp_path / "plan"),
+        "--force", "layers.*.attention=helix(kvp=4,tpa=1,append_block=1)",
+    ])
+    out = capsys.readouterr()
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    assert code == 0 and summary["ok"], out.out + out.err
+    assert summary["max_abs_err"] <= 1e-4 * summary["ref_scale"]

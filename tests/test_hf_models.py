@@ -387,3 +387,44 @@ def test_gemma2_eager_attention_is_split_by_heads_and_not_offered_helix(load, ca
                  "--out", str(tmp_path / "plan")])
     err = capsys.readouterr().err
     assert code == 2 and "eagerly" in err and "Traceback" not in err
+
+
+def test_ring_attention_absorbs_transformers_reshape_repeat(load):
+    """transformers' `repeat_kv` writes the GQA repeat as expand + reshape (not expand +
+    flatten): ring attention must walk it back to cat([past_kv, new]) as Helix does, so the
+    kernel reads the cached prefix where it lives and the new tokens' K/V with the KV heads
+    only. Before, the repeated concat itself was sliced over cp as if it were new tokens."""
+    from ir.workload import Workload
+    from passes.lower import lower
+    from planner.api import make_plan
+
+    run = make_plan(
+        load(f"hf:{HF_CONFIGS / 'llama_tiny.json'}"), hardware="h100-sxm", gpus=2,
+        workload=Workload(kind="prefill", batch=2, seq=8, context=5),
+        force=["layers.*.attention=cp_pass_q(cp=2)"],
+    )
+    program = lower(run.graph, run.plan)
+    kernels = [s for item in program.items for s in getattr(item, "steps", ())
+               if getattr(s, "target", "") == "ring_attention_pass_q"]
+    assert len(kernels) == sum(b.kind == "attention" for b in run.graph.blocks) == 2
+    for kernel in kernels:
+        _, k_new, _, k_cache, v_cache = (a.name if a is not None else None for a in kernel.args[:5])
+        assert k_cache is not None and v_cache is not None
+        assert program.values[k_cache].layout.describe() == "cp=Shard(2)"
+        assert program.values[k_new].local_shape[1] == 2  # KV heads, not the 4 repeated ones
+
+
+@pytest.mark.slow
+def test_hf_ring_attention_over_a_cached_prefix_under_torchrun(tmp_path, capsys):
+    """The same plan run under torchrun (the ring needs send/recv): 8 new tokens after 5
+    cached ones (5 does not divide over cp), then decode steps after a CP prefill."""
+    out_dir = str(tmp_path / "plan")
+    code = main(["verify", f"hf:{HF_CONFIGS / 'llama_tiny.json'}", "--nproc", "2", "--workload", "prefill",
+                 "--batch", "2", "--seq", "8", "--context", "5", "--out", out_dir,
+                 "--force", "layers.*.attention=cp_pass_q(cp=2)"])
+    out = capsys.readouterr()
+    assert code == 0 and json.loads(out.out.strip().splitlines()[-1])["ok"], out.out + out.err
+    code = main(["verify", out_dir, "--nproc", "2", "--workload", "decode", "--batch", "2",
+                 "--context", "7", "--steps", "4"])
+    out = capsys.readouterr()
+    assert code == 0 and json.loads(out.out.strip().splitlines()[-1])["ok"], out.out + out.err

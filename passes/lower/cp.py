@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ir.graph import Op, ValueRef
 from ir.layout import REPLICATE, Layout, LoweringError, shard
 from ir.rank_program import Compute, MeshGroupsRef
-from passes.lower.helix import _REPEAT_OPS, match_sdpa
+from passes.lower.helix import kv_source, match_sdpa
 
 KERNELS = {"cp_pass_kv": "ring_attention_pass_kv", "cp_pass_q": "ring_attention_pass_q"}
 
@@ -42,36 +42,15 @@ class _Pattern:
     absorbed: frozenset[str]
 
 
-def _kv_source(cx, value: str, absorbed: set[str]) -> tuple[str | None, str]:
-    """Walk from an SDPA key/value input back through GQA repeats to either
-    `cat([cache, new], L)` (a cached prefix) or the new tokens' K/V itself."""
-    producer = {o: op for op in cx.ops for o in op.outputs}
-    seen: set[str] = set()
-    while True:
-        op = producer.get(value)
-        if op is None or op.target not in _REPEAT_OPS and op.target != "cat":
-            absorbed |= seen
-            return None, value
-        if op.target == "cat":
-            if len(op.inputs) == 2 and op.inputs[0].startswith("past_kv"):
-                absorbed |= seen | {op.name}
-                return op.inputs[0], op.inputs[1]
-            raise LoweringError(
-                f"context-parallel attention: the KV path meets {op.name} (cat), expected "
-                "cat([past_kv, new], L) followed only by head repeats"
-            )
-        seen.add(op.name)
-        value = op.inputs[0]
-
-
 def _match(cx) -> _Pattern:
     sdpa, arg, mask = match_sdpa(
         cx, "context-parallel attention",
         "it gives causality and cache validity by global position",
     )
     absorbed: set[str] = set()
-    k_cache, k_new = _kv_source(cx, arg(1, "key").name, absorbed)
-    v_cache, v_new = _kv_source(cx, arg(2, "value").name, absorbed)
+    who = "context-parallel attention"
+    k_cache, k_new = kv_source(cx, arg(1, "key").name, absorbed, who, cache_optional=True)
+    v_cache, v_new = kv_source(cx, arg(2, "value").name, absorbed, who, cache_optional=True)
     if (k_cache is None) != (v_cache is None):
         raise LoweringError(f"block {cx.block.name!r}: keys and values disagree on a cached prefix")
     return _Pattern(

@@ -99,21 +99,30 @@ def _merges_head_repeats(cx, op: Op) -> bool:
             and tuple(before[3:]) == tuple(after[2:]) and before[1] * before[2] == after[1])
 
 
-def _kv_source(cx, value: str, absorbed: set[str]) -> tuple[str, str]:
-    """Walk from an SDPA key/value input back through GQA repeats to `cat([cache, new], L)`."""
+def kv_source(cx, value: str, absorbed: set[str], who: str, *, cache_optional: bool = False) -> tuple[str | None, str]:
+    """Walk from an SDPA key/value input back through the GQA repeats (expand + flatten, or
+    expand + reshape as Hugging Face's `repeat_kv` writes it) to `cat([cache, new], L)`:
+    (the cache, the new tokens' K/V), the walked ops added to `absorbed`. With
+    `cache_optional` (ring attention over a prompt without a cache) a path that meets no
+    concat gives (None, where the repeats start); otherwise it is an error naming the op."""
     producer = {o: op for op in cx.ops for o in op.outputs}
+    walked: set[str] = set()
     while True:
         op = producer.get(value)
-        if op is None:
-            raise LoweringError(f"helix: {value!r} does not come from a KV-cache concat in this block")
-        absorbed.add(op.name)
-        if op.target in _REPEAT_OPS or _merges_head_repeats(cx, op):
+        if op is not None and (op.target in _REPEAT_OPS or _merges_head_repeats(cx, op)):
+            walked.add(op.name)
             value = op.inputs[0]
             continue
-        if op.target == "cat" and len(op.inputs) == 2 and op.inputs[0].startswith("past_kv"):
+        if op is not None and op.target == "cat" and len(op.inputs) == 2 and op.inputs[0].startswith("past_kv"):
+            absorbed |= walked | {op.name}
             return op.inputs[0], op.inputs[1]
+        if cache_optional and (op is None or op.target != "cat"):
+            absorbed |= walked
+            return None, value
+        if op is None:
+            raise LoweringError(f"{who}: {value!r} does not come from a KV-cache concat in this block")
         raise LoweringError(
-            f"helix: the KV path into attention meets {op.name} ({op.target}); expected "
+            f"{who}: the KV path into attention meets {op.name} ({op.target}); expected "
             "cat([past_kv, new], L) followed only by head repeats"
         )
 
@@ -147,8 +156,8 @@ def match_sdpa(cx, who: str, mask_role: str):
 def _match(cx) -> _Pattern:
     sdpa, arg, mask = match_sdpa(cx, "helix", "it marks each sequence's valid cache slots")
     absorbed: set[str] = set()
-    k_cache, k_new = _kv_source(cx, arg(1, "key").name, absorbed)
-    v_cache, v_new = _kv_source(cx, arg(2, "value").name, absorbed)
+    k_cache, k_new = kv_source(cx, arg(1, "key").name, absorbed, "helix")
+    v_cache, v_new = kv_source(cx, arg(2, "value").name, absorbed, "helix")
     return _Pattern(sdpa, arg(0, "query").name, k_new, v_new, k_cache, v_cache, mask.name, frozenset(absorbed))
 
 

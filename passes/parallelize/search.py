@@ -150,6 +150,10 @@ def search(
                 + ", ".join(b.name for b in graph.blocks[:6])
                 + " ..."
             )
+        off_workload = BY_NAME[rule.strategy].workload_reason(workload.kind, hint=True)
+        if off_workload:
+            # raised here: the mesh search would only say that no mesh has the forced axis
+            raise InfeasiblePlanError(f"--force {rule.text!r}: {off_workload}")
         training_only = sorted(set(rule.extras) & set(TRAINING_PARAMETERS))
         if training_only and workload.kind != "train":
             raise InputError(

@@ -77,6 +77,16 @@ class Strategy:
     explain: Callable[[Block, PlanContext], list[str]] | None = None
     default: bool = True
     workloads: frozenset[str] = frozenset({"decode", "prefill", "train"})
+    workload_hint: str = ""
+
+    def workload_reason(self, kind: str, *, hint: bool = False) -> str | None:
+        """None when the strategy applies to `kind` workloads; else why not, with `hint` the
+        strategy's `workload_hint` too (what to use instead: for a user who forced it, not
+        for every plan's list of rejected options)."""
+        if kind in self.workloads:
+            return None
+        reason = f"{self.name} applies to {', '.join(sorted(self.workloads))} workloads"
+        return f"{reason}: {self.workload_hint}" if hint and self.workload_hint else reason
 
     def options(self, block: Block, ctx: PlanContext) -> list[dict[str, int]]:
         """The strategy's extra-parameter choices the ILP picks among ({} when none); a
@@ -102,8 +112,9 @@ class Strategy:
         """None when the strategy applies to the block on this mesh; else the reason."""
         if block.kind not in self.kinds:
             return f"{self.name} does not apply to {block.kind} blocks"
-        if ctx.workload.kind not in self.workloads:
-            return f"{self.name} applies to {', '.join(sorted(self.workloads))} workloads"
+        off_workload = self.workload_reason(ctx.workload.kind)
+        if off_workload:
+            return off_workload
         if self.axes and self.degree(ctx) == 1:
             return f"the mesh has no {'×'.join(self.axes)} parallelism (size 1)"
         if ctx.mesh.size("cp") > 1 and "cp" not in self.axes:

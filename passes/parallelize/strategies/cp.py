@@ -54,6 +54,15 @@ from passes.parallelize.training import (
 )
 
 VARIANTS = ("cp_pass_kv", "cp_pass_q")
+# Why a decode workload gets no cp strategy (what `cp decode` would be is helix with tpa=1).
+DECODE_HINT = (
+    "a decode step's few new tokens leave nothing to split over cp (the ring would pad them to "
+    "2·cp every step). Decode with the KV cache split along the sequence is helix: with tpa=1 "
+    "it is what context-parallel decode would be (every rank attends the new tokens' queries "
+    "over its slice of the cache, one log-sum-exp merge, new K/V appended round-robin, no "
+    "padding) and it also splits the output projection and the FFN over those ranks; force "
+    "layers.*.attention=helix(kvp=N,tpa=1)"
+)
 ACCUMULATOR_BYTES = 4.0  # the ring backward accumulates and sends gradients in float32
 
 
@@ -308,6 +317,7 @@ def _strategy(variant: str, summary: str) -> Strategy:
         requirements=(cp_requirements,),
         price=price,
         workloads=frozenset({"prefill", "train"}),
+        workload_hint=DECODE_HINT,
         explain=explain_cp,
     )
 

@@ -8,12 +8,25 @@ makes attention exact. The output projection (and the FFN after it, as plain `tp
 kvp×tp) then uses all N GPUs, ending in an all-reduce. TPA divides the KV heads, so no KV
 head is duplicated; for latent attention (MLA) K is effectively 1, so TPA = 1 and KVP = N.
 
+With TPA = 1 this is context-parallel decode: the cache split along the sequence over N
+ranks, every rank attending the new tokens' queries over its slice, one log-sum-exp merge,
+new K/V appended round-robin; no cp strategy is offered for decode (strategies/cp.py says
+why). Helix differs only in splitting the output projection and FFN over the N ranks.
+
 HOP-B cuts the batch into `hopb` slices so the all-to-all of one slice overlaps the
 attention of the next; each slice pays its own kernel launches and collective latency.
 
-Cost terms per GPU: the KV read is B·⌈(L+T)/KVP⌉·(K/TPA)·(d_k+d_v) elements — it shrinks
-with every GPU; the QKV weights are read /TPA and the output projection /N; the all-to-all
-moves B·T·(Q/TPA)·(d_v + 2) elements per rank, independent of L; the all-reduce B·T·H.
+Cost terms per GPU (`helix_terms`), priced as the generated program runs them:
+* attention over the fullest kvp rank's KV: B·kv_tokens_per_rank(L+T)·(K/TPA)·(d_k+d_v)
+  elements read — it shrinks with every GPU; the QKV weights are read /TPA, the output
+  projection /N;
+* no query or append traffic: every kvp rank computes the queries and the new K/V of its
+  TPA heads for the whole batch, and the owner of a new token's slot writes it locally;
+* the all-to-all sends every partial output with its log-sum-exp in float32,
+  B·T·(Q/TPA)·(d_v + 1)·4 bytes per rank, independent of L (`PARTIAL_BYTES`);
+* the combine reads the KVP partials of its Q/N heads and writes the output,
+  B·T·(Q/N)·(KVP·(d_v + 1)·4 + d_v·e) bytes;
+* the all-reduce after the output projection, B·T·H elements over kvp×tp.
 """
 
 from __future__ import annotations
@@ -108,12 +121,42 @@ def _attention_s(block: Block, ctx: PlanContext, batch: int, append_block: int) 
     )
 
 
-def _partials_bytes(block: Block, ctx: PlanContext, batch: int) -> float:
+PARTIAL_BYTES = 4.0  # partial outputs and their log-sum-exp travel in float32
+
+
+def _value_dim(block: Block) -> int:
+    """The width of one head's partial output: the latent for MLA (the absorbed form
+    attends in the latent space), else the value head dim."""
     d = block.dims
-    tpa = ctx.mesh.size("tp")
-    value_dim = d["kv_lora_rank"] if "kv_lora_rank" in d else d.get("v_head_dim", d["head_dim"])
-    heads = d["q_heads"] // tpa
-    return batch * ctx.workload.seq * heads * (value_dim + 2) * ctx.act_bytes
+    return d["kv_lora_rank"] if "kv_lora_rank" in d else d.get("v_head_dim", d["head_dim"])
+
+
+def helix_terms(
+    block: Block, ctx: PlanContext, *, hopb: int = 1, append_block: int = DEFAULT_APPEND_BLOCK
+) -> dict[str, float]:
+    """The per-step quantities of Helix attention on one GPU (module docstring): the KV slots
+    the fullest kvp rank attends over, per-slice attention and all-to-all (bytes and
+    seconds), the combine, the all-reduce. Exposed for the report and tests."""
+    wl = ctx.workload
+    kvp, tpa = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    batch = ctx.replica_batch()
+    rows = batch * wl.seq
+    slice_batch = math.ceil(batch / hopb)
+    value_dim = _value_dim(block)
+    q_heads = block.dims["q_heads"]
+    partials = slice_batch * wl.seq * (q_heads // tpa) * (value_dim + 1) * PARTIAL_BYTES
+    combine = rows * (q_heads // (kvp * tpa)) * (kvp * (value_dim + 1) * PARTIAL_BYTES + value_dim * ctx.act_bytes)
+    all_reduce = rows * block.dims["hidden"] * ctx.act_bytes
+    return {
+        "kv_tokens": float(kv_tokens_per_rank(wl.context + wl.seq, kvp, append_block)),
+        "slice_attention_s": _attention_s(block, ctx, slice_batch, append_block),
+        "slice_partials_bytes": partials,
+        "slice_all_to_all_s": ctx.collective_s("all_to_all", partials, ("kvp",)),
+        "combine_bytes": combine,
+        "combine_s": ctx.cost.elementwise(combine),
+        "all_reduce_bytes": all_reduce,
+        "all_reduce_s": ctx.collective_s("all_reduce", all_reduce, MODEL_AXES),
+    }
 
 
 def price_helix(
@@ -138,32 +181,48 @@ def price_helix(
 
     qkv_s = gemm(before / tpa)
     post_s = gemm(after / n)
-    slice_batch = math.ceil(batch / hopb)
-    attn_slice_s = _attention_s(block, ctx, slice_batch, append_block)
-    a2a_slice_s = ctx.collective_s("all_to_all", _partials_bytes(block, ctx, slice_batch), ("kvp",))
-    timeline = sliced_overlap([attn_slice_s] * hopb, [a2a_slice_s] * hopb)
-    combine_s = ctx.cost.elementwise(
-        rows * (block.dims["q_heads"] // n) * kvp * (block.dims.get("v_head_dim", 128) + 2)
-        * ctx.act_bytes
-    )
-    all_reduce_s = ctx.collective_s("all_reduce", rows * hidden * ctx.act_bytes, MODEL_AXES)
-    compute = qkv_s + timeline.compute_s + combine_s + post_s
-    exposed = timeline.exposed_comm_s + all_reduce_s
+    terms = helix_terms(block, ctx, hopb=hopb, append_block=append_block)
+    timeline = sliced_overlap([terms["slice_attention_s"]] * hopb, [terms["slice_all_to_all_s"]] * hopb)
+    compute = qkv_s + timeline.compute_s + terms["combine_s"] + post_s
+    exposed = timeline.exposed_comm_s + terms["all_reduce_s"]
     comm = {
-        "all_to_all:kvp": a2a_slice_s * hopb,
-        f"all_reduce:{ctx.axes_label(MODEL_AXES)}": all_reduce_s,
+        "all_to_all:kvp": terms["slice_all_to_all_s"] * hopb,
+        f"all_reduce:{ctx.axes_label(MODEL_AXES)}": terms["all_reduce_s"],
     }
     d = block.dims
     if "kv_lora_rank" in d:
         per_token = d["kv_lora_rank"] + d.get("qk_rope_head_dim", 0)
     else:
         per_token = d["kv_heads"] // tpa * (d["head_dim"] + d.get("v_head_dim", d["head_dim"]))
-    kv_tokens = kv_tokens_per_rank(wl.context + wl.seq, kvp, append_block)
     memory = {
         "weights": (before / tpa + after / n) * w,
-        "kv_cache": batch * kv_tokens * per_token * ctx.kv_bytes,
+        "kv_cache": batch * terms["kv_tokens"] * per_token * ctx.kv_bytes,
     }
     return Priced(compute + exposed, compute, {k: v for k, v in comm.items() if v}, exposed, memory)
+
+
+def explain_helix(block: Block, ctx: PlanContext) -> list[str]:
+    """Where a Helix step's time goes (whole batch, no HOP-B slicing), and at tpa=1 that this
+    is the decode form of context parallelism."""
+    wl = ctx.workload
+    kvp, tpa = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
+    terms = helix_terms(block, ctx)
+    us = 1e6
+    lines = [
+        f"KV split along the sequence: the fullest of kvp={kvp} ranks holds "
+        f"{terms['kv_tokens']:.0f} of {wl.context + wl.seq} slots (blocks of {DEFAULT_APPEND_BLOCK} "
+        f"round-robin); attention over them {terms['slice_attention_s'] * us:.1f} µs per step",
+        f"all-to-all of float32 partials over kvp: {terms['slice_partials_bytes'] / 1024:.1f} KiB per rank, "
+        f"{terms['slice_all_to_all_s'] * us:.1f} µs; combine {terms['combine_s'] * us:.1f} µs; "
+        f"all-reduce over {ctx.axes_label(MODEL_AXES)} {terms['all_reduce_s'] * us:.1f} µs",
+    ]
+    if tpa == 1:
+        lines.append(
+            "tpa=1: this is context-parallel decode (no cp strategy is offered for decode: the ring "
+            "would pad the new tokens to 2·cp); helix also runs the output projection and FFN over "
+            "the kvp ranks"
+        )
+    return lines
 
 
 def helix_variants(block: Block, ctx: PlanContext) -> list[dict[str, int]]:
@@ -182,5 +241,10 @@ HELIX = Strategy(
     price=price_helix,
     default=True,
     workloads=frozenset({"decode"}),
+    workload_hint=(
+        "it attends a prefill's new tokens on kvp rank 0 only; split a long prefill's "
+        "sequence with cp_pass_kv or cp_pass_q (context parallelism)"
+    ),
     variants=helix_variants,
+    explain=explain_helix,
 )

@@ -7,7 +7,7 @@ Workload planned for: kind=decode, batch=8, seq=1, context=65536, weight_dtype=b
 Predicted objective: ttl
 Predicted seconds: 0.0001666
 Predicted compute_s: 0.0001466
-Predicted exposed_comm_s: 2.002e-05
+Predicted exposed_comm_s: 2.003e-05
 Predicted tokens_per_s_per_gpu: 1.2e+04
 
 Plan:
