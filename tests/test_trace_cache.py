@@ -73,11 +73,11 @@ def test_cache_key_covers_local_modules_the_model_imports(tmp_path):
 
 def test_warm_plan_does_not_import_torch(tmp_path):
     """With the trace cached, `helixplan plan` (plan.json, report.md and run_plan.py) runs
-    without importing torch: the cached IR and the codegen need only sympy. The MoE model's
+    without importing torch or sympy: the cached IR holds polynomials (ir/polynomial.py),
+    and lowering and codegen compute with them. The MoE model's
     router ops (topk, scatter, sum.dim_IntList) are written as `torch.ops.aten.*` from the
     namespaces capture recorded; CP-SAT runs without `cp_model`'s pandas, and its model is
-    written without the numpy that `CpBaseModel` imports; lowering's simplifications of
-    monomial sizes do not pull in `sympy.physics`; a preset hardware reads no YAML."""
+    written without the numpy that `CpBaseModel` imports; a preset hardware reads no YAML."""
     import os
     import subprocess
     import sys
@@ -93,7 +93,7 @@ def test_warm_plan_does_not_import_torch(tmp_path):
         "import sys\nfrom planner.cli import main\n"
         f"assert main({args!r}) == 0\n"
         "print(*(m in sys.modules for m in "
-        "('torch', 'networkx', 'pandas', 'sympy.physics', 'numpy', 'yaml')))\n"
+        "('torch', 'networkx', 'pandas', 'sympy', 'numpy', 'yaml')))\n"
     )
     warm = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
                           text=True)
