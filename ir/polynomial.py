@@ -90,15 +90,6 @@ class Polynomial:
         """Names of the symbols the polynomial depends on."""
         return frozenset(name for mono in self._terms for name, _ in mono)
 
-    @property
-    def symbol_name(self) -> str | None:
-        """The name when the polynomial is one bare symbol, else None."""
-        if len(self._terms) == 1:
-            ((mono, c),) = self._terms.items()
-            if c == 1 and len(mono) == 1 and mono[0][1] == 1:
-                return mono[0][0]
-        return None
-
     def has_integer_coefficients(self) -> bool:
         return all(isinstance(c, int) for c in self._terms.values())
 
@@ -130,9 +121,6 @@ class Polynomial:
 
     def __neg__(self) -> Polynomial:
         return Polynomial({m: -c for m, c in self._terms.items()})
-
-    def __pos__(self) -> Polynomial:
-        return self
 
     def __sub__(self, other: Any) -> Polynomial:
         o = _coerce(other)

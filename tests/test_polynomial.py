@@ -35,7 +35,7 @@ def random_pair(rng: random.Random, *, coeffs=COEFFS, max_terms: int = 4):
 
 def test_str_is_sympys_str_on_random_polynomials():
     rng = random.Random(0)
-    for _ in range(3000):
+    for _ in range(1000):
         e, p = random_pair(rng)
         assert str(p) == str(e)
 
@@ -61,7 +61,7 @@ def test_str_known_forms(build, text):
 
 def test_arithmetic_matches_sympy():
     rng = random.Random(1)
-    for _ in range(500):
+    for _ in range(200):
         (ea, pa), (eb, pb) = random_pair(rng), random_pair(rng)
         n = rng.choice([2, 3, 8, 64])
         assert from_sympy(sympy.expand(ea * eb)) == pa * pb
@@ -100,7 +100,6 @@ def test_constants_compare_and_hash_like_numbers():
     assert {constant(7): "x"}[7] == "x"
     assert B != 3 and B == symbol("B") and hash(B + T) == hash(T + B)
     assert int(constant(12)) == 12 and constant(5) > 4 and (T - T) == 0
-    assert B.symbol_name == "B" and (2 * B).symbol_name is None
     with pytest.raises(TypeError):
         int(B)
     with pytest.raises(TypeError):
@@ -175,7 +174,7 @@ def test_py_expr_matches_the_sympy_writer():
     rng = random.Random(4)
     positive = [1, 1, 2, 3, 64, Fraction(1, 2), Fraction(3, 4), Fraction(1, 8), Fraction(2, 3)]
     for coeffs in (positive, COEFFS):
-        for _ in range(1500):
+        for _ in range(500):
             e, p = random_pair(rng, coeffs=coeffs)
             assert py_expr(p) == reference_py_expr(e), e
     assert py_expr(B * T / 2 + B / 2) == "(B*(T + 1)) // 2"

@@ -110,6 +110,34 @@ def test_warm_plan_does_not_import_torch(tmp_path):
     assert (lean / "plan.json").read_text() == (tmp_path / "out" / "plan.json").read_text()
 
 
+def test_warm_helix_latent_plan_does_not_import_sympy(tmp_path):
+    """The lowering paths with most size arithmetic (Helix over latent attention: batch slices,
+    KV split, the absorbed MLA kernel) run from a cached graph without sympy: sizes are
+    ir.polynomial polynomials from the cache on."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = dict(os.environ, HELIXPLAN_CACHE_DIR=str(tmp_path / "cache"))
+    args = ["plan", str(EXAMPLES / "deepseek.py"), "--gpus", "4", "--workload", "decode",
+            "--context", "4k", "--force", "layers.*.attention=helix", "--out", str(tmp_path / "out")]
+    cold = subprocess.run([sys.executable, "-m", "planner", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert cold.returncode == 0, cold.stderr
+    probe = (
+        "import sys\nfrom planner.cli import main\n"
+        f"assert main({args!r}) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy'))\n"
+    )
+    warm = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout.strip().splitlines()[-1] == "[]"
+    assert "mla_helix_partial" in (tmp_path / "out" / "run_plan.py").read_text()
+
+
 def test_compiled_templates_are_cached_across_runs(tmp_path, monkeypatch):
     """With a bytecode directory the templates compile once; a later run (a new jinja2
     environment) renders from the cache without compiling, to the same text."""
