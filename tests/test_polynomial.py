@@ -179,3 +179,22 @@ def test_py_expr_matches_the_sympy_writer():
             assert py_expr(p) == reference_py_expr(e), e
     assert py_expr(B * T / 2 + B / 2) == "(B*(T + 1)) // 2"
     assert py_expr(L + T - 1) == "L + T - 1"
+
+
+def test_view_dim_matching_follows_the_sympy_rule():
+    """views.dim_groups grows the destination run when source / destination is a number above
+    1 or a polynomial with integer coefficients; the sympy rule it replaces read that from
+    `fraction(simplify(ps / pd))`. Compared on monomials and a few sums, as views have them."""
+    from passes.lower.views import _covers_more
+
+    def sympy_rule(ea, eb) -> bool:
+        ratio = sympy.simplify(ea / eb)
+        _, den = sympy.fraction(ratio)
+        return bool((ratio.is_number and ratio > 1) or (not ratio.is_number and den == 1))
+
+    rng = random.Random(5)
+    pairs = [random_pair(rng, coeffs=[1, 2, 4, 64, Fraction(1, 2)], max_terms=1) for _ in range(120)]
+    pairs += [(SL + ST, L + T), (SB * (SL + ST), B * L + B * T), (sympy.Integer(4096), constant(4096))]
+    for (ea, pa), (eb, pb) in zip(pairs, pairs[1:] + pairs[:1], strict=True):
+        assert _covers_more(pa, pb) == sympy_rule(ea, eb), (ea, eb)
+        assert _covers_more(pa * pb, pb) == sympy_rule(ea * eb, eb), (ea * eb, eb)
