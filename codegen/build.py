@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sympy
-
 from codegen.context import FunctionContext, Line, PlanRow, ProgramContext
 from codegen.emit import Namer, Renderer, RenderState, count_readers, identifier, py_expr
 from ir.plan import Plan
@@ -69,8 +67,8 @@ def _arg_base(program: RankProgram, block: BlockProgram, local: str, stream_seen
     shape = v.spec.shape
     is_stream = (
         len(shape) >= 2
-        and sympy.sympify(shape[0]) == B
-        and sympy.sympify(shape[1]) == T
+        and shape[0] == B
+        and shape[1] == T
         and v.spec.dtype.startswith(("float", "bfloat"))
         and len(shape) == 3
     )

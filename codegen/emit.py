@@ -1,6 +1,6 @@
 """Render per-rank program steps as Python source lines.
 
-Expressions: graph values become identifiers, sympy sizes become integer arithmetic over
+Expressions: graph values become identifiers, polynomial sizes become integer arithmetic over
 B, T, L (`B // 2`), dtype names become `torch.<dtype>`, and common aten ops are written the
 way a person would (`F.linear(x, w)`, `x.view([...])`, `a + b`); the rest call
 `torch.ops.aten.<op>.<overload>` directly. Collectives are written out as the
@@ -14,12 +14,12 @@ import keyword
 import math
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
-
-import sympy
 
 from codegen.context import Line
 from ir.graph import ValueRef
+from ir.polynomial import Polynomial, as_polynomial, term_text
 from ir.rank_program import (
     AxisRank,
     Collective,
@@ -71,43 +71,66 @@ class Namer:
 
 
 def py_expr(e: Any) -> str:
-    """A sympy size as Python integer arithmetic."""
+    """A size (int or Polynomial) as Python integer arithmetic."""
     if isinstance(e, int) and not isinstance(e, bool):
         return str(e)
-    return _sympy_expr_text(sympy.sympify(e))
+    return _polynomial_text(as_polynomial(e))
 
 
 @functools.lru_cache(maxsize=65536)
-def _sympy_expr_text(e: sympy.Expr) -> str:
-    """py_expr of a sympy expression; cached since every repeated layer has the same sizes."""
-    if e.is_Integer:
-        return str(int(e))
-    if e.is_Symbol:
-        return e.name
-    num, den = sympy.fraction(sympy.together(e))
+def _polynomial_text(p: Polynomial) -> str:
+    """py_expr of a polynomial; cached since every repeated layer has the same sizes. A
+    rational polynomial is written `numerator // denominator`, the numerator with its
+    common monomial factored out (`B*(T + 1) // 2`); a sum lists its terms by their
+    printed text, constant last, and subtracts negative ones (`L + T - 1`)."""
+    terms = p.terms
+    den = math.lcm(*(c.denominator for c in terms.values() if isinstance(c, Fraction)))
     if den != 1:
-        inner = py_expr(num)
-        return f"{_paren(inner)} // {py_expr(den)}"
-    if e.is_Add:
-        terms = sorted(e.args, key=lambda a: (not a.free_symbols, str(a)))
-        out = py_expr(terms[0])
-        for t in terms[1:]:
-            if t.could_extract_minus_sign():
-                out += f" - {_paren(py_expr(-t))}"
-            else:
-                out += f" + {py_expr(t)}"
-        return out
-    if e.is_Mul:
-        coeff, rest = e.as_coeff_Mul()
-        parts = [_paren(py_expr(a)) for a in sympy.Mul.make_args(rest)]
-        if coeff == -1:
-            return "-" + "*".join(parts)
-        if coeff != 1:
-            parts.insert(0, py_expr(coeff))
-        return "*".join(parts)
-    if e.is_Pow and e.exp.is_Integer and int(e.exp) > 0:
-        return f"{_paren(py_expr(e.base))}**{int(e.exp)}"
-    raise ValueError(f"cannot write size {e} as Python")
+        return f"{_paren(_numerator_text((p * den).terms))} // {den}"
+    return _sum_text(terms)
+
+
+def _sum_text(terms: dict) -> str:
+    if len(terms) <= 1:
+        ((mono, c),) = terms.items() if terms else (((), 0),)
+        return _product_text(mono, c)
+    ordered = sorted(terms.items(), key=lambda mc: (not mc[0], term_text(*mc)))
+    out = _product_text(*ordered[0])
+    for mono, c in ordered[1:]:
+        out += f" - {_paren(_product_text(mono, -c))}" if c < 0 else f" + {_product_text(mono, c)}"
+    return out
+
+
+def _product_text(mono: tuple, c: Any, rest: str = "") -> str:
+    """`c*B*T*(L**2)*(rest)`: symbols first, then powers, each by name (sympy's factor
+    order); a power is parenthesized inside a product, as the sympy-era writer did."""
+    parts = [n for n, e in mono if e == 1] + [f"{n}**{e}" for n, e in mono if e != 1]
+    parts += [rest] if rest else []
+    if not parts:
+        return str(c)
+    if len(parts) == 1 and c == 1:
+        return parts[0]
+    parts = [_paren(x) for x in parts]
+    if c == -1:
+        return "-" + "*".join(parts)
+    return "*".join(([str(c)] if c != 1 else []) + parts)
+
+
+def _numerator_text(terms: dict) -> str:
+    if len(terms) == 1:
+        return _sum_text(terms)
+    common = min(({n: e for n, e in mono} for mono in terms), key=len)
+    for mono in terms:
+        exps = dict(mono)
+        common = {n: min(e, exps[n]) for n, e in common.items() if n in exps}
+    if not common:
+        return _sum_text(terms)
+    content = math.gcd(*terms.values())
+    rest = {
+        tuple((n, e - common.get(n, 0)) for n, e in mono if e != common.get(n, 0)): c // content
+        for mono, c in terms.items()
+    }
+    return _product_text(tuple(sorted(common.items())), content, _sum_text(rest))
 
 
 def _paren(text: str) -> str:
@@ -153,8 +176,8 @@ class Renderer:
             return "pg"
         if isinstance(x, bool) or x is None:
             return repr(x)
-        if isinstance(x, sympy.Basic):
-            self.state.symbols |= {s.name for s in x.free_symbols}
+        if isinstance(x, Polynomial):
+            self.state.symbols |= x.free_symbols
             return py_expr(x)
         if isinstance(x, int):
             return repr(x)

@@ -3,8 +3,9 @@
 The only module of the project that touches torch.fx / torch.export. The model is traced
 non-strictly on whatever device its parameters live on (the planner builds it under
 `torch.device("meta")`, so a 400B model costs no memory) with batch, new tokens and cache
-length as dynamic dims. Every shape in the resulting IR is a sympy expression in the
-workload symbols B, T, L (`ir.tensor`), whatever names torch gave its own symbols.
+length as dynamic dims. Export gives sizes as sympy; every shape in the resulting IR is a
+`Polynomial` (ir/polynomial.py) in the workload symbols B, T, L (`ir.tensor`), whatever
+names torch gave its own symbols, so that nothing downstream imports sympy.
 
 Inputs follow the forward convention of the README: `input_ids`/`position_ids` [B, T],
 `cache_lens` [B], and `past_kv` with one cache per layer, `(k, v)` each [B, K, L, d] or one
@@ -31,6 +32,7 @@ from torch.export import Dim
 
 from ir.errors import CaptureError
 from ir.graph import Graph, Op, ParamSpec, ValueRef
+from ir.polynomial import Polynomial, constant, from_sympy
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
 
 # Ops that carry no computation the planner prices or the program needs.
@@ -132,19 +134,27 @@ def _module_info(node: torch.fx.Node, strip_prefix: str) -> tuple[str, tuple[str
 class _Converter:
     """Turns an ExportedProgram's graph into IR records."""
 
-    def __init__(self, symbol_map: dict[sympy.Symbol, sympy.Expr]):
+    def __init__(self, symbol_map: dict[sympy.Symbol, sympy.Symbol]):
         self.symbol_map = symbol_map
 
-    def expr(self, value: Any) -> sympy.Expr:
+    def expr(self, value: Any) -> Polynomial:
+        """A size as a Polynomial in B, T, L: export's sympy is converted here, once, so
+        nothing after capture needs sympy."""
         if isinstance(value, torch.SymInt):
-            return sympy.sympify(value.node.expr).xreplace(self.symbol_map)
-        return sympy.Integer(int(value))
+            expr = sympy.sympify(value.node.expr).xreplace(self.symbol_map)
+            try:
+                return from_sympy(expr)
+            except ValueError as err:
+                raise CaptureError(
+                    f"{err}. torch.export gave this size; report the model to the developers"
+                ) from None
+        return constant(int(value))
 
     def spec(self, val: Any) -> TensorSpec:
         shape = tuple(self.expr(d) for d in val.shape)
         return TensorSpec(shape=shape, dtype=str(val.dtype).removeprefix("torch."))
 
-    def arg(self, a: Any, names: dict[str, str], sym_nodes: dict[str, sympy.Expr]) -> Any:
+    def arg(self, a: Any, names: dict[str, str], sym_nodes: dict[str, Polynomial]) -> Any:
         if isinstance(a, torch.fx.Node):
             if a.name in sym_nodes:
                 return sym_nodes[a.name]
@@ -299,9 +309,16 @@ def capture(
     return graph
 
 
+def _sympy_symbol(role: str) -> sympy.Symbol:
+    """The sympy symbol export's symbols are renamed to before conversion (B, T or L)."""
+    if role not in WORKLOAD_SYMBOLS:
+        raise CaptureError(f"internal: dim role {role!r} is not one of {sorted(WORKLOAD_SYMBOLS)}")
+    return sympy.Symbol(role, integer=True, positive=True)
+
+
 def _symbol_map(
     ep: torch.export.ExportedProgram, kwargs: Mapping[str, Any]
-) -> tuple[dict[sympy.Symbol, sympy.Expr], list[str], dict[str, str]]:
+) -> tuple[dict[sympy.Symbol, sympy.Symbol], list[str], dict[str, str]]:
     sig = ep.graph_signature
     user_placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in sig.user_inputs]
     leaves = [(name, leaf) for name, leaf in _leaf_names(kwargs) if isinstance(leaf, torch.Tensor)]
@@ -309,7 +326,7 @@ def _symbol_map(
         raise CaptureError(
             f"internal: {len(leaves)} tensor inputs but {len(user_placeholders)} graph inputs"
         )
-    symbol_map: dict[sympy.Symbol, sympy.Expr] = {}
+    symbol_map: dict[sympy.Symbol, sympy.Symbol] = {}
     input_names: list[str] = []
     rename: dict[str, str] = {}
     for (name, leaf), node in zip(leaves, user_placeholders, strict=True):
@@ -321,7 +338,7 @@ def _symbol_map(
             if isinstance(size, torch.SymInt):
                 expr = sympy.sympify(size.node.expr)
                 if isinstance(expr, sympy.Symbol):
-                    symbol_map.setdefault(expr, WORKLOAD_SYMBOLS[role])
+                    symbol_map.setdefault(expr, _sympy_symbol(role))
     return symbol_map, input_names, rename
 
 
@@ -347,7 +364,7 @@ def _convert(
     values: dict[str, TensorSpec] = {}
     params: dict[str, ParamSpec] = {}
     ops: list[Op] = []
-    sym_nodes: dict[str, sympy.Expr] = {}
+    sym_nodes: dict[str, Polynomial] = {}
     op_namespaces: dict[str, str] = {}
     tuple_outputs: dict[str, list[str]] = {}
     outputs: list[str] = []

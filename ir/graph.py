@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import sympy
-
 if TYPE_CHECKING:
     import networkx
 
+from ir.polynomial import ZERO, Polynomial
 from ir.tensor import TensorSpec
 
 
@@ -84,7 +83,7 @@ class Block:
     projections; `latent_one_head`: latent attention that caches its latent as one KV head
     and expands per-head K/V from it every step, as transformers' DeepSeek-V3 does; `sdpa`:
     attention runs as one attention kernel, 0 for eager matmuls). `group` names its repeated-layer group (identical structure and dims share a group).
-    `flops` and `bytes_moved` are sympy formulas in B, T, L for one forward pass."""
+    `flops` and `bytes_moved` are polynomials in B, T, L for one forward pass."""
 
     name: str
     kind: str
@@ -99,8 +98,8 @@ class Block:
     # parameters the block's ops read that another block owns (a tied LM head reads the
     # embedding's table); a strategy that holds them in another layout holds a second copy
     shared_param_count: int = 0
-    flops: sympy.Expr = sympy.Integer(0)
-    bytes_moved: sympy.Expr = sympy.Integer(0)
+    flops: Polynomial = ZERO
+    bytes_moved: Polynomial = ZERO
     module_path: str = ""
 
 

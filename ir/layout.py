@@ -10,16 +10,15 @@ that the model's own split into sections runs locally.
 When two axes shard the same dim, the outer axis (earlier in mesh order) splits first, so a
 rank's piece is the inner axis' share of the outer axis' piece — as in DTensor.
 
-This module imports only `ir/` and sympy so that it can move to `ir/` unchanged.
+This module imports only `ir/` so that it can move to `ir/` unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sympy
-
 from ir.errors import PlannerError
+from ir.polynomial import Polynomial, as_polynomial
 
 
 class LoweringError(PlannerError):
@@ -114,8 +113,8 @@ class Layout:
 
 
 def local_shape(
-    shape: tuple[sympy.Expr, ...], layout: Layout, sizes: dict[str, int], *, what: str
-) -> tuple[sympy.Expr, ...]:
+    shape: tuple[Polynomial, ...], layout: Layout, sizes: dict[str, int], *, what: str
+) -> tuple[Polynomial, ...]:
     """The shape one rank holds. Concrete dims must divide; symbolic ones (B, T, L) are
     checked by the generated program at run time."""
     out = []
@@ -123,14 +122,15 @@ def local_shape(
         n = 1
         for a in layout.axes_sharding(d):
             n *= sizes[a]
-        size = sympy.sympify(size)
-        if n > 1 and size.is_Integer and int(size) % n:
+        size = as_polynomial(size)
+        concrete = size.as_int()
+        if n > 1 and concrete is not None and concrete % n:
             raise LoweringError(
                 f"{what}: dim {d} of size {size} cannot be split {n} ways "
                 f"({layout.describe()}); choose a mesh whose axis sizes divide it"
             )
         if n == 1:
             out.append(size)
-        else:  # sympy.simplify would be exact too, but it dominated lowering time
-            out.append(sympy.Integer(int(size) // n) if size.is_Integer else size / n)
+        else:
+            out.append(size / n)
     return tuple(out)

@@ -7,7 +7,7 @@ program is rank-generic: one text serves every rank, which finds its coordinates
 Data model
 ----------
 * `LocalValue` — one tensor as a rank holds it: the graph value it carries (`source`), the
-  global `TensorSpec`, its `Layout` and its local shape (sympy in the global B, T, L). The
+  global `TensorSpec`, its `Layout` and its local shape (polynomials in the global B, T, L). The
   same graph value may exist in several layouts; each is its own local value.
 * Steps, in program order inside a block:
   `Compute` (one aten op or runtime helper on local values), `LocalShard` (Replicate ->
@@ -19,7 +19,7 @@ Data model
 * `RankProgram` — blocks and edges in order, graph inputs/outputs with their layouts, the
   weight shards to load, the KV caches, and how B, T, L are read from the inputs.
 
-Only `ir/` and sympy are imported, so the module can move to `ir/` unchanged.
+Only `ir/` is imported, so the module can move to `ir/` unchanged.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import sympy
-
 from ir.graph import ValueRef
 from ir.layout import Layout
+from ir.polynomial import Polynomial
 from ir.tensor import TensorSpec
 
 
@@ -40,7 +39,7 @@ class LocalValue:
     source: str
     spec: TensorSpec
     layout: Layout
-    local_shape: tuple[sympy.Expr, ...]
+    local_shape: tuple[Polynomial, ...]
     hint: str = ""
 
 

@@ -1,19 +1,19 @@
 """Tensor metadata with symbolic shapes.
 
-Shapes are tuples of sympy expressions over the workload symbols B (batch), T (new tokens)
-and L (cached KV length); a concrete dimension is a sympy Integer.
+Shapes are tuples of `Polynomial`s (ir/polynomial.py) over the workload symbols B (batch),
+T (new tokens) and L (cached KV length); a concrete dimension is a constant polynomial.
+Plain polynomials rather than sympy: a warm plan never imports sympy (see ir/polynomial.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import reduce
-from operator import mul
+from fractions import Fraction
 
-import sympy
+from ir.polynomial import Polynomial, as_polynomial, product, symbol
 
-B, T, L = sympy.symbols("B T L", integer=True, positive=True)
-WORKLOAD_SYMBOLS: dict[str, sympy.Symbol] = {"B": B, "T": T, "L": L}
+B, T, L = symbol("B"), symbol("T"), symbol("L")
+WORKLOAD_SYMBOLS: dict[str, Polynomial] = {"B": B, "T": T, "L": L}
 
 DTYPE_BYTES: dict[str, float] = {
     "float64": 8,
@@ -45,28 +45,31 @@ def dtype_bytes(dtype: str) -> float:
 class TensorSpec:
     """Symbolic shape and dtype of one value in the graph."""
 
-    shape: tuple[sympy.Expr, ...]
+    shape: tuple[Polynomial, ...]
     dtype: str
 
     @property
-    def numel(self) -> sympy.Expr:
-        return reduce(mul, self.shape, sympy.Integer(1))
+    def numel(self) -> Polynomial:
+        return product(self.shape)
 
     @property
-    def nbytes(self) -> sympy.Expr:
-        return self.numel * sympy.nsimplify(dtype_bytes(self.dtype))
+    def nbytes(self) -> Polynomial:
+        return self.numel * Fraction(dtype_bytes(self.dtype))
 
     def __str__(self) -> str:
         dims = ", ".join(str(d) for d in self.shape)
         return f"{self.dtype}[{dims}]"
 
 
-def evaluate(expr: sympy.Expr | int, **values: int) -> int:
-    """Evaluate a formula in B, T, L at concrete values (missing symbols are an error)."""
-    e = sympy.sympify(expr)
-    subs = {WORKLOAD_SYMBOLS[k]: v for k, v in values.items()}
-    result = e.subs(subs)
+def evaluate(expr: Polynomial | int, **values: int) -> int:
+    """Evaluate a formula in B, T, L at concrete values (missing symbols are an error); a
+    fractional value truncates, as sympy's int() did."""
+    e = as_polynomial(expr)
+    unknown = set(values) - set(WORKLOAD_SYMBOLS)
+    if unknown:
+        raise KeyError(f"unknown workload symbols {sorted(unknown)}; known: {sorted(WORKLOAD_SYMBOLS)}")
+    result = e.subs(values)
     if result.free_symbols:
-        missing = sorted(str(s) for s in result.free_symbols)
+        missing = sorted(result.free_symbols)
         raise ValueError(f"formula {e} still depends on {missing} after substituting {values}")
     return int(result)

@@ -17,9 +17,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-import sympy
-
 from ir.graph import Block, Graph, Op, ValueRef
+from ir.polynomial import ZERO, Polynomial, exact_quotient, product
 from ir.tensor import L, T
 
 LAYOUT_TARGETS = frozenset(
@@ -89,18 +88,18 @@ GROUPED_MM_TARGETS = ("_grouped_mm", "transformers.grouped_mm_fallback")
 MATMUL_TARGETS = frozenset({"linear", "mm", "addmm", "bmm", "baddbmm", "matmul", "einsum", *GROUPED_MM_TARGETS})
 
 
-def _numel(graph: Graph, v: str) -> sympy.Expr:
-    return graph.values[v].numel if v in graph.values else sympy.Integer(0)
+def _numel(graph: Graph, v: str) -> Polynomial:
+    return graph.values[v].numel if v in graph.values else ZERO
 
 
-def _nbytes(graph: Graph, v: str) -> sympy.Expr:
-    return graph.values[v].nbytes if v in graph.values else sympy.Integer(0)
+def _nbytes(graph: Graph, v: str) -> Polynomial:
+    return graph.values[v].nbytes if v in graph.values else ZERO
 
 
-def op_flops(graph: Graph, op: Op, *, cache_traced: bool = True) -> sympy.Expr:
+def op_flops(graph: Graph, op: Op, *, cache_traced: bool = True) -> Polynomial:
     t = op.target
     if t in LAYOUT_TARGETS or not op.outputs:
-        return sympy.Integer(0)
+        return ZERO
     out = op.outputs[0]
     if t == "linear":
         k = graph.values[op.inputs[1]].shape[-1] if len(op.inputs) > 1 else 0
@@ -119,50 +118,51 @@ def op_flops(graph: Graph, op: Op, *, cache_traced: bool = True) -> sympy.Expr:
         refs = [a.name for a in op.attrs.get("args", ()) if isinstance(a, ValueRef)]
         q, k, v = (graph.values[r].shape for r in refs[:3])
         s = kv_length(k[-2], cache_traced)
-        batch_heads = sympy.Mul(*q[:-2])
+        batch_heads = product(q[:-2])
         return 2 * batch_heads * q[-2] * s * (q[-1] + v[-1])
     if t in COPY_TARGETS:
-        return sympy.Integer(0)
+        return ZERO
     return _numel(graph, out)
 
 
-def kv_length(s: sympy.Expr, cache_traced: bool) -> sympy.Expr:
+def kv_length(s: Polynomial, cache_traced: bool) -> Polynomial:
     """Keys attended: as traced, or T + L when the trace had no cache and keys are the T new
     tokens."""
-    if not cache_traced and sympy.simplify(s - T) == 0:
+    if not cache_traced and s == T:
         return T + L
     return s
 
 
-def _einsum_flops(graph: Graph, op: Op) -> sympy.Expr:
+def _einsum_flops(graph: Graph, op: Op) -> Polynomial:
     args = op.attrs.get("args", ())
     eq = args[0] if args and isinstance(args[0], str) else None
     operands = args[1] if len(args) > 1 else ()
     if eq is None or not operands:
         return _numel(graph, op.outputs[0])
     lhs = eq.replace(" ", "").split("->")[0].split(",")
-    sizes: dict[str, sympy.Expr] = {}
+    sizes: dict[str, Polynomial] = {}
     for sub, ref in zip(lhs, operands, strict=False):
         if isinstance(ref, ValueRef):
             for ch, d in zip(re.sub(r"\.\.\.", "", sub), graph.values[ref.name].shape, strict=False):
                 sizes.setdefault(ch, d)
-    return 2 * sympy.Mul(*sizes.values())
+    return 2 * product(sizes.values())
 
 
-def op_bytes(graph: Graph, op: Op, *, cache_traced: bool = True) -> sympy.Expr:
+def op_bytes(graph: Graph, op: Op, *, cache_traced: bool = True) -> Polynomial:
     t = op.target
     if t in LAYOUT_TARGETS or not op.outputs:
-        return sympy.Integer(0)
-    outs = sum((_nbytes(graph, v) for v in op.outputs), sympy.Integer(0))
+        return ZERO
+    outs = sum((_nbytes(graph, v) for v in op.outputs), ZERO)
     if t == "embedding":
         return 2 * outs
     if t in MATMUL_TARGETS or t.startswith(("scaled_dot_product", "_scaled_dot_product")):
-        ins = sum((_nbytes(graph, v) for v in op.inputs), sympy.Integer(0))
+        ins = sum((_nbytes(graph, v) for v in op.inputs), ZERO)
         if t.startswith(("scaled", "_scaled")) and not cache_traced:
             refs = [a.name for a in op.attrs.get("args", ()) if isinstance(a, ValueRef)]
             for r in refs[1:3]:
+                # the keys/values of the traced T tokens stand for T + L cached ones
                 s = graph.values[r].shape[-2]
-                ins += _nbytes(graph, r) * (kv_length(s, False) / s - 1)
+                ins += exact_quotient(_nbytes(graph, r) * kv_length(s, False), s) - _nbytes(graph, r)
         return ins + outs
     return outs
 
@@ -179,8 +179,8 @@ class AnalyzeCosts:
         blocks: list[Block] = []
         index = {op.name: op for op in graph.ops}
         for b in graph.blocks:
-            flops = sympy.Integer(0)
-            nbytes = sympy.Integer(0)
+            flops = ZERO
+            nbytes = ZERO
             ops = [index[name] for name in b.ops]
             for op in ops:
                 flops += op_flops(graph, op, cache_traced=traced)
@@ -193,8 +193,8 @@ class AnalyzeCosts:
                     b,
                     param_count=params,
                     shared_param_count=shared,
-                    flops=sympy.expand(flops),
-                    bytes_moved=sympy.expand(nbytes),
+                    flops=flops,
+                    bytes_moved=nbytes,
                 )
             )
         return replace(graph, blocks=blocks)

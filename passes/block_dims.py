@@ -9,9 +9,8 @@ normalized latent whose size (`kv_lora_rank`) is smaller than the heads' total w
 
 from __future__ import annotations
 
-import sympy
-
 from ir.graph import Block, Graph, Op, ValueRef
+from ir.polynomial import Polynomial, as_polynomial
 
 MOVEMENT_TARGETS = frozenset(
     {
@@ -38,9 +37,8 @@ MOVEMENT_TARGETS = frozenset(
 )
 
 
-def _int(e: sympy.Expr) -> int | None:
-    e = sympy.sympify(e)
-    return int(e) if e.is_Integer else None
+def _int(e: Polynomial | int) -> int | None:
+    return as_polynomial(e).as_int()
 
 
 def _ops(graph: Graph, block: Block) -> list[Op]:

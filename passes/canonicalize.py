@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-import sympy
-
 from ir.graph import Graph, Op, ValueRef
+from ir.polynomial import as_polynomial
 
 IDENTITY_TARGETS = frozenset({"alias", "detach", "lift_fresh_copy", "dropout", "clone"})
 
@@ -99,7 +98,7 @@ def _fills_as_cat(graph: Graph) -> list[Op]:
 def _slice_fill(graph: Graph, fresh: str, consumers: dict[str, list[Op]]):
     """(dim, [(slice op, copy op)] in order) when `fresh` is written only by `copy_` into
     slices along one dim that tile it exactly, before any other op reads it; else None."""
-    shape = tuple(sympy.sympify(d) for d in graph.values[fresh].shape)
+    shape = tuple(as_polynomial(d) for d in graph.values[fresh].shape)
     pieces = []
     readers = []
     for use in consumers.get(fresh, []):

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from planner.truncate import Truncation
 
 # torch, torch.export and the tracing passes are imported only when a graph is traced: a
-# cache hit loads the pickled IR (sympy and networkx only) and skips ~1 s of `import torch`.
+# cache hit loads the pickled IR (polynomials and networkx only: no sympy) and skips ~1 s of
+# `import torch`.
 
 log = logging.getLogger(__name__)
 

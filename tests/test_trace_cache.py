@@ -73,11 +73,11 @@ def test_cache_key_covers_local_modules_the_model_imports(tmp_path):
 
 def test_warm_plan_does_not_import_torch(tmp_path):
     """With the trace cached, `helixplan plan` (plan.json, report.md and run_plan.py) runs
-    without importing torch: the cached IR and the codegen need only sympy. The MoE model's
+    without importing torch or sympy: the cached IR holds polynomials (ir/polynomial.py),
+    and lowering and codegen compute with them. The MoE model's
     router ops (topk, scatter, sum.dim_IntList) are written as `torch.ops.aten.*` from the
     namespaces capture recorded; CP-SAT runs without `cp_model`'s pandas, and its model is
-    written without the numpy that `CpBaseModel` imports; lowering's simplifications of
-    monomial sizes do not pull in `sympy.physics`; a preset hardware reads no YAML."""
+    written without the numpy that `CpBaseModel` imports; a preset hardware reads no YAML."""
     import os
     import subprocess
     import sys
@@ -93,7 +93,7 @@ def test_warm_plan_does_not_import_torch(tmp_path):
         "import sys\nfrom planner.cli import main\n"
         f"assert main({args!r}) == 0\n"
         "print(*(m in sys.modules for m in "
-        "('torch', 'networkx', 'pandas', 'sympy.physics', 'numpy', 'yaml')))\n"
+        "('torch', 'networkx', 'pandas', 'sympy', 'numpy', 'yaml')))\n"
     )
     warm = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
                           text=True)
@@ -108,6 +108,34 @@ def test_warm_plan_does_not_import_torch(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in lean.iterdir()) == ["plan.json", "report.md"]
     assert (lean / "plan.json").read_text() == (tmp_path / "out" / "plan.json").read_text()
+
+
+def test_warm_helix_latent_plan_does_not_import_sympy(tmp_path):
+    """The lowering paths with most size arithmetic (Helix over latent attention: batch slices,
+    KV split, the absorbed MLA kernel) run from a cached graph without sympy: sizes are
+    ir.polynomial polynomials from the cache on."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = dict(os.environ, HELIXPLAN_CACHE_DIR=str(tmp_path / "cache"))
+    args = ["plan", str(EXAMPLES / "deepseek.py"), "--gpus", "4", "--workload", "decode",
+            "--context", "4k", "--force", "layers.*.attention=helix", "--out", str(tmp_path / "out")]
+    cold = subprocess.run([sys.executable, "-m", "planner", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert cold.returncode == 0, cold.stderr
+    probe = (
+        "import sys\nfrom planner.cli import main\n"
+        f"assert main({args!r}) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy'))\n"
+    )
+    warm = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout.strip().splitlines()[-1] == "[]"
+    assert "mla_helix_partial" in (tmp_path / "out" / "run_plan.py").read_text()
 
 
 def test_compiled_templates_are_cached_across_runs(tmp_path, monkeypatch):

@@ -12,8 +12,6 @@ import functools
 import re
 from typing import Any
 
-import sympy
-
 from ir.graph import Graph, Op, ValueRef
 from ir.layout import (
     REPLICATE,
@@ -25,6 +23,7 @@ from ir.layout import (
 )
 from ir.mesh import MODEL_AXES
 from ir.plan import Plan
+from ir.polynomial import Polynomial, as_polynomial, constant
 from ir.rank_program import (
     BlockProgram,
     Collective,
@@ -44,37 +43,13 @@ JOINED_MODEL_AXIS = "kvp_tp"
 B_SYM, T_SYM = WORKLOAD_SYMBOLS["B"], WORKLOAD_SYMBOLS["T"]
 
 
-@functools.lru_cache(maxsize=1 << 14)
 def same(a: Any, b: Any) -> bool:
-    """Whether two sizes are the same formula. Memoized, as is `simplified`: every layer of
-    a deep model asks about the same few shapes, and sympy's expand/simplify are the bulk of
-    lowering time."""
-    a, b = sympy.sympify(a), sympy.sympify(b)
-    return a == b or sympy.expand(a - b) == 0
+    """Whether two sizes (ints or polynomials) are the same formula: polynomials are kept
+    in one canonical form, so this is equality."""
+    return as_polynomial(a) == as_polynomial(b)
 
 
-@functools.lru_cache(maxsize=1 << 12)
-def simplified(expr: Any) -> Any:
-    """`sympy.simplify(expr)`, memoized (see `same`). A monomial (a rational times powers of
-    symbols, what a batch slice or a view's size ratio nearly always is) is already in the
-    one canonical form sympy builds it in, so it is returned as is: `simplify` would give it
-    back unchanged, after importing `sympy.physics.units` (0.3 s) to look for units in it."""
-    expr = sympy.sympify(expr)
-    if _is_monomial(expr):
-        return expr
-    return sympy.simplify(expr)
-
-
-def _is_monomial(expr: sympy.Expr) -> bool:
-    def factor(a: sympy.Expr) -> bool:
-        return (a.is_Symbol or a.is_Rational) or (
-            a.is_Pow and a.base.is_Symbol and a.exp.is_Integer
-        )
-
-    return factor(expr) or (expr.is_Mul and all(factor(a) for a in expr.args))
-
-
-def dim_of(shape: tuple[sympy.Expr, ...], symbol: sympy.Symbol) -> int | None:
+def dim_of(shape: tuple[Polynomial, ...], symbol: Polynomial) -> int | None:
     for i, d in enumerate(shape):
         if same(d, symbol):
             return i
@@ -271,7 +246,7 @@ class Builder:
             key += "@view" + "x".join(str(d) for d in view)
         ws = self.weights.get(key)
         if ws is None:
-            shape = tuple(sympy.Integer(d) for d in (view or spec.shape))
+            shape = tuple(constant(d) for d in (view or spec.shape))
             local = local_shape(shape, layout, self.sizes, what=f"weight {spec.name!r}")
             if view:
                 local = _merge_view(tuple(spec.shape), view, tuple(int(d) for d in local))

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sympy
-
 from ir.graph import Op, ValueRef
 from ir.layout import REPLICATE, Layout, LoweringError, shard
+from ir.polynomial import constant
 from ir.rank_program import AxisRank, Collective, Compute, Wait
 from ir.tensor import WORKLOAD_SYMBOLS, TensorSpec
-from passes.lower.builder import Builder, dim_of, simplified
+from passes.lower.builder import Builder, dim_of
 from passes.parallelize.strategies.helix import DEFAULT_APPEND_BLOCK
 
 # Ops between the KV concat and SDPA that only repeat KV heads for GQA (absorbed: the kernel
@@ -187,8 +186,8 @@ def _emit_kernel(cx, pt: _Pattern) -> None:
     hopb = int(cx.plan.extras.get("hopb", 1))
     kvp_block = append_block(cx.plan.extras)
     local_batch = cx.local_shape_of(pt.q, q_layout)[0]
-    slice_global = simplified(batch / hopb)
-    slice_local = simplified(local_batch / hopb)
+    slice_global = batch / hopb
+    slice_local = local_batch / hopb
     scale = pt.sdpa.attrs.get("kwargs", {}).get("scale")
     kvp = b.sizes["kvp"]
     heads_out = {"tp": shard(1), "kvp": shard(1)} if has_tp else {"kvp": shard(1)}
@@ -197,7 +196,7 @@ def _emit_kernel(cx, pt: _Pattern) -> None:
     for s in range(hopb):
         tag = f"{pt.sdpa.name}.helix{s}"
         # [KVP, b, Q, T, d+1] float32: this rank's partial out + log-sum-exp (kvp=Shard(0))
-        part_spec = TensorSpec((sympy.Integer(kvp), slice_global, heads, tokens, value_dim + 1), "float32")
+        part_spec = TensorSpec((constant(kvp), slice_global, heads, tokens, value_dim + 1), "float32")
         cx.extra_specs[f"{tag}.part"] = part_spec
         part = cx.define(
             f"{tag}.part",

@@ -26,8 +26,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import sympy
-
 from ir.graph import Block, Graph, Op
 from ir.layout import (
     REPLICATE,
@@ -38,6 +36,7 @@ from ir.layout import (
     shard,
 )
 from ir.plan import BlockPlan, Plan
+from ir.polynomial import Polynomial, as_polynomial, constant
 from ir.rank_program import (
     BlockProgram,
     CacheSpec,
@@ -143,9 +142,9 @@ class BlockLowering:
                 self.b.values[local] = LocalValue(
                     local,
                     value,
-                    self.graph.values.get(value) or TensorSpec(tuple(sympy.Integer(d) for d in ws.shape), ws.dtype),
+                    self.graph.values.get(value) or TensorSpec(tuple(constant(d) for d in ws.shape), ws.dtype),
                     layout,
-                    tuple(sympy.Integer(d) for d in ws.local_shape),
+                    tuple(constant(d) for d in ws.local_shape),
                     identifier(ws.fqn),
                 )
             self.param_locals[ws.key] = local
@@ -229,7 +228,7 @@ class BlockLowering:
         )
         return outs
 
-    def local_shape_of(self, value: str, layout: Layout) -> tuple[sympy.Expr, ...]:
+    def local_shape_of(self, value: str, layout: Layout) -> tuple[Polynomial, ...]:
         return local_shape(self.spec(value).shape, layout, self.sizes, what=f"value {value!r}")
 
     def lower_ops_replacing(
@@ -300,11 +299,11 @@ def _input_layout(builder: Builder, name: str) -> Layout:
                         f"cache {name!r} {spec} has no KV-head dim; strategy {bp.strategy!r} "
                         f"of block {bp.name!r} splits KV heads (latent caches are not split by heads)"
                     )
-                heads = sympy.sympify(spec.shape[1])
+                heads = as_polynomial(spec.shape[1])
                 n = 1
                 for a in head_axes:
                     n *= builder.sizes[a]
-                if heads.is_Integer and int(heads) % n:
+                if heads.as_int() is not None and heads.as_int() % n:
                     group = "×".join(f"{a}={builder.sizes[a]}" for a in head_axes)
                     raise LoweringError(
                         f"block {bp.name!r} uses {bp.strategy!r}, which splits KV heads over "
@@ -327,7 +326,7 @@ def _input_layout(builder: Builder, name: str) -> Layout:
 def _single_kv_head(shape: tuple) -> bool:
     """A latent attention's cache: `[B, L, r]` (the model file's absorbed form), or
     transformers' `[B, 1, L, r]` (latent and roped key viewed as one KV head)."""
-    return len(shape) == 3 or (len(shape) == 4 and sympy.sympify(shape[1]) == 1)
+    return len(shape) == 3 or (len(shape) == 4 and shape[1] == 1)
 
 
 def _block_dims(builder: Builder, name: str) -> dict:

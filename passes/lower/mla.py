@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ir.graph import Op, ValueRef
 from ir.layout import REPLICATE, LoweringError, shard
 from ir.rank_program import Compute
-from passes.lower.builder import B_SYM, same, simplified
+from passes.lower.builder import B_SYM, same
 from passes.lower.moe import _dead_after
 
 
@@ -189,8 +189,7 @@ def lower_latent_helix(cx) -> None:
 
 
 def _emit_helix(cx, pt: MlaPattern, _build, _shift, append_block) -> None:
-    import sympy
-
+    from ir.polynomial import constant
     from ir.rank_program import AxisRank, Collective, Wait
     from ir.tensor import TensorSpec
 
@@ -211,14 +210,14 @@ def _emit_helix(cx, pt: MlaPattern, _build, _shift, append_block) -> None:
     hopb = int(cx.plan.extras.get("hopb", 1))
     kvp_block = append_block(cx.plan.extras)
     local_batch = cx.local_shape_of(pt.q, q_layout)[0]
-    slice_global = simplified(batch / hopb)
-    slice_local = simplified(local_batch / hopb)
+    slice_global = batch / hopb
+    slice_local = local_batch / hopb
     kvp = b.sizes["kvp"]
     value_dim = d.get("v_head_dim", nope)
     outs: list[str] = []
     for s in range(hopb):
         tag = f"{pt.sdpa.name}.helix{s}"
-        part_spec = TensorSpec((sympy.Integer(kvp), slice_global, heads, tokens, sympy.Integer(kv_lora + 1)), "float32")
+        part_spec = TensorSpec((constant(kvp), slice_global, heads, tokens, constant(kv_lora + 1)), "float32")
         cx.extra_specs[f"{tag}.part"] = part_spec
         part = cx.define(f"{tag}.part", _build(cx, {**_shift(dp, 1), "kvp": shard(0)}),
                          f"partial{s}" if hopb > 1 else "partial")
@@ -236,7 +235,7 @@ def _emit_helix(cx, pt: MlaPattern, _build, _shift, append_block) -> None:
         cx.steps.append(Collective(kind="all_to_all", axis="kvp", input=part, output=parts, handle=handle,
                                    src_dim=0, dst_dim=2))
         cx.steps.append(Wait(handle=handle, output=parts))
-        out_spec = TensorSpec((slice_global, heads, tokens, sympy.Integer(value_dim)), q_spec.dtype)
+        out_spec = TensorSpec((slice_global, heads, tokens, constant(value_dim)), q_spec.dtype)
         out_layout = _build(cx, {**dp, "kvp": shard(1)})
         if hopb == 1:
             out = cx.define(pt.sdpa.outputs[0], out_layout, "attn")

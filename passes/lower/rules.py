@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import sympy
-
 from ir.graph import Op, ValueRef
 from ir.layout import PARTIAL, REPLICATE, Layout, Placement, shard
 from ir.rank_program import AxisRank
@@ -70,7 +68,7 @@ def covers(cx: BlockLowering, value: str, out_shape: tuple, out_dim: int) -> int
     d = out_dim - (len(out_shape) - len(shape))
     if d < 0:
         return None
-    size, out_size = sympy.sympify(shape[d]), sympy.sympify(out_shape[out_dim])
+    size, out_size = shape[d], out_shape[out_dim]
     if out_size == 1 or not same(size, out_size):
         return None
     return d

@@ -7,9 +7,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import sympy
-
 from ir.layout import LoweringError
+from ir.polynomial import Polynomial, as_polynomial
 from ir.rank_program import BlockProgram, Compute, ProgramInput, SymbolSource
 from ir.tensor import WORKLOAD_SYMBOLS
 from passes.lower.builder import Builder
@@ -38,7 +37,7 @@ def symbol_sources(
             raise LoweringError(f"a shape depends on symbol {sym!r}, which is not B, T or L")
         for pin in inputs:
             spec = builder.graph.values[pin.name]
-            d = next((i for i, s in enumerate(spec.shape) if sympy.sympify(s) == symbol), None)
+            d = next((i for i, s in enumerate(spec.shape) if s == symbol), None)
             if d is None:
                 continue
             layout = builder.values[pin.local].layout
@@ -53,13 +52,13 @@ def symbol_sources(
 
 
 @functools.lru_cache(maxsize=1 << 12)
-def _shape_symbols(shape: tuple[sympy.Expr, ...]) -> frozenset[str]:
-    return frozenset(s.name for d in shape for s in sympy.sympify(d).free_symbols)
+def _shape_symbols(shape: tuple[Polynomial, ...]) -> frozenset[str]:
+    return frozenset(s for d in shape for s in as_polynomial(d).free_symbols)
 
 
 def _free_symbols(x: Any) -> set[str]:
-    if isinstance(x, sympy.Basic):
-        return {s.name for s in x.free_symbols}
+    if isinstance(x, Polynomial):
+        return set(x.free_symbols)
     if isinstance(x, (list, tuple)):
         return set().union(*(_free_symbols(v) for v in x)) if x else set()
     if isinstance(x, dict):

@@ -7,11 +7,10 @@ through a view that leaves its dim whole, and a slice or split along them runs l
 
 from __future__ import annotations
 
-import sympy
-
 from ir.graph import Op, ValueRef
 from ir.layout import REPLICATE, shard
-from passes.lower.builder import same, simplified
+from ir.polynomial import Polynomial, as_polynomial, exact_quotient
+from passes.lower.builder import same
 from passes.lower.lower import BlockLowering
 from passes.lower.rules import INT64_MAX, arg, build, covers, norm_dim, rule, unify, with_axes
 
@@ -23,26 +22,22 @@ def dim_groups(src: tuple, dst: tuple) -> list[tuple[list[int], list[int]]]:
     view splits or merges dims). Size-1 dims form groups of their own."""
     groups: list[tuple[list[int], list[int]]] = []
     i = j = 0
-    one = sympy.Integer(1)
     while i < len(src) or j < len(dst):
-        if i < len(src) and sympy.sympify(src[i]) == one:
+        if i < len(src) and src[i] == 1:
             groups.append(([i], []))
             i += 1
             continue
-        if j < len(dst) and sympy.sympify(dst[j]) == one:
+        if j < len(dst) and dst[j] == 1:
             groups.append(([], [j]))
             j += 1
             continue
         if i >= len(src) or j >= len(dst):
             raise ValueError(f"view {src} -> {dst} does not preserve the element count")
         gi, gj = [i], [j]
-        ps, pd = sympy.sympify(src[i]), sympy.sympify(dst[j])
+        ps, pd = as_polynomial(src[i]), as_polynomial(dst[j])
         i, j = i + 1, j + 1
-        while not same(ps, pd):
-            ratio = simplified(ps / pd)
-            num, den = sympy.fraction(ratio)
-            grow_dst = (ratio.is_number and ratio > 1) or (not ratio.is_number and den == 1)
-            if grow_dst and j < len(dst):
+        while ps != pd:
+            if _covers_more(ps, pd) and j < len(dst):
                 pd *= dst[j]
                 gj.append(j)
                 j += 1
@@ -54,6 +49,16 @@ def dim_groups(src: tuple, dst: tuple) -> list[tuple[list[int], list[int]]]:
                 raise ValueError(f"view {src} -> {dst}: cannot match dims")
         groups.append((gi, gj))
     return groups
+
+
+def _covers_more(ps: Polynomial, pd: Polynomial) -> bool:
+    """Whether the source run `ps` is a whole multiple of the destination run `pd` (so the
+    destination takes in its next dim): `ps / pd` is a number above 1, or a polynomial with
+    integer coefficients (`B*T / B`), not a fraction (`T/2`, `B/T`)."""
+    ratio = exact_quotient(ps, pd)
+    if ratio is None:
+        return False
+    return ratio > 1 if ratio.is_number else ratio.has_integer_coefficients()
 
 
 def _shard_count(cx: BlockLowering, value: str, dim: int) -> int:
@@ -82,10 +87,10 @@ def view_like(cx: BlockLowering, op: Op) -> None:
         ins, outs = next(((gi, gj) for gi, gj in groups if p.dim in gi), ([], []))
         target = None
         if outs and ins[0] == p.dim:
-            first = sympy.sympify(dst[outs[0]])
+            first = as_polynomial(dst[outs[0]]).as_int()
             n = _shard_count(cx, x, p.dim)
             if len(ins) == 1 or len(outs) == 1:
-                if not first.is_Integer or int(first) % n == 0:
+                if first is None or first % n == 0:
                     target = outs[0]
             if p.sections and (len(ins) != 1 or len(outs) != 1):
                 target = None  # sections only survive a view that keeps their dim whole
@@ -124,7 +129,7 @@ def expand(cx: BlockLowering, op: Op) -> None:
     want, out_layout = _expanded(cx, x, out, keep_partial=True)
     local = cx.local_shape_of(out, out_layout)
     sizes = list(arg(op, 1, "size"))
-    sizes = [-1 if sympy.sympify(s) == -1 else local[i] for i, s in enumerate(sizes)]
+    sizes = [-1 if s == -1 else local[i] for i, s in enumerate(sizes)]
     cx.emit_compute(op, {x: with_axes(cx, x, want)}, [(out, out_layout)], args=[ValueRef(x), sizes])
 
 
