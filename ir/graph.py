@@ -95,9 +95,10 @@ class Block:
     group: str = ""
     signature: str = ""
     param_count: int = 0
-    # parameters the block's ops read that another block owns (a tied LM head reads the
-    # embedding's table); a strategy that holds them in another layout holds a second copy
-    shared_param_count: int = 0
+    # elements of weights another block owns that this block reads, charged in its own
+    # layout (a tied LM head: the embedding's table); readers of one group share one copy
+    # (passes/shared_params.py)
+    shared_param_count: float = 0.0
     flops: Polynomial = ZERO
     bytes_moved: Polynomial = ZERO
     module_path: str = ""

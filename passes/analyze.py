@@ -169,8 +169,8 @@ def op_bytes(graph: Graph, op: Op, *, cache_traced: bool = True) -> Polynomial:
 
 @dataclass(frozen=True)
 class AnalyzeCosts:
-    """Post: every block has `param_count` (the parameters it owns), `shared_param_count`
-    (those it reads that another block owns), `flops` and `bytes_moved` (formulas in B, T, L)."""
+    """Post: every block has `param_count` (the parameters it owns), `flops` and
+    `bytes_moved` (formulas in B, T, L)."""
 
     name: ClassVar[str] = "analyze-costs"
 
@@ -186,13 +186,10 @@ class AnalyzeCosts:
                 flops += op_flops(graph, op, cache_traced=traced)
                 nbytes += op_bytes(graph, op, cache_traced=traced)
             params = sum(graph.params[v].numel for v in b.params if graph.params[v].counts)
-            read = {v for op in ops for v in op.inputs if v in graph.params}
-            shared = sum(graph.params[v].numel for v in read - set(b.params) if graph.params[v].counts)
             blocks.append(
                 replace(
                     b,
                     param_count=params,
-                    shared_param_count=shared,
                     flops=flops,
                     bytes_moved=nbytes,
                 )

@@ -8,10 +8,11 @@ from passes.canonicalize import Canonicalize
 from passes.group import GroupRepeated
 from passes.manager import PassRunner
 from passes.recognize import RecognizeBlocks
+from passes.shared_params import CountSharedParams
 
 
 def analysis_passes() -> list:
-    return [Canonicalize(), RecognizeBlocks(), AnalyzeCosts(), GroupRepeated()]
+    return [Canonicalize(), RecognizeBlocks(), AnalyzeCosts(), GroupRepeated(), CountSharedParams()]
 
 
 def analyze(graph: Graph, *, skip: frozenset[str] = frozenset()) -> tuple[Graph, PassRunner]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from ir.workload import Workload
 from passes.parallelize.build import ForceRule
 from passes.parallelize.search import MeshOutcome, SearchResult, search
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
+from passes.shared_params import shared_param_readers
 from planner.frontend import LoadedModel, load_graph
 from planner.model_source import ModelSource
 
@@ -68,15 +70,21 @@ def make_plan(
     t1 = time.perf_counter()
     hw = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
     rules = [ForceRule.parse(f) for f in force or []]
-    result = search(
-        loaded.graph, workload, hw, gpus, force=rules, share_groups=not per_layer,
-        time_limit_s=time_limit_s, cuda_graphs=cuda_graphs,
-        compact=not per_layer and not rules, full_best=True,
-        strategies=strategies if strategies is not None else DEFAULT_STRATEGIES,
-        verified_only=verified_only,
-    )
+
+    def solve(rules: list[ForceRule]) -> tuple[SearchResult, Plan]:
+        result = search(
+            loaded.graph, workload, hw, gpus, force=rules, share_groups=not per_layer,
+            time_limit_s=time_limit_s, cuda_graphs=cuda_graphs,
+            compact=not per_layer and not rules, full_best=True,
+            strategies=strategies if strategies is not None else DEFAULT_STRATEGIES,
+            verified_only=verified_only,
+        )
+        return result, assemble_plan(loaded, hw, workload, result, rules, time_limit_s=time_limit_s)
+
+    result, plan = solve(rules)
+    if workload.kind == "train" and split_shared_weights(loaded.graph, plan.blocks):
+        result, plan = solve(_shared_weights_follow_owner(loaded.graph, plan, rules))
     t2 = time.perf_counter()
-    plan = assemble_plan(loaded, hw, workload, result, rules, time_limit_s=time_limit_s)
     seconds = dict(loaded.seconds)
     seconds.update({"load": t1 - t0, "search": t2 - t1, "assemble": time.perf_counter() - t2})
     return PlanRun(plan=plan, graph=loaded.graph, result=result, seconds=seconds)
@@ -168,37 +176,68 @@ def _rank_map(outcome: MeshOutcome, hw: HardwareSpec) -> list[dict]:
 
 
 
-def shared_copy_overcount(graph: Graph, blocks: list[BlockPlan], weight_bytes: float) -> float:
-    """Bytes per GPU that block prices count twice: a weight several blocks read (a tied
-    embedding and LM head) is priced by each reader in its own layout
-    (`Block.shared_param_count`), which is what the GPUs hold when the layouts differ (the
-    table replicated for the lookup and split by vocabulary rows for the head: two copies);
-    readers holding the same layout share one copy, and the second count comes off here. The
-    integer program, pricing blocks one by one, keeps that count: its memory row is exact when
-    the layouts differ and errs by one split copy on the safe side when they agree."""
+def _weight_layout(bp: BlockPlan) -> tuple[tuple[str, int], ...]:
+    """How a block plan holds the weights it reads: its split degrees, or () when whole."""
+    return tuple(sorted(bp.degrees.items())) if BY_NAME[bp.strategy].splits_weights else ()
+
+
+def shared_copy_correction(graph: Graph, blocks: list[BlockPlan], weight_bytes: float) -> float:
+    """Bytes per GPU that block prices count beyond what the GPUs hold of weights several
+    blocks read (passes/shared_params.py): the priced copies (the owner's, and each reader's
+    share in its layout) less one copy per distinct layout among all readers. Positive where
+    readers share the owner's layout; negative only under --per-layer, where the readers of
+    one group may hold several layouts."""
     by_name = {bp.name: bp for bp in blocks}
-    ops = {op.name: op for op in graph.ops}  # one index (graph.iter_ops rebuilds it per call)
-    readers: dict[str, list[tuple]] = {}  # param -> each reader's layout (its split degrees)
-    for block in graph.blocks:
-        bp = by_name.get(block.name)
-        if bp is None:
-            continue
-        split = BY_NAME[bp.strategy].splits_weights and bp.degrees
-        key = tuple(sorted(bp.degrees.items())) if split else ()
-        read = {v for name in block.ops for v in ops[name].inputs}
-        for v in read:
-            p = graph.params.get(v)
-            if p is not None and p.counts:
-                readers.setdefault(v, []).append(key)
-    extra = 0.0
-    for v, keys in readers.items():
+    correction = 0.0
+    for v, readers in shared_param_readers(graph).items():
         numel = graph.params[v].numel
-        for key in set(keys):
-            parts = 1
-            for _, size in key:
-                parts *= size
-            extra += (keys.count(key) - 1) * numel / parts
-    return extra * weight_bytes
+        held: set[tuple] = set()
+        for block, share in readers:
+            layout = _weight_layout(by_name[block.name])
+            copy = numel / math.prod(size for _, size in layout)
+            correction += share * copy
+            if layout not in held:
+                held.add(layout)
+                correction -= copy
+    return correction * weight_bytes
+
+
+def _shared_weights_follow_owner(graph: Graph, plan: Plan, rules: list[ForceRule]) -> list[ForceRule]:
+    """`rules` plus, for each block reading a weight in another layout than the block owning
+    it, a rule giving it the owner's strategy and degrees: the training program holds every
+    weight in one layout (the gradient of a tied table is one tensor). A split the user forced
+    is an input error."""
+    by_name = {bp.name: bp for bp in plan.blocks}
+    extra = []
+    for param, reader, owner in split_shared_weights(graph, plan.blocks):
+        forced_reader = [r.text for r in rules if r.matches(reader)]
+        forced_owner = [r.text for r in rules if r.matches(owner.name)]
+        if forced_reader and forced_owner:
+            raise InputError(
+                f"a training plan holds weight {graph.params[param].name!r} in one layout, but "
+                f"--force {' '.join(dict.fromkeys(forced_owner + forced_reader))} gives "
+                f"{owner.name} (which owns it) and {reader} (which reads it too) different "
+                f"ones; force both to one strategy, e.g. --force '{reader}={owner.strategy}'"
+            )
+        # the block the user did not force follows the other
+        leader, follower = (by_name[reader], owner.name) if forced_reader else (owner, reader)
+        degrees = ",".join(f"{k}={v}" for k, v in sorted(leader.degrees.items()))
+        text = f"{follower}={leader.strategy}" + (f"({degrees})" if degrees else "")
+        extra.append(ForceRule(follower, leader.strategy, dict(leader.degrees), {}, text))
+    return [*rules, *extra]
+
+
+def split_shared_weights(graph: Graph, blocks: list[BlockPlan]) -> list[tuple[str, str, BlockPlan]]:
+    """(parameter, reader block, owner's plan) for each block reading a weight in another
+    layout than its owner. A training program holds a weight in one layout only."""
+    by_name = {bp.name: bp for bp in blocks}
+    out = []
+    for v, readers in shared_param_readers(graph).items():
+        owner = by_name[readers[0][0].name]
+        for block, _ in readers[1:]:
+            if _weight_layout(by_name[block.name]) != _weight_layout(owner):
+                out.append((v, block.name, owner))
+    return out
 
 
 def assemble_plan(
@@ -240,9 +279,9 @@ def assemble_plan(
     if edge_s > 1e-15:
         per_collective["reshard:tp"] = edge_s
     memory["workspace"] = result.fixed_bytes
-    overcount = 0.0 if workload.kind == "train" else shared_copy_overcount(loaded.graph, blocks, ctx.weight_bytes)
-    if overcount:
-        memory["weights"] -= overcount
+    correction = 0.0 if workload.kind == "train" else shared_copy_correction(loaded.graph, blocks, ctx.weight_bytes)
+    if correction:
+        memory["weights"] -= correction
     exposed = sol.objective_s - compute
     alternatives = [
         {
@@ -291,7 +330,7 @@ def assemble_plan(
             **({"notes": notes} if notes else {}),
         },
         memory={
-            "per_gpu_bytes": sol.memory_bytes - overcount,
+            "per_gpu_bytes": sol.memory_bytes - correction,
             "capacity_bytes": result.capacity_bytes,
             "breakdown": dict(sorted(memory.items())),
         },

@@ -63,3 +63,61 @@ def test_plan_memory_holds_one_copy_per_layout():
     apart = weights("replicate")  # the whole table for the lookup + a half for the head
     positions = 1024 * 768 * 2
     assert apart - same == pytest.approx(table_bytes + positions / 2)
+
+
+SHARED_LAYERS = '''
+import sys
+sys.path.insert(0, {examples!r})
+import gpt2
+from torch import nn
+
+
+def build_model(**size):
+    """GPT-2 with one block reused at every depth (ALBERT-style cross-layer sharing)."""
+    model = gpt2.build_model(**size)
+    model.model.layers = nn.ModuleList(model.model.layers[0] for _ in model.model.layers)
+    return model
+
+
+example_inputs = gpt2.example_inputs
+'''
+
+
+def test_layers_reusing_one_block_are_charged_one_copy_per_group(tmp_path):
+    """Twelve layers reading layer 0's weights: layer 0 owns them, layers 1-11 form one group
+    that shares one copy (priced 1/11 each), so a plan holds two copies at most — not twelve
+    (the integer program prices a group as one block times its size)."""
+    (tmp_path / "albert.py").write_text(SHARED_LAYERS.format(examples=str(EXAMPLES)))
+    run_graph = loaded(str(tmp_path / "albert.py"), preset="gpt2", layers="12", vocab="50304")
+    graph = run_graph.graph
+    readers = [b for b in graph.blocks if b.kind == "attention" and b.layer and b.layer > 0]
+    assert len(readers) == 11 and len({b.group for b in readers}) == 1
+    owner = next(b for b in graph.blocks if b.name == "layers.0.attention")
+    assert sum(b.shared_param_count for b in readers) == pytest.approx(owner.param_count)
+    run = make_plan(run_graph, hardware="h100-sxm", gpus=1, workload=DECODE)
+    params = sum(b.param_count for b in graph.blocks) * 2  # bf16, all on one GPU
+    assert run.plan.memory["breakdown"]["weights"] == pytest.approx(params)
+    # the integer program's row: one more copy of the layer (all 12 read it replicated, as
+    # its owner) and of the tied table — the safe side, by one copy per group
+    layer = sum(b.param_count for b in graph.blocks if b.layer == 0) * 2
+    table = 50304 * 768 * 2
+    solved = run.result.best.solution.memory_bytes
+    assert solved - run.plan.memory["per_gpu_bytes"] == pytest.approx(layer + table)
+
+
+def test_a_training_plan_holds_a_tied_table_in_one_layout():
+    """The training program keeps one tensor per weight, so the table's readers must agree:
+    forcing only the head to split by vocabulary makes the embedding follow it; forcing the
+    two apart is an input error that says what to do."""
+    from ir.errors import InputError
+    from planner.api import split_shared_weights
+
+    graph = loaded(GPT2, preset="gpt2", vocab="50304")
+    train = Workload(kind="train", batch=4, seq=64)
+    run = make_plan(graph, hardware="h100-sxm", gpus=2, workload=train,
+                    force=[*TP2, "lm_head=vocab(tp=2)"])
+    assert run.plan.block("embedding").strategy == "vocab"
+    assert split_shared_weights(graph.graph, run.plan.blocks) == []
+    with pytest.raises(InputError, match="force both to one strategy"):
+        make_plan(graph, hardware="h100-sxm", gpus=2, workload=train,
+                  force=[*TP2, "lm_head=vocab(tp=2)", "embedding=replicate"])

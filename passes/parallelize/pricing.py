@@ -251,9 +251,9 @@ def price(block: Block, strategy: Strategy, ctx: PlanContext, **extras: int) -> 
     weights = split_param_count(block, s.weight_split)
     memory = {"weights": weights * ctx.weight_bytes, "kv_cache": kv_cache_bytes(block, ctx, s)}
     if not ctx.is_train:
-        # a table this block shares with its owner (tied LM head) counts here in this block's
-        # layout too: two layouts are two copies; the plan takes back the second count where
-        # both readers hold the same layout (planner/api.py: shared_copy_overcount)
+        # a weight this block reads but another owns (a tied LM head's table), in this
+        # block's layout: a second copy where the layouts differ (passes/shared_params.py).
+        # A training plan holds such a weight in one layout only (planner.api).
         memory["weights"] += block.shared_param_count / s.weight_split * ctx.weight_bytes
         exposed = sum(comm.values())
         return Priced(forward + exposed, forward, comm, exposed, memory)
