@@ -57,7 +57,6 @@ def dim_of(shape: tuple[Polynomial, ...], symbol: Polynomial) -> int | None:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-@functools.lru_cache(maxsize=1 << 16)
 def identifier(text: str) -> str:
     text = re.sub(r"[^0-9A-Za-z_]", "_", text).strip("_") or "v"
     return f"v_{text}" if text[0].isdigit() else text

@@ -28,6 +28,10 @@ from passes.parallelize.training import (
     sharded_state_bytes,
 )
 
+# Attention partial outputs and their log-sum-exp travel in float32 (Helix's all-to-all,
+# ring attention pass-Q's closing all-to-all): the runtime's attend_block computes them so.
+PARTIAL_BYTES = 4.0
+
 
 @dataclass(frozen=True)
 class Priced:

@@ -44,7 +44,7 @@ from cost_models import KernelWork, OverlapStage, exposed_comm_seconds
 from cost_models.compute import attention_prefill_work
 from ir.graph import Block
 from passes.parallelize.context import PlanContext
-from passes.parallelize.pricing import LocalSizes, Priced, training_activation_bytes
+from passes.parallelize.pricing import PARTIAL_BYTES, LocalSizes, Priced, training_activation_bytes
 from passes.parallelize.strategy import REPLICATE, Strategy
 from passes.parallelize.training import (
     BACKWARD_FACTOR,
@@ -119,7 +119,7 @@ def ring_terms(block: Block, ctx: PlanContext, variant: str) -> dict[str, float]
         final = 0.0
     else:
         msg = batch * tc * shape["q_heads"] * kd * ctx.act_bytes
-        partials = batch * tc * shape["q_heads"] * (vd * ctx.act_bytes + 4.0) * n
+        partials = batch * tc * shape["q_heads"] * (vd + 1) * PARTIAL_BYTES * n
         final = ctx.collective_s("all_to_all", partials, ("cp",))
     send_s = ctx.ring_send_s(msg, "cp")
     terms = {

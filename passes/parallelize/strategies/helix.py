@@ -36,7 +36,7 @@ import math
 from cost_models import KernelWork, sliced_overlap
 from ir.graph import Block
 from passes.parallelize.context import PlanContext
-from passes.parallelize.pricing import Priced
+from passes.parallelize.pricing import PARTIAL_BYTES, Priced
 from passes.parallelize.strategy import MODEL_AXES, REPLICATE, Strategy
 
 HOPB_CHOICES = (1, 2, 4, 8)
@@ -121,7 +121,6 @@ def _attention_s(block: Block, ctx: PlanContext, batch: int, append_block: int) 
     )
 
 
-PARTIAL_BYTES = 4.0  # partial outputs and their log-sum-exp travel in float32
 
 
 def _value_dim(block: Block) -> int:
