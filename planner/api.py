@@ -272,9 +272,10 @@ def assemble_plan(
         ))
     notes: dict[str, list[str]] = {}
     for b in loaded.graph.blocks:
-        strategy = BY_NAME[built.meaning[sol.assignment[b.name]][0]]
+        name, extras = built.meaning[sol.assignment[b.name]]
+        strategy = BY_NAME[name]
         if strategy.explain is not None and b.group not in notes:
-            notes[b.group] = strategy.explain(b, ctx)
+            notes[b.group] = strategy.explain(b, ctx, dict(extras))
     edge_s = sol.objective_s - sum(bp.predicted_s for bp in blocks)
     if edge_s > 1e-15:
         per_collective["reshard:tp"] = edge_s

@@ -123,10 +123,14 @@ def test_helix_tpa1_prices_the_programs_cp_decode_by_hand(load):
         "all_to_all:kvp": ctx.collective_s("all_to_all", 66048, ("kvp",)),
         "all_reduce:kvp": ctx.collective_s("all_reduce", 32768, ("kvp",)),
     }
-    notes = explain_helix(block, ctx)
+    notes = explain_helix(block, ctx, {})
     assert "holds 2048 of 8192 slots" in notes[0] and "64.5 KiB per rank" in notes[1]
     assert notes[2].startswith("tpa=1: this is context-parallel decode")
-    assert not any("context-parallel" in n for n in explain_helix(block, _decode_ctx({"kvp": 2, "tp": 2})))
+    assert not any("context-parallel" in n for n in explain_helix(block, _decode_ctx({"kvp": 2, "tp": 2}), {}))
+    # the notes follow the plan's own HOP-B slicing and append block
+    sliced = explain_helix(block, ctx, {"hopb": 2, "append_block": 1})
+    assert "(blocks of 1 round-robin)" in sliced[0] and "per batch slice (hopb=2)" in sliced[0]
+    assert f"{33024 / 1024:.1f} KiB per rank" in sliced[1]
     # twice the ranks: half the KV per rank, the same partials (independent of L)
     wider = helix_terms(block, _decode_ctx({"kvp": 8}))
     assert wider["kv_tokens"] == 1024 and wider["slice_partials_bytes"] == 66048

@@ -58,8 +58,8 @@ class Strategy:
     empty for replicate. `price` replaces the generic pricing for strategies whose work does
     not follow from the split flags (Helix). `default` strategies are offered unless the user
     narrows the set; the others only on request (not yet verified end to end). `explain`
-    gives lines for `helixplan explain` on why this strategy (and its variant) at this
-    workload."""
+    gives lines for `helixplan explain` on why this strategy (and its variant, the plan's
+    extras) at this workload."""
 
     name: str
     kinds: frozenset[str]
@@ -74,7 +74,7 @@ class Strategy:
     requirements: tuple[Requirement, ...] = field(default_factory=tuple)
     price: Callable | None = None
     variants: Callable[[Block, PlanContext], list[dict[str, int]]] | None = None
-    explain: Callable[[Block, PlanContext], list[str]] | None = None
+    explain: Callable[[Block, PlanContext, dict[str, int]], list[str]] | None = None
     default: bool = True
     workloads: frozenset[str] = frozenset({"decode", "prefill", "train"})
     workload_hint: str = ""

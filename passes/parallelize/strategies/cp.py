@@ -264,7 +264,7 @@ def crossover_new_tokens(block: Block, ctx: PlanContext) -> int | None:
     return high
 
 
-def explain_cp(block: Block, ctx: PlanContext) -> list[str]:
+def explain_cp(block: Block, ctx: PlanContext, extras: dict[str, int]) -> list[str]:
     """Why pass-KV or pass-Q: both variants' time at this workload, the crossover of the
     cost model against the message-size rule of thumb T/(T+L) = 2K/Q."""
     wl = ctx.workload

@@ -200,19 +200,22 @@ def price_helix(
     return Priced(compute + exposed, compute, {k: v for k, v in comm.items() if v}, exposed, memory)
 
 
-def explain_helix(block: Block, ctx: PlanContext) -> list[str]:
-    """Where a Helix step's time goes (whole batch, no HOP-B slicing), and at tpa=1 that this
-    is the decode form of context parallelism."""
+def explain_helix(block: Block, ctx: PlanContext, extras: dict[str, int]) -> list[str]:
+    """Where a Helix step's time goes under the plan's HOP-B slicing and append block, and at
+    tpa=1 that this is the decode form of context parallelism."""
     wl = ctx.workload
     kvp, tpa = ctx.mesh.size("kvp"), ctx.mesh.size("tp")
-    terms = helix_terms(block, ctx)
+    hopb = extras.get("hopb", 1)
+    append_block = extras.get("append_block", DEFAULT_APPEND_BLOCK)
+    terms = helix_terms(block, ctx, hopb=hopb, append_block=append_block)
     us = 1e6
+    slices = f" per batch slice (hopb={hopb})" if hopb > 1 else ""
     lines = [
         f"KV split along the sequence: the fullest of kvp={kvp} ranks holds "
-        f"{terms['kv_tokens']:.0f} of {wl.context + wl.seq} slots (blocks of {DEFAULT_APPEND_BLOCK} "
-        f"round-robin); attention over them {terms['slice_attention_s'] * us:.1f} µs per step",
+        f"{terms['kv_tokens']:.0f} of {wl.context + wl.seq} slots (blocks of {append_block} "
+        f"round-robin); attention over them {terms['slice_attention_s'] * us:.1f} µs{slices}",
         f"all-to-all of float32 partials over kvp: {terms['slice_partials_bytes'] / 1024:.1f} KiB per rank, "
-        f"{terms['slice_all_to_all_s'] * us:.1f} µs; combine {terms['combine_s'] * us:.1f} µs; "
+        f"{terms['slice_all_to_all_s'] * us:.1f} µs{slices}; combine {terms['combine_s'] * us:.1f} µs; "
         f"all-reduce over {ctx.axes_label(MODEL_AXES)} {terms['all_reduce_s'] * us:.1f} µs",
     ]
     if tpa == 1:
