@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ir.graph import Op
+from ir.polynomial import as_polynomial
 from passes.lower.builder import same
 from passes.lower.rules import INT64_MAX, POINTWISE, arg, norm_dim
 
@@ -36,7 +37,7 @@ def fused_sections(cx: BlockLowering, value: str, dim: int, parts: int) -> tuple
     `dim` whole and single-input pointwise ops — else () (keep the contiguous split).
     Sections are the intervals between the cuts' boundaries; a piece spanning two of them,
     an unused remainder, or any other use disqualifies."""
-    size = _int(cx.spec(value).shape[dim])
+    size = as_polynomial(cx.spec(value).shape[dim]).as_int()
     pieces: list[tuple[int, int]] = []
     if size is None or not _collect(cx, value, dim, pieces):
         return ()
@@ -53,13 +54,6 @@ def fused_sections(cx: BlockLowering, value: str, dim: int, parts: int) -> tuple
 
 def _inside(cuts: list[int], start: int, end: int) -> bool:
     return any(start < c < end for c in cuts)
-
-
-def _int(size) -> int | None:
-    try:
-        return int(size)
-    except TypeError:
-        return None
 
 
 def _collect(cx: BlockLowering, value: str, dim: int, pieces: list[tuple[int, int]]) -> bool:
@@ -121,7 +115,7 @@ def cut_pieces(cx: BlockLowering, op: Op, dim: int) -> list[tuple[int, int]] | N
         return None
     pieces, start = [], 0
     for out in op.outputs:
-        width = _int(cx.spec(out).shape[dim])
+        width = as_polynomial(cx.spec(out).shape[dim]).as_int()
         if width is None:
             return None
         pieces.append((start, start + width))

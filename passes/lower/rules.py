@@ -18,6 +18,7 @@ reductions. An op without a rule runs only on fully replicated inputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from ir.graph import Op, ValueRef
@@ -280,9 +281,7 @@ def by_sections(
 
     if not column_axes:
         return
-    parts = 1
-    for axis in column_axes:
-        parts *= cx.sizes[axis]
+    parts = math.prod(cx.sizes[axis] for axis in column_axes)
     out_dim = placed[-1][1]
     sections = fused_sections(cx, out, out_dim, parts)
     if not sections:

@@ -7,6 +7,8 @@ through a view that leaves its dim whole, and a slice or split along them runs l
 
 from __future__ import annotations
 
+import math
+
 from ir.graph import Op, ValueRef
 from ir.layout import REPLICATE, shard
 from ir.polynomial import Polynomial, as_polynomial, exact_quotient
@@ -62,10 +64,7 @@ def _covers_more(ps: Polynomial, pd: Polynomial) -> bool:
 
 
 def _shard_count(cx: BlockLowering, value: str, dim: int) -> int:
-    n = 1
-    for a in cx.layout(value).axes_sharding(dim):
-        n *= cx.sizes[a]
-    return n
+    return math.prod(cx.sizes[a] for a in cx.layout(value).axes_sharding(dim))
 
 
 @rule("view", "_unsafe_view", "reshape", "flatten.using_ints", "unsqueeze", "squeeze.dim",
