@@ -88,10 +88,14 @@ class _Pattern:
     absorbed: frozenset[str]
 
 
-def _merges_head_repeats(cx, op: Op) -> bool:
-    """A reshape [B, K, groups, L, d] -> [B, K·groups, L, d]: the GQA repeat written as
-    expand + reshape (Hugging Face `repeat_kv`) rather than expand + flatten."""
+def _merges_head_repeats(cx, op: Op, producer: dict[str, Op]) -> bool:
+    """A reshape [B, K, groups, L, d] -> [B, K·groups, L, d] of an expanded tensor: the GQA
+    repeat written as expand + reshape (Hugging Face `repeat_kv`) rather than expand +
+    flatten. A reshape of the same shapes over anything else is not a repeat."""
     if op.target not in ("reshape", "view", "_unsafe_view") or not op.inputs:
+        return False
+    source = producer.get(op.inputs[0])
+    if source is None or source.target != "expand":
         return False
     before, after = cx.spec(op.inputs[0]).shape, cx.spec(op.outputs[0]).shape
     return (len(before) == 5 and len(after) == 4 and before[0] == after[0]
@@ -108,7 +112,7 @@ def kv_source(cx, value: str, absorbed: set[str], who: str, *, cache_optional: b
     walked: set[str] = set()
     while True:
         op = producer.get(value)
-        if op is not None and (op.target in _REPEAT_OPS or _merges_head_repeats(cx, op)):
+        if op is not None and (op.target in _REPEAT_OPS or _merges_head_repeats(cx, op, producer)):
             walked.add(op.name)
             value = op.inputs[0]
             continue
