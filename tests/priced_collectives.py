@@ -29,6 +29,8 @@ collective never appears in a program either (a size-1 axis is not lowered)."""
 
 from __future__ import annotations
 
+import math
+
 from ir.plan import BlockPlan, Plan
 from ir.rank_program import BlockProgram, Collective, Compute, EdgeProgram, RankProgram
 from passes.lower.builder import JOINED_MODEL_AXIS
@@ -45,12 +47,15 @@ RUNTIME_COLLECTIVES = {
     "moe_dispatch": lambda step: {("all_to_all", axes_name(step.kwargs["group"]))},
 }
 # Runtime code that communicates but is no block kernel: the collective wrappers the
-# `Collective` steps render to (and their autograd forms), the ring's send/recv primitive, and
-# the driver's gather of sharded outputs for `--verify`.
+# `Collective` steps render to and their autograd forms, the ring kernels' autograd forms and
+# their send/recv primitive, and the driver's gather of sharded outputs (`to_global`).
 RUNTIME_NOT_KERNELS = frozenset({
     "Collectives", "AllReduceSum", "AllGather", "ReduceScatter", "AllToAll", "AllToAllRows",
-    "RingAttentionPassQ", "ring_shift", "to_global",
+    "RingAttentionPassKV", "RingAttentionPassQ", "ring_shift", "to_global",
 })
+# Training: a block whose weights held whole over the model axes are under this share of its
+# weights (biases of row-parallel projections) may leave their gradient all-reduce unpriced.
+SMALL_SHARE = 0.01
 # comm_s keys whose second part is no mesh group: gradients and parameters of training
 STATE_KEYS = frozenset({"grads", "params", "params_bwd", "grads_tp", "grads_cp"})
 
@@ -94,19 +99,31 @@ def edge_priced(plan: Plan, before: BlockPlan | None, after: BlockPlan) -> set[N
     return {(kind, model)} if kind and model else set()
 
 
-def gradient_reductions(program: RankProgram, block: BlockProgram) -> set[str]:
-    """Training: the mesh axes (besides dp) over which the driver all-reduces gradients of the
-    block's weights — every axis of size > 1 on which a weight is held whole
-    (`replicated_axes` in codegen's training template)."""
+def gradient_reductions(program: RankProgram) -> dict[str, tuple[set[str], float]]:
+    """Training, per block: the mesh axes (besides dp) over which the driver all-reduces the
+    gradients of the weights the block is the first to read — every axis of size > 1 on
+    which a weight is held whole (`replicated_axes` in codegen's training template) — and
+    the share of the block's weights (by element count) so reduced."""
     weights = {w.key: w for w in program.weights}
-    axes: set[str] = set()
-    for use in block.params:
-        shard = weights[use.key]
-        if shard.buffer:
-            continue
-        axes |= {a for a in program.axes if a != "dp" and program.mesh.get(a, 1) > 1
-                 and not shard.layout.on(a).is_shard}
-    return axes
+    seen: set[str] = set()
+    out: dict[str, tuple[set[str], float]] = {}
+    for block in program.blocks:
+        axes: set[str] = set()
+        whole = total = 0
+        for use in block.params:
+            shard = weights[use.key]
+            if shard.buffer or shard.param in seen:
+                continue
+            seen.add(shard.param)
+            size = math.prod(shard.shape)
+            total += size
+            held = {a for a in program.axes if a != "dp" and program.mesh.get(a, 1) > 1
+                    and not shard.layout.on(a).is_shard}
+            if held:
+                axes |= held
+                whole += size
+        out[block.name] = (axes, whole / total if total else 0.0)
+    return out
 
 
 def priced_gradient_axes(plan: Plan, bp: BlockPlan) -> set[str]:
@@ -137,6 +154,7 @@ def mismatches(plan: Plan, program: RankProgram, *, gradients: bool = False) -> 
     with `gradients`, training blocks' gradient all-reduces over the model axes and cp too."""
     train = plan.workload["kind"] == "train"
     driver = loss_collectives(program) if train else {}
+    reductions = gradient_reductions(program) if train else {}
     lines: list[str] = []
     previous: BlockPlan | None = None
     for item in program.items:
@@ -164,9 +182,10 @@ def mismatches(plan: Plan, program: RankProgram, *, gradients: bool = False) -> 
         if not ok:
             lines.append(f"block {item.name} ({bp.strategy}): runs {sorted(ran)}, priced {sorted(priced | backward)}")
         if train and gradients:
-            reduced, priced_axes = gradient_reductions(program, item), priced_gradient_axes(plan, bp)
-            if reduced != priced_axes:
-                lines.append(f"block {item.name} ({bp.strategy}): gradients all-reduced over "
-                             f"{sorted(reduced)}, priced over {sorted(priced_axes)}")
+            reduced, share = reductions[item.name]
+            priced_axes = priced_gradient_axes(plan, bp)
+            if reduced != priced_axes and (share >= SMALL_SHARE or priced_axes):
+                lines.append(f"block {item.name} ({bp.strategy}): gradients of {share:.1%} of its weights "
+                             f"all-reduced over {sorted(reduced)}, priced over {sorted(priced_axes)}")
         previous = bp
     return lines
