@@ -93,7 +93,8 @@ def test_program_runs_what_the_plan_prices(load, example, args, workload, gpus, 
 
 def test_check_reports_unpriced_and_phantom_collectives(load):
     """A plan that forgets the Helix all-to-all, one that prices a collective no block runs,
-    and a training plan without its gradient all-reduce are each reported."""
+    an edge priced as free that the program converts with an all-to-all, and a training plan
+    without its gradient all-reduce are each reported."""
     plan, program = _planned(load, "llama.py", {}, DECODE, 4, CASES[0][5])
     assert mismatches(plan, program) == []
     attention = plan.block("layers.0.attention")
@@ -102,6 +103,15 @@ def test_check_reports_unpriced_and_phantom_collectives(load):
     assert len(lines) == 1 and "layers.0.attention" in lines[0] and "('all_to_all', 'kvp')" in lines[0]
     lines = mismatches(_with_comm(plan, "layers.0.norm_mlp", {"all_gather:kvp×tp": 1e-6}), program)
     assert len(lines) == 1 and "layers.0.norm_mlp" in lines[0]
+
+    # the edge into a batch-split block after a token-split one: an all-to-all, priced by
+    # the pair of layouts; the same program under a plan that says no layout change is reported
+    plan, program = _planned(load, "llama.py", {}, PREFILL, 2, SP2)
+    assert (plan.block("layers.1.mlp").layout_out, plan.block("final_norm").layout_in) == ("shard_seq", "shard_batch")
+    assert mismatches(plan, program) == []
+    blocks = [dataclasses.replace(b, layout_in="shard_seq") if b.name == "final_norm" else b for b in plan.blocks]
+    lines = mismatches(dataclasses.replace(plan, blocks=blocks), program)
+    assert lines == ["edge before final_norm: runs [('all_to_all', 'tp')], priced []"]
 
     plan, program = _planned(load, "llama.py", {}, TRAIN, 2, TP2)
     assert mismatches(plan, program, gradients=True) == []
