@@ -230,3 +230,31 @@ def test_training_prices_the_gradient_all_reduce_of_weights_held_whole(load):
     attention = next(b for b in deepseek if b.kind == "attention")
     priced = price(attention, BY_NAME["tp"], train, zero=0, recompute=0)
     assert priced.comm_s["all_reduce:grads_tp"] == train.collective_s("all_reduce", 15140864 * 2, ("tp",))
+
+
+def test_ep_dispatch_prices_the_counts_and_routing_exchanges(load):
+    """`moe_dispatch` exchanges row counts (blocking) and expert ids before the token rows,
+    and in inference the routing weights by a third all-to-all. By hand, Mixtral-8x7B
+    (H 4096, E 8, k 2), tp 8, decode B 64: each rank's 8 tokens go to 8·(1 − (7/8)²) = 1.875
+    ranks, 15 rows sent; counts 8·8 = 64 B, ids 15·2·8 = 240 B, weights 15·2·2 = 60 B (bf16);
+    training packs the weights with the rows and sends no counts or ids back."""
+    from passes.parallelize.strategies.ep import price_ep_dispatch
+
+    block = next(b for b in load(str(EXAMPLES / "mixtral.py"), preset="mixtral-8x7b").graph.blocks
+                 if b.kind == "moe")
+    assert (block.dims["hidden"], block.dims["experts"], block.dims["top_k"]) == (4096, 8, 2)
+    hw = CostModel(hardware=load_hardware("h100-sxm"))
+    decode = PlanContext(workload=Workload(kind="decode", batch=64, seq=1, context=1024), cost=hw, mesh=Mesh.of(tp=8))
+    a2a = lambda ctx, nbytes: ctx.collective_s("all_to_all", nbytes, ("tp",))  # noqa: E731
+    comm = price_ep_dispatch(block, decode).comm_s
+    assert comm == {
+        "all_to_all:tp:counts": a2a(decode, 64),
+        "all_to_all:tp:routing": a2a(decode, 240) + a2a(decode, 60),
+        "all_to_all:tp:dispatch": a2a(decode, 15 * 4096 * 2),
+        "all_to_all:tp:combine": a2a(decode, 15 * 4096 * 2),
+    }
+    train = PlanContext(workload=Workload(kind="train", batch=64, seq=1), cost=hw, mesh=Mesh.of(tp=8))
+    comm = price_ep_dispatch(block, train, zero=0, recompute=0).comm_s
+    assert comm["all_to_all:tp:counts"] == a2a(train, 64)
+    assert comm["all_to_all:tp:routing"] == a2a(train, 240)
+    assert comm["all_to_all:tp:dispatch"] == 2 * a2a(train, 15 * 4096 * 2 + 60)
