@@ -246,6 +246,11 @@ def explain_helix(block: Block, ctx: PlanContext) -> list[str]:
         f"{terms['slice_all_to_all_s'] * us:.1f} µs; combine {terms['combine_s'] * us:.1f} µs; "
         f"all-reduce over {ctx.axes_label(MODEL_AXES)} {terms['all_reduce_s'] * us:.1f} µs",
     ]
+    if terms["value_up_flops"]:
+        lines.append(
+            f"latent attention: the combine applies kv_b_proj's value half to this rank's "
+            f"{block.dims['q_heads'] // (kvp * tpa)} heads, {terms['value_up_s'] * us:.1f} µs"
+        )
     if tpa == 1:
         lines.append(
             "tpa=1: this is context-parallel decode (no cp strategy is offered for decode: the ring "
