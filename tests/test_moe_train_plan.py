@@ -30,7 +30,8 @@ from tests.conftest import EXAMPLES
 
 H100 = load_hardware("h100-sxm")
 MIXTRAL = str(EXAMPLES / "mixtral.py")
-DISPATCH_BYTES = 58_720_256
+DISPATCH_BYTES = 58_720_256  # 7168 rows of 4096 bf16
+ROUTING_WEIGHT_BYTES = 28_672  # their 2 routing weights, bf16
 COMBINE_ALL_REDUCE_BYTES = 134_217_728
 PARAMS_PER_GPU = 352_321_536 + 32_768
 ROUTER_GRAD_BYTES = 65_536
@@ -54,10 +55,15 @@ def test_dispatch_training_prices_adjoint_all_to_alls_and_dp_only_expert_grads(l
     fwd = price(block, BY_NAME["ep_dispatch"], prefill)
     assert fwd.comm_s["all_to_all:tp:dispatch"] == pytest.approx(one_way)
     t = price(block, BY_NAME["ep_dispatch"], train, zero=0, recompute=0)
-    for part in ("dispatch", "combine"):  # forward + its adjoint in backward
-        assert t.comm_s[f"all_to_all:tp:{part}"] == pytest.approx(2 * one_way)
+    # forward + its adjoint in backward; training packs the routing weights (7168 rows × k 2,
+    # bf16) with the dispatched rows
+    packed = train.collective_s("all_to_all", DISPATCH_BYTES + ROUTING_WEIGHT_BYTES, MODEL_AXES)
+    assert t.comm_s["all_to_all:tp:dispatch"] == pytest.approx(2 * packed)
+    assert t.comm_s["all_to_all:tp:combine"] == pytest.approx(2 * one_way)
+    # the counts and expert ids go forward only
+    assert t.comm_s["all_to_all:tp:routing"] == train.collective_s("all_to_all", 7168 * 2 * 8, MODEL_AXES)
     r = price(block, BY_NAME["ep_dispatch"], train, zero=0, recompute=1)
-    assert r.comm_s["all_to_all:tp:dispatch"] == pytest.approx(3 * one_way)  # recompute re-sends
+    assert r.comm_s["all_to_all:tp:dispatch"] == pytest.approx(3 * packed)  # recompute re-sends
     # expert + router gradients over dp only; the router's also over tp
     assert t.comm_s["all_reduce:grads"] == pytest.approx(
         train.collective_s("all_reduce", PARAMS_PER_GPU * 2, "dp"))
@@ -103,9 +109,10 @@ def test_mixtral_training_plan_uses_expert_parallelism_with_backward_terms(load)
     tokens = 16 // plan.mesh["dp"] * 4096
     if b.strategy == "ep_dispatch":
         n = ctx.group_size(MODEL_AXES)
-        sent = tokens // n * n * (1 - (1 - 1 / n) ** 2) * 4096 * 2
-        one = ctx.collective_s("all_to_all", sent, MODEL_AXES)
-        assert b.comm_s[f"all_to_all:{label}:dispatch"] == pytest.approx(times * one)
+        rows = tokens // n * n * (1 - (1 - 1 / n) ** 2)
+        one = ctx.collective_s("all_to_all", rows * 4096 * 2, MODEL_AXES)
+        packed = ctx.collective_s("all_to_all", rows * (4096 + 2) * 2, MODEL_AXES)  # + routing weights
+        assert b.comm_s[f"all_to_all:{label}:dispatch"] == pytest.approx(times * packed)
         assert b.comm_s[f"all_to_all:{label}:combine"] == pytest.approx(times * one)
     else:
         one = ctx.collective_s("all_reduce", tokens * 4096 * 2, MODEL_AXES)

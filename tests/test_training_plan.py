@@ -100,8 +100,10 @@ def test_zero_levels_shard_state_and_change_collectives(load):
 def test_backward_transposes_forward_collectives(load):
     """TP+SP: the forward's all-gather and reduce-scatter each reappear in backward (the
     transpose of one is the other), so training pays each twice; vocab-parallel loss never
-    gathers logits in training: a [tokens, 3] statistics gather plus the hidden-gradient
-    all-reduce in backward, far below the inference logits gather."""
+    gathers logits in training: a [tokens, 3] fp32 statistics gather and, in backward, its
+    adjoint (a reduce-scatter of the statistics' gradient, as the program's AllGather runs
+    it), far below the inference logits gather; the vocab-parallel embedding's all-reduce
+    is all-reduced again in backward (the program's AllReduceSum)."""
     graph = load(LLAMA, preset="llama3-8b").graph
     attn = next(b for b in graph.blocks if b.kind == "attention")
     head = next(b for b in graph.blocks if b.kind == "lm_head")
@@ -121,8 +123,16 @@ def test_backward_transposes_forward_collectives(load):
     logits_gather = train.collective_s(
         "all_gather", 8 * 1024 * head.dims["vocab"] * train.act_bytes, ("tp",)
     )
-    assert "all_reduce:tp" in vocab_train.comm_s and "all_gather:tp" in vocab_train.comm_s
+    stats = 8 * 1024 * 3 * 4.0
+    assert vocab_train.comm_s == {
+        "all_gather:tp": train.collective_s("all_gather", stats, ("tp",)),
+        "reduce_scatter:tp": train.collective_s("reduce_scatter", stats, ("tp",)),
+    }
     assert sum(vocab_train.comm_s.values()) < logits_gather / 10
+    embedding = next(b for b in graph.blocks if b.kind == "embedding")
+    hidden = 8 * 1024 * embedding.dims["hidden"] * train.act_bytes
+    embedding_train = price(embedding, BY_NAME["vocab"], train, zero=0, recompute=0)
+    assert embedding_train.comm_s["all_reduce:tp"] == 2 * train.collective_s("all_reduce", hidden, ("tp",))
 
 
 def test_training_decisions_match_brute_force(load):

@@ -77,14 +77,26 @@ def local_sizes(strategy: Strategy, ctx: PlanContext) -> LocalSizes:
 def split_param_count(block: Block, split: int) -> float:
     """Parameters per GPU when a strategy splits the block's weights `split` ways. Latent
     (MLA) attention keeps its low-rank down-projections and their norms whole (their outputs
-    are shared by every head); only the per-head projections split."""
-    if split == 1 or block.kind != "attention" or "kv_lora_rank" not in block.dims:
-        return block.param_count / split
+    are shared by every head); only the per-head projections split. A norm keeps its weight
+    whole (`whole_param_count`)."""
+    whole = whole_param_count(block, split)
+    return whole + (block.param_count - whole) / split
+
+
+def whole_param_count(block: Block, split: int) -> float:
+    """Of a block whose weights a strategy splits `split` ways, the parameters every rank still
+    holds whole: a norm's weight (tp_sp splits a norm's tokens, not its weight) and MLA's
+    low-rank down-projections and their norms (0 for other blocks)."""
+    if split == 1:
+        return 0.0
+    if block.kind == "norm":
+        return float(block.param_count)
+    if block.kind != "attention" or "kv_lora_rank" not in block.dims:
+        return 0.0
     d = block.dims
     hidden, q_rank = d["hidden"], d.get("q_lora_rank") or 0
     latent = d["kv_lora_rank"] + d.get("qk_rope_head_dim", 0)
-    whole = hidden * q_rank + q_rank + hidden * latent + d["kv_lora_rank"]
-    return whole + (block.param_count - whole) / split
+    return float(hidden * q_rank + q_rank + hidden * latent + d["kv_lora_rank"])
 
 
 def projection_work(ctx: PlanContext, rows: int, params: float, hidden: int) -> KernelWork:
@@ -289,14 +301,21 @@ def _price_training(
     zero: int,
     recompute: int,
 ) -> Priced:
-    """A generic strategy's training price: weights replicated over the model axes but fed
-    different tokens (batch or token split) reduce their gradients there too."""
-    partial_grads = not strategy.splits_weights and (
-        strategy.splits_batch or strategy.splits_norm_tokens
-    )
+    """A generic strategy's training price. Weights held whole over the model axes reduce
+    their gradients there too: in the generated program every rank's loss is its share of the
+    total and gradients reaching a block are partial over the model axes, so the driver
+    all-reduces the gradient of every weight held whole by several model ranks — a replicated
+    block's, a norm's under tp_sp, MLA's latent projections under tp — whether or not the
+    ranks were fed different tokens."""
+    if ctx.group_size(MODEL_AXES) == 1:
+        held_whole = 0.0
+    elif not strategy.splits_weights:
+        held_whole = float(block.param_count)
+    else:
+        held_whole = whole_param_count(block, s.weight_split)
     return training_price(
         ctx, forward=forward, comm=comm, backward_comm=backward_comm, params=params,
-        model_reduced_params=params if partial_grads else 0.0,
+        model_reduced_params=held_whole,
         activations=training_activation_bytes(block, ctx, s),
         kept_input=s.rows * block.dims.get("hidden", 1) * ctx.act_bytes / s.norm_token_split,
         zero=zero, recompute=recompute,

@@ -22,7 +22,11 @@ router and shared experts run on the rank's R/n tokens with replicated weights; 
 goes once to every distinct rank holding one of its experts — expected
 n·(1 − (1 − 1/n)^k) ranks per token (k ≥ n: nearly all) — so dispatch and combine each move
 (R/n)·that·H elements per rank by all-to-all; the experts are priced as for `ep` (the
-busiest rank receives s·R·k/n pairs).
+busiest rank receives s·R·k/n pairs). Before the dispatch, as the program's `moe_dispatch`
+runs it, a blocking all-to-all exchanges the row counts (n int64 per rank, `:counts`) and the
+rows' expert ids travel by their own all-to-all (k int64 per row, `:routing`); the routing
+weights (k per row) by a third in inference, packed with the token rows in training. Counts
+and ids have no backward.
 
 `tp_ep` (TP×EP) splits the experts over kvp and each expert's FFN columns over tp: a rank
 holds E/kvp experts' 1/tp slices; the expert GEMM reads 1/(kvp·tp) of the expert weights
@@ -59,6 +63,8 @@ from passes.parallelize.pricing import Priced, training_price
 from passes.parallelize.strategy import MODEL_AXES, REPLICATE, SHARD_BATCH, Strategy, batch_divides
 
 GEMM_TILE_ROWS = 64
+# `moe_dispatch` exchanges row counts and expert ids as int64
+ROUTING_ID_BYTES = 8
 
 
 def ep_requirements(block: Block, ctx: PlanContext) -> str | None:
@@ -157,18 +163,20 @@ def moe_activation_bytes(block: Block, ctx: PlanContext, *, tokens: int, pairs: 
 
 def moe_priced(block: Block, ctx: PlanContext, seconds: dict[str, float], weights: dict[str, float],
                comm: dict[str, float], *, model_reduced: float, activations: float, tokens: int,
-               zero: int, recompute: int) -> Priced:
+               zero: int, recompute: int, forward_only: frozenset[str] = frozenset()) -> Priced:
     """A MoE strategy's price from its parts: inference adds the exposed collectives; training
     (`training_price`) adds the backward, each collective's adjoint (same kind and bytes:
-    all-reduce ↔ all-reduce, all-to-all ↔ all-to-all), the gradient reductions over dp of the
-    weights this GPU holds and over kvp×tp of the `model_reduced` bytes held whole there."""
+    all-reduce ↔ all-reduce, all-to-all ↔ all-to-all) except for the `forward_only` ones,
+    the gradient reductions over dp of the weights this GPU holds and over kvp×tp of the
+    `model_reduced` bytes held whole there."""
     compute = sum(seconds.values())
     comm = {k: v for k, v in comm.items() if v}
     if not ctx.is_train:
         exposed = sum(comm.values())
         return Priced(compute + exposed, compute, comm, exposed, {"weights": sum(weights.values())})
     return training_price(
-        ctx, forward=compute, comm=comm, backward_comm=dict(comm),
+        ctx, forward=compute, comm=comm,
+        backward_comm={k: v for k, v in comm.items() if k not in forward_only},
         params=sum(weights.values()) / ctx.weight_bytes,
         model_reduced_params=model_reduced / ctx.weight_bytes,
         activations=activations, kept_input=tokens * block.dims["hidden"] * ctx.act_bytes,
@@ -215,14 +223,25 @@ def price_ep_dispatch(block: Block, ctx: PlanContext, *, zero: int = 0, recomput
     seconds = {**{k: v for k, v in own.items() if k != "experts"}, "experts": seconds["experts"]}
     sent = dispatch_rows(block, ctx)
     volume = sent * d["hidden"] * ctx.act_bytes
-    dispatch = ctx.collective_s("all_to_all", volume, MODEL_AXES)
-    combine = ctx.collective_s("all_to_all", volume, MODEL_AXES)
+    routing_weights = sent * d["top_k"] * ctx.act_bytes
     axes = ctx.axes_label(MODEL_AXES)
-    comm = {f"all_to_all:{axes}:dispatch": dispatch, f"all_to_all:{axes}:combine": combine}
+    routing = ctx.collective_s("all_to_all", sent * d["top_k"] * ROUTING_ID_BYTES, MODEL_AXES)
+    if ctx.is_train:  # weights packed with the token rows
+        dispatch = ctx.collective_s("all_to_all", volume + routing_weights, MODEL_AXES)
+    else:
+        dispatch = ctx.collective_s("all_to_all", volume, MODEL_AXES)
+        routing += ctx.collective_s("all_to_all", routing_weights, MODEL_AXES)
+    comm = {
+        f"all_to_all:{axes}:counts": ctx.collective_s("all_to_all", n * ROUTING_ID_BYTES, MODEL_AXES),
+        f"all_to_all:{axes}:routing": routing,
+        f"all_to_all:{axes}:dispatch": dispatch,
+        f"all_to_all:{axes}:combine": ctx.collective_s("all_to_all", volume, MODEL_AXES),
+    }
     pairs = busiest_pairs(ctx, local_experts=d["experts"] // n, experts=d["experts"], top_k=d["top_k"], tokens=rows)
     return moe_priced(
         block, ctx, seconds, weights, comm,
         model_reduced=weights["router"] + weights.get("shared_experts", 0.0),
+        forward_only=frozenset({f"all_to_all:{axes}:counts", f"all_to_all:{axes}:routing"}),
         activations=moe_activation_bytes(block, ctx, tokens=local_rows, pairs=pairs, ffn_split=1,
                                          shared_split=1, buffers=2 * sent),
         tokens=local_rows, zero=zero, recompute=recompute,

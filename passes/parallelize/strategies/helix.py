@@ -26,6 +26,10 @@ Cost terms per GPU (`helix_terms`), priced as the generated program runs them:
   B·T·(Q/TPA)·(d_v + 1)·4 bytes per rank, independent of L (`PARTIAL_BYTES`);
 * the combine reads the KVP partials of its Q/N heads and writes the output,
   B·T·(Q/N)·(KVP·(d_v + 1)·4 + d_v·e) bytes;
+* for MLA the combine then applies the value half of kv_b_proj to its Q/N heads' latent
+  output (`mla_helix_combine`): a GEMM of 2·B·T·(Q/N)·r·v FLOPs reading (Q/N)·v·r weights,
+  one per HOP-B slice; the key half is absorbed into every head's query before attention
+  (B·T rows over Q·nope·r weights, priced with the QKV projections);
 * the all-reduce after the output projection, B·T·H elements over kvp×tp.
 """
 
@@ -62,15 +66,35 @@ def kv_tokens_per_rank(tokens: int, kvp: int, append_block: int = DEFAULT_APPEND
 
 
 def _split_params(block: Block) -> tuple[float, float]:
-    """(params before the all-to-all, params after it): QKV (for MLA the query and latent
-    projections and the whole kv_b_proj: its key half is absorbed into every head's query,
-    and the generated program keeps its value half beside it) vs the output projection,
-    which Helix splits over all N GPUs."""
+    """(params held before the all-to-all, params after it): QKV (for MLA the query and latent
+    projections and the whole kv_b_proj, which every rank holds: its key half is absorbed
+    into every head's query, its value half is applied to this rank's heads after the
+    combine, `value_up_params`) vs the output projection, which Helix splits over all N GPUs."""
     d = block.dims
     value_dim = d.get("v_head_dim", d.get("head_dim", 0))
     after = d["q_heads"] * value_dim * d["hidden"]
     before = max(0.0, block.param_count - after)
     return before, float(after)
+
+
+def value_up_params(block: Block) -> float:
+    """The value half of MLA's kv_b_proj, Q·v·r (0 for other attention): held whole on every
+    rank, but multiplied after the all-to-all, for this rank's Q/N heads only."""
+    d = block.dims
+    if "kv_lora_rank" not in d:
+        return 0.0
+    return float(d["q_heads"] * d.get("v_head_dim", d["head_dim"]) * d["kv_lora_rank"])
+
+
+def _value_up_work(block: Block, ctx: PlanContext, rows: int, heads: int) -> KernelWork:
+    """`mla_helix_combine`'s einsum: [rows, heads, r] latent outputs times [heads, v, r]."""
+    d = block.dims
+    rank, value = d["kv_lora_rank"], d.get("v_head_dim", d["head_dim"])
+    return KernelWork(
+        kind="gemm", flops=2.0 * rows * heads * rank * value,
+        nbytes=heads * value * rank * ctx.weight_bytes + rows * heads * (rank + value) * ctx.act_bytes,
+        dtype=ctx.workload.weight_dtype,
+    )
 
 
 def helix_requirements(block: Block, ctx: PlanContext) -> str | None:
@@ -146,6 +170,11 @@ def helix_terms(
     partials = slice_batch * wl.seq * (q_heads // tpa) * (value_dim + 1) * PARTIAL_BYTES
     combine = rows * (q_heads // (kvp * tpa)) * (kvp * (value_dim + 1) * PARTIAL_BYTES + value_dim * ctx.act_bytes)
     all_reduce = rows * block.dims["hidden"] * ctx.act_bytes
+    value_up = {"value_up_flops": 0.0, "value_up_bytes": 0.0, "value_up_s": 0.0}
+    if "kv_lora_rank" in block.dims:
+        work = _value_up_work(block, ctx, slice_batch * wl.seq, q_heads // (kvp * tpa))
+        value_up = {"value_up_flops": hopb * work.flops, "value_up_bytes": hopb * work.nbytes,
+                    "value_up_s": hopb * ctx.cost.kernel(work)}
     return {
         "kv_tokens": float(kv_tokens_per_rank(wl.context + wl.seq, kvp, append_block)),
         "slice_attention_s": _attention_s(block, ctx, slice_batch, append_block),
@@ -153,6 +182,7 @@ def helix_terms(
         "slice_all_to_all_s": ctx.collective_s("all_to_all", partials, ("kvp",)),
         "combine_bytes": combine,
         "combine_s": ctx.cost.elementwise(combine),
+        **value_up,
         "all_reduce_bytes": all_reduce,
         "all_reduce_s": ctx.collective_s("all_reduce", all_reduce, MODEL_AXES),
     }
@@ -178,11 +208,11 @@ def price_helix(
             dtype=wl.weight_dtype,
         ))
 
-    qkv_s = gemm(before / tpa)
+    qkv_s = gemm((before - value_up_params(block)) / tpa)
     post_s = gemm(after / n)
     terms = helix_terms(block, ctx, hopb=hopb, append_block=append_block)
     timeline = sliced_overlap([terms["slice_attention_s"]] * hopb, [terms["slice_all_to_all_s"]] * hopb)
-    compute = qkv_s + timeline.compute_s + terms["combine_s"] + post_s
+    compute = qkv_s + timeline.compute_s + terms["combine_s"] + terms["value_up_s"] + post_s
     exposed = timeline.exposed_comm_s + terms["all_reduce_s"]
     comm = {
         "all_to_all:kvp": terms["slice_all_to_all_s"] * hopb,
@@ -218,6 +248,11 @@ def explain_helix(block: Block, ctx: PlanContext, extras: dict[str, int]) -> lis
         f"{terms['slice_all_to_all_s'] * us:.1f} µs{slices}; combine {terms['combine_s'] * us:.1f} µs; "
         f"all-reduce over {ctx.axes_label(MODEL_AXES)} {terms['all_reduce_s'] * us:.1f} µs",
     ]
+    if terms["value_up_flops"]:
+        lines.append(
+            f"latent attention: the combine applies kv_b_proj's value half to this rank's "
+            f"{block.dims['q_heads'] // (kvp * tpa)} heads, {terms['value_up_s'] * us:.1f} µs"
+        )
     if tpa == 1:
         lines.append(
             "tpa=1: this is context-parallel decode (no cp strategy is offered for decode: the ring "

@@ -5,10 +5,10 @@ Model: examples/llama.py (build_model args {})
 Mesh: dp=2 x tp=2 (4 ranks; rank coordinates row-major over dp, cp, kvp, tp, ep)
 Workload planned for: kind=train, batch=8, seq=256, context=0, weight_dtype=bf16, kv_dtype=bf16, act_dtype=bf16, optimizer=adamw, zero_levels=(0, 1, 2, 3), recompute=auto, expert_skew=1.2
 Predicted objective: step_time
-Predicted seconds: 0.0003817
-Predicted compute_s: 0.0003229
-Predicted exposed_comm_s: 5.876e-05
-Predicted tokens_per_s_per_gpu: 1.341e+06
+Predicted seconds: 0.0003814
+Predicted compute_s: 0.0003254
+Predicted exposed_comm_s: 5.604e-05
+Predicted tokens_per_s_per_gpu: 1.342e+06
 
 Plan:
     block               kind       strategy   degrees  layout in -> out        function
@@ -16,13 +16,13 @@ Plan:
     embedding           embedding  replicate  -        replicate -> replicate  embedding_0_replicate
     layers.0.norm_attn  norm       replicate  -        replicate -> replicate  norm_0_replicate
     layers.0.attention  attention  tp         tp=2     replicate -> replicate  attention_0_tp
-    layers.0.norm_mlp   norm       replicate  -        replicate -> replicate  norm_1_replicate
+    layers.0.norm_mlp   norm       tp_sp      tp=2     shard_seq -> shard_seq  norm_1_tp_sp
     layers.0.mlp        mlp        tp_sp      tp=2     shard_seq -> shard_seq  mlp_0_tp_sp
     layers.1.norm_attn  norm       replicate  -        replicate -> replicate  norm_0_replicate
     layers.1.attention  attention  tp         tp=2     replicate -> replicate  attention_0_tp
-    layers.1.norm_mlp   norm       replicate  -        replicate -> replicate  norm_1_replicate
+    layers.1.norm_mlp   norm       tp_sp      tp=2     shard_seq -> shard_seq  norm_1_tp_sp
     layers.1.mlp        mlp        tp_sp      tp=2     shard_seq -> shard_seq  mlp_0_tp_sp
-    final_norm          norm       replicate  -        replicate -> replicate  norm_2_replicate
+    final_norm          norm       tp_sp      tp=2     shard_seq -> shard_seq  norm_2_tp_sp
     lm_head             lm_head    vocab      tp=2     replicate -> replicate  lm_head_0_vocab
 
 Launch (CPU):  torchrun --nproc-per-node 4 run_plan.py --backend gloo --verify
@@ -921,16 +921,16 @@ def attention_0_tp(hidden, residual, cos, sin, past_key, past_value, attn_mask, 
     return (transpose_2, add_1, add_2)
 
 
-def norm_1_replicate(hidden, *, w):
-    """norm block, strategy replicate: the whole block on every tp rank.
+def norm_1_tp_sp(hidden, *, w):
+    """norm block, strategy tp_sp: tp with the residual stream split along tokens (all-gather in, reduce-scatter out).
     Used by: layers.0.norm_mlp, layers.1.norm_mlp.
-    Residual stream in: replicate; out: replicate.
+    Residual stream in: shard_seq; out: shard_seq.
 
     Inputs (local shape, layout):
-        hidden: [B // 2, T, 128] dp=Shard(0) tp=Replicate
+        hidden: [B // 2, T // 2, 128] dp=Shard(0) tp=Shard(1)
     Returns: post_attention_layernorm.
     """
-    post_attention_layernorm = F.rms_norm(hidden, [128], w["weight"], 1e-05)  # [B // 2, T, 128] dp=Shard(0) tp=Replicate
+    post_attention_layernorm = F.rms_norm(hidden, [128], w["weight"], 1e-05)  # [B // 2, T // 2, 128] dp=Shard(0) tp=Shard(1)
     return (post_attention_layernorm,)
 
 
@@ -962,16 +962,16 @@ def mlp_0_tp_sp(hidden, residual, *, w, pg):
     return (add,)
 
 
-def norm_2_replicate(hidden, *, w):
-    """norm block, strategy replicate: the whole block on every tp rank.
+def norm_2_tp_sp(hidden, *, w):
+    """norm block, strategy tp_sp: tp with the residual stream split along tokens (all-gather in, reduce-scatter out).
     Used by: final_norm.
-    Residual stream in: replicate; out: replicate.
+    Residual stream in: shard_seq; out: shard_seq.
 
     Inputs (local shape, layout):
-        hidden: [B // 2, T, 128] dp=Shard(0) tp=Replicate
+        hidden: [B // 2, T // 2, 128] dp=Shard(0) tp=Shard(1)
     Returns: norm.
     """
-    norm = F.rms_norm(hidden, [128], w["weight"], 1e-05)  # [B // 2, T, 128] dp=Shard(0) tp=Replicate
+    norm = F.rms_norm(hidden, [128], w["weight"], 1e-05)  # [B // 2, T // 2, 128] dp=Shard(0) tp=Shard(1)
     return (norm,)
 
 
@@ -1007,11 +1007,10 @@ def forward(inputs, weights, pg, device):
     embedding, cos, sin, unsqueeze_6 = embedding_0_replicate(input_ids, position_ids, cache_lens, w=weights["embedding"], device=device, L=L, T=T)  # embedding
     rms_norm, = norm_0_replicate(embedding, w=weights["layers.0.norm_attn"])  # layers.0.norm_attn
     transpose_2, add_2, add_3 = attention_0_tp(rms_norm, embedding, cos, sin, past_kv_0_0, past_kv_0_1, unsqueeze_6, w=weights["layers.0.attention"], pg=pg, B=B, T=T)  # layers.0.attention
-    rms_norm_1, = norm_1_replicate(add_3, w=weights["layers.0.norm_mlp"])  # layers.0.norm_mlp
-    # edge into layers.0.mlp: residual stream to its layout_in
-    rms_norm_1_local = local_shard(rms_norm_1, 1, pg, "tp")  # [B // 2, T // 2, 128] dp=Shard(0) tp=Shard(1) (slice, no communication)
+    # edge into layers.0.norm_mlp: residual stream to its layout_in
     add_3_local = local_shard(add_3, 1, pg, "tp")  # [B // 2, T // 2, 128] dp=Shard(0) tp=Shard(1) (slice, no communication)
-    add_4, = mlp_0_tp_sp(rms_norm_1_local, add_3_local, w=weights["layers.0.mlp"], pg=pg)  # layers.0.mlp
+    rms_norm_1, = norm_1_tp_sp(add_3_local, w=weights["layers.0.norm_mlp"])  # layers.0.norm_mlp
+    add_4, = mlp_0_tp_sp(rms_norm_1, add_3_local, w=weights["layers.0.mlp"], pg=pg)  # layers.0.mlp
     # edge into layers.1.norm_attn: residual stream to its layout_in
     parts = add_4.new_empty((pg.size_tp * add_4.shape[0], *add_4.shape[1:]))
     work_add_4_full = comm.all_gather_into_tensor(parts, add_4.contiguous(), group=pg.tp, async_op=True)  # Shard(1) -> Replicate over tp
@@ -1019,18 +1018,17 @@ def forward(inputs, weights, pg, device):
     add_4_full = merge_parts(parts, pg.size_tp, 1)  # [B // 2, T, 128] dp=Shard(0) tp=Replicate
     rms_norm_2, = norm_0_replicate(add_4_full, w=weights["layers.1.norm_attn"])  # layers.1.norm_attn
     transpose_6, add_6, add_7 = attention_0_tp(rms_norm_2, add_4_full, cos, sin, past_kv_1_0, past_kv_1_1, unsqueeze_6, w=weights["layers.1.attention"], pg=pg, B=B, T=T)  # layers.1.attention
-    rms_norm_3, = norm_1_replicate(add_7, w=weights["layers.1.norm_mlp"])  # layers.1.norm_mlp
-    # edge into layers.1.mlp: residual stream to its layout_in
-    rms_norm_3_local = local_shard(rms_norm_3, 1, pg, "tp")  # [B // 2, T // 2, 128] dp=Shard(0) tp=Shard(1) (slice, no communication)
+    # edge into layers.1.norm_mlp: residual stream to its layout_in
     add_7_local = local_shard(add_7, 1, pg, "tp")  # [B // 2, T // 2, 128] dp=Shard(0) tp=Shard(1) (slice, no communication)
-    add_8, = mlp_0_tp_sp(rms_norm_3_local, add_7_local, w=weights["layers.1.mlp"], pg=pg)  # layers.1.mlp
-    # edge into final_norm: residual stream to its layout_in
-    parts_1 = add_8.new_empty((pg.size_tp * add_8.shape[0], *add_8.shape[1:]))
-    work_add_8_full = comm.all_gather_into_tensor(parts_1, add_8.contiguous(), group=pg.tp, async_op=True)  # Shard(1) -> Replicate over tp
-    work_add_8_full.wait()
-    add_8_full = merge_parts(parts_1, pg.size_tp, 1)  # [B // 2, T, 128] dp=Shard(0) tp=Replicate
-    rms_norm_4, = norm_2_replicate(add_8_full, w=weights["final_norm"])  # final_norm
-    linear_14, = lm_head_0_vocab(rms_norm_4, w=weights["lm_head"])  # lm_head
+    rms_norm_3, = norm_1_tp_sp(add_7_local, w=weights["layers.1.norm_mlp"])  # layers.1.norm_mlp
+    add_8, = mlp_0_tp_sp(rms_norm_3, add_7_local, w=weights["layers.1.mlp"], pg=pg)  # layers.1.mlp
+    rms_norm_4, = norm_2_tp_sp(add_8, w=weights["final_norm"])  # final_norm
+    # edge into lm_head: residual stream to its layout_in
+    parts_1 = rms_norm_4.new_empty((pg.size_tp * rms_norm_4.shape[0], *rms_norm_4.shape[1:]))
+    work_rms_norm_4_full = comm.all_gather_into_tensor(parts_1, rms_norm_4.contiguous(), group=pg.tp, async_op=True)  # Shard(1) -> Replicate over tp
+    work_rms_norm_4_full.wait()
+    rms_norm_4_full = merge_parts(parts_1, pg.size_tp, 1)  # [B // 2, T, 128] dp=Shard(0) tp=Replicate
+    linear_14, = lm_head_0_vocab(rms_norm_4_full, w=weights["lm_head"])  # lm_head
     return {"linear_14": linear_14, "add_2": add_2, "transpose_2": transpose_2, "add_6": add_6, "transpose_6": transpose_6}
 
 
