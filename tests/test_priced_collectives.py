@@ -185,7 +185,7 @@ def test_mla_helix_prices_the_value_projection_where_the_program_runs_it(load):
     assert priced.compute_s == pytest.approx(expected, rel=1e-12)
     # the whole kv_b_proj stays in memory on every rank (the program holds it whole)
     assert priced.memory["weights"] == (187107328 - 128 * 128 * 7168 + 128 * 128 * 7168 / 8) * 2
-    assert f"value half to this rank's 16 heads, {terms['value_up_s'] * 1e6:.1f} µs" in " ".join(explain_helix(block, ctx))
+    assert f"value half to this rank's 16 heads, {terms['value_up_s'] * 1e6:.1f} µs" in " ".join(explain_helix(block, ctx, {}))
     # twice the kvp ranks: half the heads per rank, half the value projection; HOP-B slices
     # each read the weights again
     assert helix_terms(block, _deepseek_v3_ctx(16))["value_up_flops"] == 8388608 / 2
