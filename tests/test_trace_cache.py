@@ -71,6 +71,31 @@ def test_cache_key_covers_local_modules_the_model_imports(tmp_path):
     assert resolve_source(str(model)).content_hash != second
 
 
+def _cache_env(tmp_path) -> dict:
+    import os
+
+    return dict(os.environ, HELIXPLAN_CACHE_DIR=str(tmp_path / "cache"))
+
+
+def _warm_plan_modules(tmp_path, args: list[str], modules_expr: str) -> str:
+    """Run `helixplan ARGS` cold (filling a trace cache under tmp_path), then again in a fresh
+    interpreter and return what `modules_expr` (over `sys.modules`) prints after it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = _cache_env(tmp_path)
+    cold = subprocess.run([sys.executable, "-m", "planner", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert cold.returncode == 0, cold.stderr
+    probe = f"import sys\nfrom planner.cli import main\nassert main({args!r}) == 0\nprint({modules_expr})\n"
+    warm = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert warm.returncode == 0, warm.stderr
+    return warm.stdout.strip().splitlines()[-1]
+
+
 def test_warm_plan_does_not_import_torch(tmp_path):
     """With the trace cached, `helixplan plan` (plan.json, report.md and run_plan.py) runs
     without importing torch or sympy: the cached IR holds polynomials (ir/polynomial.py),
@@ -78,27 +103,17 @@ def test_warm_plan_does_not_import_torch(tmp_path):
     router ops (topk, scatter, sum.dim_IntList) are written as `torch.ops.aten.*` from the
     namespaces capture recorded; CP-SAT runs without `cp_model`'s pandas, and its model is
     written without the numpy that `CpBaseModel` imports; a preset hardware reads no YAML."""
-    import os
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
-    env = dict(os.environ, HELIXPLAN_CACHE_DIR=str(tmp_path / "cache"))
     args = ["plan", str(EXAMPLES / "mixtral.py"), "--gpus", "2", "--out", str(tmp_path / "out")]
-    cold = subprocess.run([sys.executable, "-m", "planner", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    assert cold.returncode == 0, cold.stderr
-    probe = (
-        "import sys\nfrom planner.cli import main\n"
-        f"assert main({args!r}) == 0\n"
-        "print(*(m in sys.modules for m in "
-        "('torch', 'networkx', 'pandas', 'sympy', 'numpy', 'yaml')))\n"
+    loaded = _warm_plan_modules(
+        tmp_path, args, "[m for m in ('torch', 'networkx', 'pandas', 'sympy', 'numpy', 'yaml') if m in sys.modules]"
     )
-    warm = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
-    assert warm.returncode == 0, warm.stderr
-    assert warm.stdout.strip().splitlines()[-1] == "False False False False False False"
+    assert loaded == "[]"
+    env = _cache_env(tmp_path)
     assert "torch.ops.aten.topk.default" in (tmp_path / "out" / "run_plan.py").read_text()
 
     # --no-program: the same plan, no lowering or code generation.
@@ -114,27 +129,10 @@ def test_warm_helix_latent_plan_does_not_import_sympy(tmp_path):
     """The lowering paths with most size arithmetic (Helix over latent attention: batch slices,
     KV split, the absorbed MLA kernel) run from a cached graph without sympy: sizes are
     ir.polynomial polynomials from the cache on."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    env = dict(os.environ, HELIXPLAN_CACHE_DIR=str(tmp_path / "cache"))
     args = ["plan", str(EXAMPLES / "deepseek.py"), "--gpus", "4", "--workload", "decode",
             "--context", "4k", "--force", "layers.*.attention=helix", "--out", str(tmp_path / "out")]
-    cold = subprocess.run([sys.executable, "-m", "planner", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    assert cold.returncode == 0, cold.stderr
-    probe = (
-        "import sys\nfrom planner.cli import main\n"
-        f"assert main({args!r}) == 0\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy'))\n"
-    )
-    warm = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
-    assert warm.returncode == 0, warm.stderr
-    assert warm.stdout.strip().splitlines()[-1] == "[]"
+    loaded = _warm_plan_modules(tmp_path, args, "sorted(m for m in sys.modules if m.split('.')[0] == 'sympy')")
+    assert loaded == "[]"
     assert "mla_helix_partial" in (tmp_path / "out" / "run_plan.py").read_text()
 
 
