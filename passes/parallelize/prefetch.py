@@ -41,7 +41,7 @@ class PrefetchCosts:
                     pa = price_of[src][a.name]
                     for b in options[dst]:
                         pb = price_of[dst][b.name]
-                        seconds = prefetch_exposed_s(pa.forward_s, pa.prefetch_s[1], pb.prefetch_s[0], pb.backward_s)
+                        seconds = prefetch_exposed_s(pa.forward_s, pa.prefetch_s, pb.prefetch_s, pb.backward_s)
                         if seconds:
                             once[key][(a.name, b.name)] = seconds
             cost = {pair: times * seconds for pair, seconds in once[key].items()}

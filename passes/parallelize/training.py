@@ -17,11 +17,12 @@ them per block, like Helix's HOP-B slices):
   Gradient collectives are bucketed and overlap the backward of the blocks before it (the
   block's own backward time hides them). Level 3's all-gathers are prefetched as the
   generated program runs them: block i+1's gathers run while block i computes in forward,
-  block i-1's while block i computes in backward, so a gather's exposed time depends on the
-  neighbour's compute: max(0, gather(i+1) - forward(i)) + max(0, gather_bwd(i) -
-  backward(i+1)) per pair of consecutive blocks (`prefetch_exposed_s`, an edge cost of the
-  integer program). The first block's forward gathers start when it reads them (exposed);
-  the last block's backward reads the weights its forward still holds (no gather). The
+  block i-1's while block i computes in backward (i, i+1 at level 3), so a gather's
+  exposed time depends on the neighbour's compute: max(0, gather(i+1) - forward(i)) +
+  max(0, gather_bwd(i) - backward(i+1)) per pair of consecutive blocks
+  (`prefetch_exposed_s`, an edge cost of the integer program). The first block's forward
+  gathers start when it reads them (exposed); the last level-3 block's backward reads the
+  weights its forward still holds (no gather). The
   program holds two blocks' gathered weights at a time (the running one and the prefetched
   one) and, at levels 2-3, up to GRAD_BUCKETS_HELD gradient buckets of whole gradients (one
   filling, the others' reduce-scatters in flight): `search.workspace_bytes` counts both.
@@ -166,10 +167,21 @@ def dp_traffic(
 
 
 def prefetch_exposed_s(
-    before_forward_s: float, before_gather_bwd_s: float, after_gather_fwd_s: float, after_backward_s: float
+    before_forward_s: float, before_gathers: tuple[float, float],
+    after_gathers: tuple[float, float], after_backward_s: float,
 ) -> float:
     """Exposed level-3 gather time between two consecutive blocks (`before` runs first in
-    forward): the later block's forward gathers run while the earlier one computes forward,
-    the earlier block's backward gathers while the later one computes backward."""
-    return (max(0.0, after_gather_fwd_s - before_forward_s)
-            + max(0.0, before_gather_bwd_s - after_backward_s))
+    forward), given each block's level-3 gathers (forward, backward; zero when the block is
+    not at level 3). The program starts a level-3 block's gathers when the level-3 block
+    before it starts: when `before` is at level 3, the later block's forward gathers run
+    while it computes forward; when `after` is, the earlier block's backward gathers run
+    while it computes backward. When the neighbour is not at level 3, the gathers started
+    at an earlier level-3 block and the blocks since then hide them too: priced hidden (which
+    leaves the first level-3 block after a block at another level priced as hidden where
+    the program gathers on demand, one block per step when no earlier block is at level 3)."""
+    exposed = 0.0
+    if before_gathers[0] > 0:
+        exposed += max(0.0, after_gathers[0] - before_forward_s)
+    if after_gathers[1] > 0:
+        exposed += max(0.0, before_gathers[1] - after_backward_s)
+    return exposed
