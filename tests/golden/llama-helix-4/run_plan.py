@@ -2300,7 +2300,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="train: parameter and compute dtype")
     parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None, help="train: one dp sharding level for every weight (default: the plan's, per weight)")
     parser.add_argument("--bucket-mb", type=float, default=25.0, help="train: gradient bucket size in MiB (one collective per bucket)")
-    parser.add_argument("--no-overlap", action="store_true", help="train: reduce the gradient buckets after backward instead of during it")
+    parser.add_argument("--no-overlap", action="store_true", help="train: reduce the gradient buckets after backward instead of during it, and gather each level-3 weight where it is read (no prefetch)")
     parser.add_argument("--keep-gathered", action="store_true", help="train: keep level-3 gathered weights until backward (more memory, fewer all-gathers)")
     parser.add_argument("--batch", type=int, default=WORKLOAD.get("batch", 1))
     parser.add_argument("--seq", type=int, default=WORKLOAD.get("seq", 1), help="new tokens (prefill)")
