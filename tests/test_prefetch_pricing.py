@@ -17,37 +17,48 @@ from passes.parallelize.ilp import BlockVars, Option, Problem, plan_time_s, solv
 from passes.parallelize.prefetch import PrefetchCosts
 from passes.parallelize.pricing import Priced
 from passes.parallelize.search import workspace_bytes
-from passes.parallelize.training import GRAD_BUCKET_BYTES, GRAD_BUCKETS_HELD, prefetch_exposed_s
+from passes.parallelize.training import (
+    GRAD_BUCKET_BYTES,
+    GRAD_BUCKETS_HELD,
+    BlockPass,
+    prefetch_exposed_s,
+)
 from tests.conftest import EXAMPLES, ROOT
 
 
 def test_exposed_gather_is_what_the_neighbour_does_not_hide():
+    # (spare compute: what the block's own collectives leave of its forward / backward)
     # earlier block at level 3 (forward 2 s): the later one's 3 s of forward gathers show 1 s;
     # the later block at level 3 (backward 2.5 s) hides the earlier one's 1 s backward gathers
-    assert prefetch_exposed_s(2.0, (1.0, 1.0), (3.0, 3.0), 2.5) == pytest.approx(1.0)
+    before, after = BlockPass(2.0, 0.2, (1.0, 1.0)), BlockPass(0.5, 2.5, (3.0, 3.0))
+    assert prefetch_exposed_s(before, after) == pytest.approx(1.0)
     # ... a 0.5 s backward hides only half of them
-    assert prefetch_exposed_s(2.0, (1.0, 1.0), (3.0, 3.0), 0.5) == pytest.approx(1.5)
-    # earlier block not at level 3: an earlier level-3 block started the gathers (hidden)
-    assert prefetch_exposed_s(2.0, (0.0, 0.0), (3.0, 3.0), 0.5) == 0.0
-    # later block not at level 3: its backward starts nothing (the earlier one's backward
-    # gathers were started by a later level-3 block)
-    assert prefetch_exposed_s(2.0, (1.0, 1.0), (0.0, 0.0), 0.5) == 0.0
+    assert prefetch_exposed_s(before, after._replace(spare_backward_s=0.5)) == pytest.approx(1.5)
+    # earlier block not at level 3: an earlier level-3 block started the gathers, hidden
+    # behind both blocks' forward (2 + 0.5 of 3 s)
+    assert prefetch_exposed_s(before._replace(gathers=(0.0, 0.0)), after) == pytest.approx(0.5)
+    # later block not at level 3: both blocks' backward (0.2 + 0.5) hide the earlier one's
+    # 1 s of backward gathers but 0.3 s
+    assert prefetch_exposed_s(before, BlockPass(0.5, 0.5, (0.0, 0.0))) == pytest.approx(0.3)
 
 
-def _priced(time_s, forward_s=0.0, backward_s=0.0, gathers=(0.0, 0.0)):
-    return Priced(time_s, time_s, forward_s=forward_s, backward_s=backward_s, prefetch_s=gathers)
+def _priced(time_s, spare_forward_s=0.0, spare_backward_s=0.0, gathers=(0.0, 0.0)):
+    return Priced(time_s, time_s, spare_forward_s=spare_forward_s, spare_backward_s=spare_backward_s,
+                  prefetch_s=gathers)
 
 
-# E (an embedding, level 3 only), N (a norm), M (an MLP): N and M at level 0 or 3.
+# E (an embedding, level 3 only), N (a norm), M (an MLP): N and M at level 0 or 3; the
+# seconds given are each option's time, spare forward and backward compute, gathers.
 PRICES = {
     "E": {"z3": _priced(2.0, 0.5, 1.0, (0.3, 0.3))},
     "N": {"z0": _priced(0.2, 0.05, 0.15), "z3": _priced(0.2, 0.05, 0.15, (0.01, 0.01))},
     "M": {"z0": _priced(10.5, 3.0, 7.0), "z3": _priced(10.0, 3.0, 7.0, (2.0, 2.0))},
 }
 # By hand: E's forward gathers are not prefetched (0.3). Pair E->N: E at level 3, N's 0.01
-# hide behind E's 0.5; N at level 3 hides only 0.15 of E's 0.3 backward gathers (0.15).
-# Pair N->M: N at level 3 starts M's 2.0 of gathers and hides 0.05 (1.95); N at level 0 ->
-# E started them, hidden behind E and N; M at level 3 hides N's 0.01 behind its 7.0.
+# hide behind E's 0.5; N at level 3 hides only 0.15 of E's 0.3 backward gathers (0.15), N at
+# level 0 leaves them to N's and E's backward (1.15, hidden). Pair N->M: N at level 3 starts
+# M's 2.0 of gathers and hides 0.05 (1.95); N at level 0 -> an earlier block started them,
+# hidden behind N's and M's forward (3.05); M at level 3 hides N's 0.01 behind its 7.0.
 EXPECTED = {
     ("z0", "z0"): 2.0 + 0.2 + 10.5 + 0.3,
     ("z0", "z3"): 2.0 + 0.2 + 10.0 + 0.3,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from passes.parallelize.ilp import BlockVars, Edge, Option
 from passes.parallelize.pricing import Priced
-from passes.parallelize.training import prefetch_exposed_s
+from passes.parallelize.training import BlockPass, prefetch_exposed_s
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class PrefetchCosts:
                     pa = price_of[src][a.name]
                     for b in options[dst]:
                         pb = price_of[dst][b.name]
-                        seconds = prefetch_exposed_s(pa.forward_s, pa.prefetch_s, pb.prefetch_s, pb.backward_s)
+                        seconds = prefetch_exposed_s(_side(pa), _side(pb))
                         if seconds:
                             once[key][(a.name, b.name)] = seconds
             cost = {pair: times * seconds for pair, seconds in once[key].items()}
@@ -91,3 +91,7 @@ class PrefetchCosts:
             for pair, seconds in by_pair.items():
                 acc[pair] = acc.get(pair, 0.0) + seconds
         return out_blocks, [Edge(src=s, dst=d, cost_s=c) for (s, d), c in merged.items()]
+
+
+def _side(p: Priced) -> BlockPass:
+    return BlockPass(p.spare_forward_s, p.spare_backward_s, p.prefetch_s)

@@ -37,10 +37,11 @@ class Priced:
     comm_s: dict[str, float] = field(default_factory=dict)
     exposed_comm_s: float = 0.0
     memory: dict[str, float] = field(default_factory=dict)
-    # training: forward and backward compute, and the level-3 all-gathers (forward,
-    # backward) hidden behind a neighbour block's (training.prefetch_exposed_s)
-    forward_s: float = 0.0
-    backward_s: float = 0.0
+    # training: forward and backward compute not busy hiding the block's own collectives,
+    # and the level-3 all-gathers (forward, backward) a neighbour block hides
+    # (training.prefetch_exposed_s)
+    spare_forward_s: float = 0.0
+    spare_backward_s: float = 0.0
     prefetch_s: tuple[float, float] = (0.0, 0.0)
 
     @property
@@ -337,4 +338,4 @@ def training_price(
     memory = {"kv_cache": 0.0, **sharded_state_bytes(params, ctx, zero)}
     memory["activations"] = kept_input if recompute else activations
     return Priced(compute + exposed, compute, total, exposed, memory,
-                  forward_s=forward, backward_s=backward, prefetch_s=dp.prefetch_s)
+                  spare_forward_s=dp.spare_s[0], spare_backward_s=dp.spare_s[1], prefetch_s=dp.prefetch_s)

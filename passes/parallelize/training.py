@@ -20,7 +20,8 @@ them per block, like Helix's HOP-B slices):
   block i-1's while block i computes in backward (i, i+1 at level 3), so a gather's
   exposed time depends on the neighbour's compute: max(0, gather(i+1) - forward(i)) +
   max(0, gather_bwd(i) - backward(i+1)) per pair of consecutive blocks
-  (`prefetch_exposed_s`, an edge cost of the integer program). The first block's forward
+  (`prefetch_exposed_s`, an edge cost of the integer program; a neighbour at another level
+  leaves an earlier level-3 block to start them). The first block's forward
   gathers start when it reads them (exposed); the last level-3 block's backward reads the
   weights its forward still holds (no gather). The
   program holds two blocks' gathered weights at a time (the running one and the prefetched
@@ -44,6 +45,7 @@ all-to-all) unless the strategy declares otherwise (`Collective.backward`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cost_models import OverlapStage, exposed_comm_seconds
 from ir.graph import Block
@@ -137,6 +139,7 @@ class DpTraffic:
     exposed_s: float
     slowdown_s: float
     prefetch_s: tuple[float, float]
+    spare_s: tuple[float, float]  # forward, backward compute not busy hiding the above
 
 
 def dp_traffic(
@@ -155,6 +158,7 @@ def dp_traffic(
     for name, s in (backward_extra or {}).items():
         seconds[name] = s
         by_phase["backward"] += s
+    spare = (max(0.0, forward - by_phase["forward"]), max(0.0, backward - by_phase["backward"]))
     exposed = by_phase["step"] + exposed_comm_seconds([
         OverlapStage(comm_s=by_phase["forward"], overlappable_compute_s=forward),
         OverlapStage(comm_s=by_phase["backward"], overlappable_compute_s=backward),
@@ -162,26 +166,37 @@ def dp_traffic(
     overlapped = sum(v for k, v in by_phase.items() if k != "step")
     return DpTraffic(
         seconds, exposed, OVERLAP_SLOWDOWN * overlapped,
-        (by_phase["prefetch_forward"], by_phase["prefetch_backward"]),
+        (by_phase["prefetch_forward"], by_phase["prefetch_backward"]), spare,
     )
 
 
-def prefetch_exposed_s(
-    before_forward_s: float, before_gathers: tuple[float, float],
-    after_gathers: tuple[float, float], after_backward_s: float,
-) -> float:
+class BlockPass(NamedTuple):
+    """What prefetch pricing needs of one block's option: its spare forward and backward
+    compute seconds (compute not already hiding the block's own collectives: one stream
+    runs the collectives) and its level-3 all-gathers (forward, backward; zero when not at
+    level 3)."""
+
+    spare_forward_s: float
+    spare_backward_s: float
+    gathers: tuple[float, float]
+
+
+def prefetch_exposed_s(before: BlockPass, after: BlockPass) -> float:
     """Exposed level-3 gather time between two consecutive blocks (`before` runs first in
-    forward), given each block's level-3 gathers (forward, backward; zero when the block is
-    not at level 3). The program starts a level-3 block's gathers when the level-3 block
-    before it starts: when `before` is at level 3, the later block's forward gathers run
-    while it computes forward; when `after` is, the earlier block's backward gathers run
-    while it computes backward. When the neighbour is not at level 3, the gathers started
-    at an earlier level-3 block and the blocks since then hide them too: priced hidden (which
-    leaves the first level-3 block after a block at another level priced as hidden where
-    the program gathers on demand, one block per step when no earlier block is at level 3)."""
+    forward). The program starts a level-3 block's gathers when the level-3 block before it
+    starts. When `before` is at level 3, the later block's forward gathers run while it
+    computes forward (in its spare compute); otherwise an earlier level-3 block started them, at least one block
+    like `after` back where layers repeat: they hide behind both blocks' compute (a lower
+    bound; the first level-3 block, gathered on demand, is priced so too). Backward mirrors
+    it: when `after` is at level 3 it hides the earlier block's backward gathers, otherwise
+    both blocks' backward does."""
     exposed = 0.0
-    if before_gathers[0] > 0:
-        exposed += max(0.0, after_gathers[0] - before_forward_s)
-    if after_gathers[1] > 0:
-        exposed += max(0.0, before_gathers[1] - after_backward_s)
+    gather = after.gathers[0]
+    if gather:
+        hiding = before.spare_forward_s + (0.0 if before.gathers[0] else after.spare_forward_s)
+        exposed += max(0.0, gather - hiding)
+    gather = before.gathers[1]
+    if gather:
+        hiding = after.spare_backward_s + (0.0 if after.gathers[1] else before.spare_backward_s)
+        exposed += max(0.0, gather - hiding)
     return exposed

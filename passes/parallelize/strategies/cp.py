@@ -218,7 +218,7 @@ def _price_cp_training(
     )
     memory = {"kv_cache": 0.0, **sharded_state_bytes(params, ctx, zero), "activations": activations}
     return Priced(compute + exposed, compute, {k: v for k, v in total.items() if v}, exposed, memory,
-                  forward_s=forward, backward_s=backward, prefetch_s=dp.prefetch_s)
+                  spare_forward_s=dp.spare_s[0], spare_backward_s=dp.spare_s[1], prefetch_s=dp.prefetch_s)
 
 
 def _with_split(ctx: PlanContext, seq: int, context: int) -> PlanContext:
