@@ -120,7 +120,7 @@ def test_bucket_constants_are_the_programs():
     assert GRAD_BUCKETS_HELD == in_flight + 1
 
 
-def test_every_combination_is_priced_once_per_pair():
+def test_a_pair_of_groups_met_n_times_costs_n_times():
     """Between two blocks sharing their option lists (a group), the cost table is the same
     object's numbers, scaled by how often the pair occurs (compact groups)."""
     options = {n: tuple(Option(name=o, time_s=1.0, memory_bytes=0.0, layout_in="r", layout_out="r")

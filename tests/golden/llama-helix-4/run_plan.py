@@ -1463,8 +1463,8 @@ class GatherWeight(torch.autograd.Function):
 class Gather:
     """One all-gather of a level-3 weight: started, and waited for once before any read."""
 
-    def __init__(self, full, work, prefetched):
-        self.full, self.work, self.prefetched, self.read = full, work, prefetched, False
+    def __init__(self, full, work):
+        self.full, self.work, self.read = full, work, False
 
     def wait(self):
         if self.work is not None:
@@ -1503,7 +1503,7 @@ class GatheredWeights:
         weakref.finalize(storage, self.freed, address, nbytes)
         self.gathers += 1
         self.on_demand += not prefetched
-        return Gather(full, work, prefetched)
+        return Gather(full, work)
 
     def freed(self, address, nbytes):
         self.bytes -= nbytes
