@@ -276,7 +276,9 @@ def assemble_plan(
         strategy = BY_NAME[name]
         if strategy.explain is not None and b.group not in notes:
             notes[b.group] = strategy.explain(b, ctx, dict(extras))
-    edge_s = sol.objective_s - sum(bp.predicted_s for bp in blocks)
+    # the edges' time and the first block's unprefetched gathers, less the level-3 gathers
+    # that prefetch leaves exposed (already in the blocks' all_gather:params), is resharding
+    edge_s = sol.objective_s - sum(bp.predicted_s for bp in blocks) - built.prefetch_exposed_s(sol.assignment)
     if edge_s > 1e-15:
         per_collective["reshard:tp"] = edge_s
     memory["workspace"] = result.fixed_bytes

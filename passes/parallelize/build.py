@@ -12,6 +12,7 @@ from ir.graph import Block, Graph
 from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import BlockVars, Edge, Option, Problem
 from passes.parallelize.layouts import reshard_seconds
+from passes.parallelize.prefetch import PrefetchCosts
 from passes.parallelize.pricing import Priced, price
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES, STRATEGIES
 from passes.parallelize.strategy import Strategy
@@ -83,6 +84,13 @@ class MeshProblem:
     excluded: list[dict]
     meaning: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
     group_sizes: dict[str, int] = field(default_factory=dict)  # compact: blocks per group
+    # training at level 3: the part of the edges' and the first block's time that is
+    # prefetched all-gathers exposed (`PrefetchCosts`), kept apart from resharding
+    prefetch: PrefetchCosts | None = None
+
+    def prefetch_exposed_s(self, assignment: dict[str, str]) -> float:
+        """Seconds of level-3 all-gathers left exposed by prefetch under `assignment`."""
+        return 0.0 if self.prefetch is None else self.prefetch.seconds(assignment)
 
 
 def hidden_edges(graph: Graph) -> dict[tuple[str, str], int]:
@@ -180,6 +188,17 @@ def build_problem(
                 by_name[src], by_name[dst], lambda a, b, full=full: reshard_seconds(a, b, full, ctx)
             ).cost_s
         ilp_edges.append(Edge(src=src, dst=dst, cost_s=costs[key]))
+    prefetch = None
+    if any(p.prefetch_s != (0.0, 0.0) for p in priced.values()):
+        names = [b.name for b in graph.blocks]
+        lead = graph.blocks[0]
+        prefetch = PrefetchCosts.between(
+            [(a, b, 1) for a, b in zip(names, names[1:], strict=False)],
+            {b.name: b.options for b in blocks},
+            {b.name: {o.name: priced[(b.name, o.name)] for o in b.options} for b in blocks},
+            tuple(b.name for b in graph.blocks if b is lead or (share_groups and b.group == lead.group)),
+        )
+        blocks, ilp_edges = prefetch.apply(blocks, ilp_edges)
     problem = Problem(
         blocks=tuple(blocks),
         edges=tuple(ilp_edges),
@@ -188,7 +207,8 @@ def build_problem(
         time_budget_s=time_budget_s,
         share_groups=share_groups,
     )
-    return MeshProblem(ctx, problem, priced, options_of.excluded_list(), options_of.meaning)
+    return MeshProblem(ctx, problem, priced, options_of.excluded_list(), options_of.meaning,
+                       prefetch=prefetch)
 
 
 class _OptionFinder:
@@ -274,6 +294,7 @@ class GroupSkeleton:
     count: dict[str, int]
     between: tuple[tuple[str, str, int, int], ...]  # (src group, dst group, hidden, edges)
     inside: tuple[tuple[str, int, int], ...]  # (group, hidden, edges between its own blocks)
+    follows: tuple[tuple[str, str, int], ...] = ()  # (group, next block's group, times)
 
 
 def group_skeleton(graph: Graph, edges: dict[tuple[str, str], int]) -> GroupSkeleton:
@@ -292,10 +313,14 @@ def group_skeleton(graph: Graph, edges: dict[tuple[str, str], int]) -> GroupSkel
             between[(gs, gd, hidden)] = between.get((gs, gd, hidden), 0) + 1
         else:
             inside[(gs, hidden)] = inside.get((gs, hidden), 0) + 1
+    follows: dict[tuple[str, str], int] = {}
+    for a, b in zip(graph.blocks, graph.blocks[1:], strict=False):
+        follows[(a.group, b.group)] = follows.get((a.group, b.group), 0) + 1
     return GroupSkeleton(
         first=tuple(first.values()), count=count,
         between=tuple((gs, gd, hidden, n) for (gs, gd, hidden), n in between.items()),
         inside=tuple((g, hidden, n) for (g, hidden), n in inside.items()),
+        follows=tuple((ga, gb, n) for (ga, gb), n in follows.items()),
     )
 
 
@@ -344,16 +369,27 @@ def _build_compact(
         acc = merged.setdefault((e.src, e.dst), {})
         for pair, seconds in e.cost_s.items():
             acc[pair] = acc.get(pair, 0.0) + seconds
+    units = list(blocks.values())
+    unit_edges = [Edge(src=s, dst=d, cost_s=c) for (s, d), c in merged.items()]
+    prefetch = None
+    if any(p.prefetch_s != (0.0, 0.0) for p in priced.values()):
+        prefetch = PrefetchCosts.between(
+            list(skeleton.follows),
+            {g: b.options for g, b in blocks.items()},
+            {g: {o.name: priced[(g, o.name)] for o in b.options} for g, b in blocks.items()},
+            (skeleton.first[0].group,),
+        )
+        units, unit_edges = prefetch.apply(units, unit_edges)
     problem = Problem(
-        blocks=tuple(blocks.values()),
-        edges=tuple(Edge(src=s, dst=d, cost_s=c) for (s, d), c in merged.items()),
+        blocks=tuple(units),
+        edges=tuple(unit_edges),
         memory_capacity_bytes=capacity_bytes,
         fixed_memory_bytes=fixed_bytes,
         time_budget_s=time_budget_s,
         share_groups=True,
     )
     return MeshProblem(ctx, problem, priced, options_of.excluded_list(), options_of.meaning,
-                       dict(skeleton.count))
+                       dict(skeleton.count), prefetch)
 
 
 class _NoOption(Exception):

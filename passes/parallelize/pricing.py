@@ -15,16 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cost_models import KernelWork, OverlapStage, exposed_comm_seconds
+from cost_models import KernelWork
 from ir.graph import Block
 from ir.tensor import evaluate
 from passes.parallelize.context import PlanContext
 from passes.parallelize.strategy import MODEL_AXES, Strategy
 from passes.parallelize.training import (
     BACKWARD_FACTOR,
-    OVERLAP_SLOWDOWN,
     TRANSPOSE,
-    dp_collectives,
+    dp_traffic,
     sharded_state_bytes,
 )
 
@@ -42,6 +41,12 @@ class Priced:
     comm_s: dict[str, float] = field(default_factory=dict)
     exposed_comm_s: float = 0.0
     memory: dict[str, float] = field(default_factory=dict)
+    # training: forward and backward compute not busy hiding the block's own collectives,
+    # and the level-3 all-gathers (forward, backward) a neighbour block hides
+    # (training.prefetch_exposed_s)
+    spare_forward_s: float = 0.0
+    spare_backward_s: float = 0.0
+    prefetch_s: tuple[float, float] = (0.0, 0.0)
 
     @property
     def memory_bytes(self) -> float:
@@ -339,29 +344,25 @@ def training_price(
     their transposes on the critical path, and the gradient / parameter collectives over dp
     (by sharding level, of the `params` this GPU holds) and over the model axes (of the
     `model_reduced_params` held whole there but fed different tokens) overlapped with compute
-    (`passes.parallelize.training`). Memory: the state at level `zero` and the activations
+    (`passes.parallelize.training`; level-3 gathers are left to the neighbour blocks'
+    edge, `prefetch_s`). Memory: the state at level `zero` and the activations
     kept for backward (`kept_input`, the block's input, when it is recomputed)."""
     backward = forward * BACKWARD_FACTOR + forward * recompute
-    compute = forward + backward
     total: dict[str, float] = {}
     for part, times in ((comm, 1 + recompute), (backward_comm, 1)):
         for k, v in part.items():
             total[k] = total.get(k, 0.0) + times * v
     model_axes_s = sum(total.values())
-    hidden_by = {"forward": 0.0, "backward": 0.0, "step": 0.0}
-    for name, (seconds, phase) in dp_collectives(params, ctx, zero).items():
-        total[name] = seconds
-        hidden_by[phase] += seconds
+    extra = {}
     if model_reduced_params:
         seconds = ctx.collective_s("all_reduce", model_reduced_params * ctx.weight_bytes, MODEL_AXES)
         if seconds:
-            total["all_reduce:grads_tp"] = seconds
-            hidden_by["backward"] += seconds
-    exposed = model_axes_s + hidden_by["step"] + exposed_comm_seconds([
-        OverlapStage(comm_s=hidden_by["forward"], overlappable_compute_s=forward),
-        OverlapStage(comm_s=hidden_by["backward"], overlappable_compute_s=backward),
-    ])
-    compute += OVERLAP_SLOWDOWN * (hidden_by["forward"] + hidden_by["backward"])
+            extra["all_reduce:grads_tp"] = seconds
+    dp = dp_traffic(params, ctx, zero, forward=forward, backward=backward, backward_extra=extra)
+    total.update(dp.seconds)
+    exposed = model_axes_s + dp.exposed_s
+    compute = forward + backward + dp.slowdown_s
     memory = {"kv_cache": 0.0, **sharded_state_bytes(params, ctx, zero)}
     memory["activations"] = kept_input if recompute else activations
-    return Priced(compute + exposed, compute, total, exposed, memory)
+    return Priced(compute + exposed, compute, total, exposed, memory,
+                  spare_forward_s=dp.spare_s[0], spare_backward_s=dp.spare_s[1], prefetch_s=dp.prefetch_s)

@@ -31,6 +31,7 @@ from passes.parallelize.build import (
 from passes.parallelize.context import PlanContext
 from passes.parallelize.ilp import Problem, Solution, solve
 from passes.parallelize.strategies import BY_NAME, DEFAULT_STRATEGIES
+from passes.parallelize.training import GRAD_BUCKET_BYTES, GRAD_BUCKETS_HELD
 from passes.parallelize.verified import batch_split_reason, token_split_reason
 
 
@@ -94,17 +95,24 @@ def workspace_bytes(
 ) -> float:
     """Transient activations of the widest block on one replica (not summed over blocks),
     plus a runtime reserve (CUDA context, allocator slack; 1 GiB by default). Training on a
-    dp axis adds two gathered blocks' parameters (the one running and the one prefetched,
-    when a block shards its parameters over dp, level 3), split over the model axes."""
+    dp axis adds what the generated program holds beside the sharded state (training's
+    module docstring): two gathered blocks' parameters (the one running and the one
+    prefetched, when a block shards its parameters over dp, level 3) and the gradient
+    buckets of whole gradients at levels 2-3 (GRAD_BUCKETS_HELD of GRAD_BUCKET_BYTES, at
+    most all of the gradients), split over the model axes."""
     cp = mesh.size("cp")
     tokens = workload.seq if cp == 1 else -(-workload.seq // (2 * cp)) * 2
     rows = workload.batch // mesh.size("dp") * tokens
-    gathered = 0.0
-    if workload.kind == "train" and mesh.size("dp") > 1 and 3 in workload.zero_levels:
+    held = 0.0
+    if workload.kind == "train" and mesh.size("dp") > 1:
         model_split = mesh.size("kvp") * mesh.size("tp")
-        largest = max(b.param_count for b in graph.blocks)
-        gathered = 2 * largest / model_split * dtype_size_bytes(workload.weight_dtype)
-    return rows * _graph_facts(graph).widest * act_bytes * 2 + gathered + reserve_bytes
+        weight_bytes = dtype_size_bytes(workload.weight_dtype)
+        if 3 in workload.zero_levels:
+            held += 2 * max(b.param_count for b in graph.blocks) / model_split * weight_bytes
+        if max(workload.zero_levels) >= 2:
+            grads = sum(b.param_count for b in graph.blocks) / model_split * weight_bytes
+            held += min(GRAD_BUCKETS_HELD * GRAD_BUCKET_BYTES, grads)
+    return rows * _graph_facts(graph).widest * act_bytes * 2 + held + reserve_bytes
 
 
 def search(

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from cost_models import KernelWork, OverlapStage, exposed_comm_seconds
+from cost_models import KernelWork
 from cost_models.compute import attention_prefill_work
 from ir.graph import Block
 from passes.parallelize.context import PlanContext
@@ -48,8 +48,7 @@ from passes.parallelize.pricing import PARTIAL_BYTES, LocalSizes, Priced, traini
 from passes.parallelize.strategy import REPLICATE, Strategy
 from passes.parallelize.training import (
     BACKWARD_FACTOR,
-    OVERLAP_SLOWDOWN,
-    dp_collectives,
+    dp_traffic,
     sharded_state_bytes,
 )
 
@@ -213,15 +212,10 @@ def _price_cp_training(
     if variant == "cp_pass_q":  # pass-KV's closing transfer is its last accumulator send
         total["all_to_all:cp_backward"] = terms["backward_final_s"]
     total["all_reduce:tp"] += all_reduce_s  # its transpose in backward
-    hidden = {"forward": 0.0, "backward": 0.0, "step": 0.0}
-    for name, (seconds, phase) in dp_collectives(params, ctx, zero).items():
-        total[name] = seconds
-        hidden[phase] += seconds
-    exposed += hidden["step"] + exposed_comm_seconds([
-        OverlapStage(comm_s=hidden["forward"], overlappable_compute_s=forward),
-        OverlapStage(comm_s=hidden["backward"], overlappable_compute_s=backward),
-    ])
-    compute = forward + backward + OVERLAP_SLOWDOWN * (hidden["forward"] + hidden["backward"])
+    dp = dp_traffic(params, ctx, zero, forward=forward, backward=backward)
+    total.update(dp.seconds)
+    exposed += dp.exposed_s
+    compute = forward + backward + dp.slowdown_s
     tp = ctx.mesh.size("tp")
     sizes = LocalSizes(
         batch=ctx.replica_batch(), tokens=local_new_tokens(ctx), context=0, weight_split=tp,
@@ -232,7 +226,8 @@ def _price_cp_training(
         else training_activation_bytes(block, ctx, sizes)
     )
     memory = {"kv_cache": 0.0, **sharded_state_bytes(params, ctx, zero), "activations": activations}
-    return Priced(compute + exposed, compute, {k: v for k, v in total.items() if v}, exposed, memory)
+    return Priced(compute + exposed, compute, {k: v for k, v in total.items() if v}, exposed, memory,
+                  spare_forward_s=dp.spare_s[0], spare_backward_s=dp.spare_s[1], prefetch_s=dp.prefetch_s)
 
 
 def _with_split(ctx: PlanContext, seq: int, context: int) -> PlanContext:

@@ -1105,9 +1105,9 @@ VOCAB_SIZE = 512
 #   1  gradients all-reduced; each rank updates and keeps optimizer state for 1/dp of the
 #      flattened weight, then the updated pieces are all-gathered
 #   2  gradients reduce-scattered over dp (each rank keeps 1/dp), updated, all-gathered
-#   3  each rank stores 1/dp of the weight; it is all-gathered where a block uses it and
-#      freed after (GatheredWeights), its gradient reduce-scattered; the piece is updated
-#      in place
+#   3  each rank stores 1/dp of the weight; it is all-gathered for the block that uses it
+#      (the next block's gathers prefetched while a block runs) and freed after
+#      (GatheredWeights), its gradient reduce-scattered; the piece is updated in place
 ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 TRAINED = [spec for spec in WEIGHTS if not spec["buffer"]]
 
@@ -1202,22 +1202,24 @@ class TrainState:
             self.stored[key] = t.detach().clone().requires_grad_(True)
         self.state = {}
         self.steps = 0
-        self.gathered = GatheredWeights(self, keep=keep_gathered)
+        self.gathered = GatheredWeights(self, keep=keep_gathered, prefetch=overlap)
         self.buckets = GradBuckets(self, bucket_bytes, overlap)
 
     def gathers(self, key):
-        """Whether a weight is all-gathered over dp where it is used (level 3 with dp > 1)."""
-        return self.level[key] == 3 and dp_size() > 1
+        """Whether a weight is all-gathered over dp where it is used (level 3 with dp > 1;
+        never a buffer: every rank holds those whole)."""
+        return key in self.stored and self.level[key] == 3 and dp_size() > 1
 
     def block_weights(self):
         """Per block, name -> the weight the block function reads."""
-        return {block: LazyWeights(table, self.weight) for block, table in BLOCK_WEIGHTS.items()}
+        return {block: LazyWeights(block, table, self) for block, table in BLOCK_WEIGHTS.items()}
 
-    def weight(self, key):
+    def weight(self, key, block):
+        """The weight `block` reads under `key`."""
         if key in self.buffers:
             return self.buffers[key]
         if self.gathers(key):
-            return self.gathered.get(key)
+            return self.gathered.get(key, block)
         t = self.stored[key]
         return t.view(self.specs[key]["local_shape"]) if self.level[key] == 3 else t
 
@@ -1231,6 +1233,7 @@ class TrainState:
         """Wait for the gradient reductions, update the pieces, re-assemble levels 1-2.
         Returns the reduced gradients (this rank's pieces)."""
         self.steps += 1
+        self.gathered.new_step()
         grads = self.buckets.finish()
         with torch.no_grad():
             for key, t in self.stored.items():
@@ -1240,7 +1243,6 @@ class TrainState:
                 if level in (1, 2):
                     t.copy_(gather_flat(target, self.specs[key], self.pg))
                 t.grad = None
-        self.gathered.new_step()
         return grads
 
     def update(self, key, p, g):
@@ -1434,66 +1436,171 @@ class GradBuckets:
 
 
 # ---------------------------------------------------------------------------- level 3: gathered weights
-# A level-3 weight is stored as this rank's 1/dp piece. Where a block reads it, GatherWeight
-# all-gathers the whole weight; the block's ops save it for backward through
-# saved-tensor hooks that keep only a note of which weight it was (pack_saved), so the
-# gathered weight is freed as soon as the block's forward no longer uses it. Backward
-# all-gathers it again where an op needs it (unpack_saved) and frees it after. Every use
-# gathers anew, never "if a copy is still alive": when a tensor dies can differ between
-# ranks (garbage collection), and all ranks must issue the same collectives in the same order. At most the weights of the running block
-# are whole at a time (the planner's workspace allows two blocks: the running one and a
-# prefetched next one; this program does not prefetch). GatherWeight's backward adds the
-# whole-weight gradient to its bucket, which reduce-scatters it over dp. --keep-gathered
-# keeps each gathered weight until backward is done instead (fewer all-gathers, more memory).
+# A level-3 weight is stored as this rank's 1/dp piece. A block that reads it gets the whole
+# weight from an all-gather (GatherWeight); its ops save it for backward through
+# saved-tensor hooks that keep only a note of which block and weight it was (pack_saved), so
+# the gathered weight is freed once the program stops holding it. Backward gathers it again
+# where an op needs it (unpack_saved). GatherWeight's backward adds the whole-weight
+# gradient to its bucket, which reduce-scatters it over dp.
+#
+# Prefetch (the default; --no-overlap turns it off with the buckets' overlap): the program
+# holds the gathered weights of two level-3 blocks, the one running and the one that runs
+# next, and no others. When a block first reads a level-3 weight, the held weights of any
+# other block are dropped, every gather of this block that is not already under way starts,
+# and so do the gathers of the next block: in forward the next level-3 block of BLOCK_WEIGHTS
+# (forward order), in backward the closest earlier block whose weights backward reads again
+# (recorded by this step's forward: the notes pack_saved wrote, the weights of recomputed
+# blocks). Each gather is async; its `.wait()` sits where a block reads the weight, so the
+# next block's gathers run while this block computes. Every rank starts the same gathers in
+# the same order: what starts depends only on which block reads a weight, never on when a
+# tensor dies (that can differ between ranks). The backward of the last forward block reads
+# the weights its forward still holds.
+#
+# Without prefetch, every read gathers anew, synchronously, and nothing is held: at most
+# the running block's weights are whole. --keep-gathered keeps each gathered weight until
+# backward is done (no saved-tensor hooks: backward reads the kept weights, fewer all-gathers,
+# more memory).
 class GatherWeight(torch.autograd.Function):
     """A level-3 weight's dp piece -> the whole weight (this rank's model-parallel shard)."""
 
     @staticmethod
-    def forward(ctx, piece, key, gathered):
+    def forward(ctx, piece, key, block, gathered):
         ctx.key, ctx.gathered, ctx.numel = key, gathered, piece.numel()
-        return gathered.all_gather(key)
+        return gathered.whole(block, key)
 
     @staticmethod
     def backward(ctx, grad):
         ctx.gathered.train.buckets.add(ctx.key, grad)
-        return grad.new_zeros(()).expand(ctx.numel), None, None
+        return grad.new_zeros(()).expand(ctx.numel), None, None, None
+
+
+class Gather:
+    """One all-gather of a level-3 weight: started, and waited for once before any read."""
+
+    def __init__(self, full, work):
+        self.full, self.work, self.read = full, work, False
+
+    def wait(self):
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+        return self.full
 
 
 class GatheredWeights:
-    """The level-3 weights gathered now, found by their storage, with the bytes they hold
-    (now and at most)."""
+    """The level-3 weights gathered now (see above): the gathers held per (block, weight
+    key), which gathered storage belongs to which, the bytes they hold (now and at most) and
+    counts of the gathers (all, started by the read that needed them, dropped unread)."""
 
-    def __init__(self, train, keep):
-        self.train, self.keep = train, keep
-        self.owner = {}  # storage address -> weight key, while that storage lives
+    def __init__(self, train, keep, prefetch):
+        self.train, self.keep, self.prefetch = train, keep, prefetch
+        self.order = [block for block, table in BLOCK_WEIGHTS.items() if any(map(train.gathers, table.values()))]
+        self.position = {block: i for i, block in enumerate(self.order)}
+        self.owner = {}  # storage address -> (block, weight key), while that storage lives
+        self.held = {}  # (block, key) -> Gather, for the running block and the next one
         self.kept = {}
+        self.recomputed = set()  # blocks whose forward backward runs again (recompute)
+        self.reread = {}  # block -> weight keys backward reads again, in forward order
+        self.current, self.backward = None, False
         self.bytes = self.peak_bytes = 0
+        self.gathers = self.on_demand = self.unread = 0
 
-    def all_gather(self, key):
+    def start(self, block, key, prefetched):
         piece = self.train.stored[key].detach()
         full = piece.new_empty(dp_size() * piece.numel())
-        dist.all_gather_into_tensor(full, piece.contiguous(), group=self.train.pg.dp)
+        work = dist.all_gather_into_tensor(full, piece.contiguous(), group=self.train.pg.dp, async_op=True)
         storage = full.untyped_storage()
         address, nbytes = storage.data_ptr(), storage.nbytes()
-        self.owner[address] = key
+        self.owner[address] = (block, key)
         self.bytes += nbytes
         self.peak_bytes = max(self.peak_bytes, self.bytes)
-        weakref.finalize(storage, self.freed, key, address, nbytes)
-        shape = self.train.specs[key]["local_shape"]
-        return full[:math.prod(shape)].view(shape)
+        weakref.finalize(storage, self.freed, address, nbytes)
+        self.gathers += 1
+        self.on_demand += not prefetched
+        return Gather(full, work)
 
-    def freed(self, key, address, nbytes):
+    def freed(self, address, nbytes):
         self.bytes -= nbytes
         self.owner.pop(address, None)
 
-    def get(self, key):
+    def flat(self, block, key):
+        """The whole weight, flat and padded, for a read of `block`: waited for."""
+        if not self.prefetch:
+            return self.start(block, key, prefetched=False).wait()
+        self.enter(block)
+        gather = self.held.get((block, key))
+        if gather is None:  # a weight the block did not list for this pass
+            gather = self.held[(block, key)] = self.start(block, key, prefetched=False)
+        gather.read = True
+        return gather.wait()
+
+    def whole(self, block, key):
+        shape = self.train.specs[key]["local_shape"]
+        return self.flat(block, key)[:math.prod(shape)].view(shape)
+
+    def enter(self, block):
+        """`block` reads a level-3 weight: hold its gathers and the next block's, drop the rest."""
+        if block == self.current:
+            return
+        self.current = block
+        upcoming = self.upcoming(block)
+        for b, key in list(self.held):
+            if b not in (block, upcoming):
+                self.drop(b, key)
+        for b, prefetched in ((block, False), (upcoming, True)):
+            for key in self.reads(b):
+                if (b, key) not in self.held:
+                    self.held[(b, key)] = self.start(b, key, prefetched)
+
+    def upcoming(self, block):
+        """The level-3 block whose weights are read after `block`'s in this pass."""
+        i = self.position[block]
+        if not self.backward:
+            return self.order[i + 1] if i + 1 < len(self.order) else None
+        return next((b for b in reversed(self.order[:i]) if self.reread.get(b)), None)
+
+    def reads(self, block):
+        """The level-3 weights `block` reads in this pass (none for no block)."""
+        if block is None:
+            return []
+        if self.backward:
+            return self.reread.get(block, [])
+        return list(dict.fromkeys(k for k in BLOCK_WEIGHTS[block].values() if self.train.gathers(k)))
+
+    def drop(self, block, key):
+        gather = self.held.pop((block, key))
+        gather.wait()  # its buffer may be freed only once the collective is done
+        self.unread += not gather.read
+
+    def get(self, key, block):
         """The whole weight for a block's forward (differentiable)."""
-        weight = GatherWeight.apply(self.train.stored[key], key, self)
+        if self.recomputed_here(block):
+            self.note_reread(block, key)
+        weight = GatherWeight.apply(self.train.stored[key], key, block, self)
         if self.keep:
             self.kept[key] = weight
         return weight
 
+    def recomputed_here(self, block):
+        return not self.backward and block in self.recomputed
+
+    def note_reread(self, block, key):
+        keys = self.reread.setdefault(block, [])
+        if key not in keys:
+            keys.append(key)
+
+    def begin_forward(self):
+        self.backward, self.current = False, None
+        self.reread.clear()
+
+    def begin_backward(self):
+        self.backward, self.current = True, None
+
     def new_step(self):
+        """The step's backward is done: wait for and drop every gather still held."""
+        for block, key in list(self.held):
+            self.drop(block, key)
+        self.current = None
         self.kept.clear()
 
     def hooks(self):
@@ -1503,38 +1610,47 @@ class GatheredWeights:
         return torch.autograd.graph.saved_tensors_hooks(self.pack_saved, self.unpack_saved)
 
     def pack_saved(self, t):
-        key = self.owner.get(t.untyped_storage().data_ptr()) if t.device.type != "meta" else None
-        if key is None:
+        owner = self.owner.get(t.untyped_storage().data_ptr()) if t.device.type != "meta" else None
+        if owner is None:
             return t
-        return (key, t.dtype, tuple(t.shape), t.stride(), t.storage_offset())
+        block, key = owner
+        self.note_reread(block, key)
+        return (block, key, t.dtype, tuple(t.shape), t.stride(), t.storage_offset())
 
     def unpack_saved(self, saved):
         if isinstance(saved, torch.Tensor):
             return saved
-        key, dtype, shape, stride, offset = saved
-        storage = self.all_gather(key).untyped_storage()
+        block, key, dtype, shape, stride, offset = saved
+        storage = self.flat(block, key).untyped_storage()
         return torch.empty(0, dtype=dtype, device=storage.device).set_(storage, offset, shape, stride)
 
 
 def recompute(fn, *args, **kwargs):
     """A block the plan recomputes: while autograd records, only its inputs are kept and
-    backward runs it again (its collectives too, in the same order on every rank) before
-    differentiating it; otherwise a plain call."""
+    backward runs it again (its collectives and level-3 reads too, in the same order on every
+    rank) before differentiating it; otherwise a plain call."""
     if not torch.is_grad_enabled():
         return fn(*args, **kwargs)
+    weights = kwargs.get("w")
+    if isinstance(weights, LazyWeights):
+        weights.recomputed()
     return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
 
 
 class LazyWeights(dict):
     """A block's weights by name, looked up where the block reads them (level 3 gathers
-    there; nothing here keeps the gathered weight alive after the block)."""
+    there, or waits for the gather its prefetch started)."""
 
-    def __init__(self, table, weight):
+    def __init__(self, block, table, train):
         super().__init__()
-        self.table, self.weight = table, weight
+        self.block, self.table, self.train = block, table, train
 
     def __getitem__(self, name):
-        return self.weight(self.table[name])
+        return self.train.weight(self.table[name], self.block)
+
+    def recomputed(self):
+        self.train.gathered.recomputed.add(self.block)
+
 
 
 def shifted_labels(ids):
@@ -1677,10 +1793,12 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
         sync(device)
         t0 = time.perf_counter()
         with torch.enable_grad(), census:
+            train.gathered.begin_forward()
             with train.gathered.hooks():
                 out = forward(inputs, train.block_weights(), pg, **({"device": device} if "device" in FORWARD_ARGS else {}))
                 loss = cross_entropy_sum(out[logits_name], local_labels, vocab_axis, pg) / tokens / holders
             del out
+            train.gathered.begin_backward()
             loss.backward()
         grads = train.step()
         sync(device)
@@ -1729,6 +1847,9 @@ def run_train(args, module, local, pg, device, ref, config_model, check):
         "largest_tensor_bytes": census.largest,
         "peak_step_bytes": census.peak_live,
         "peak_gathered_bytes": train.gathered.peak_bytes,
+        "level3_gathers": train.gathered.gathers,
+        "level3_gathers_on_demand": train.gathered.on_demand,
+        "level3_gathers_unread": train.gathered.unread,
         "grad_buckets": len(train.buckets.buckets),
         "grad_buckets_started_in_backward": train.buckets.started_in_backward,
         "largest_tensor_shape": census.shape,
@@ -2221,7 +2342,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="train: parameter and compute dtype")
     parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None, help="train: one dp sharding level for every weight (default: the plan's, per weight)")
     parser.add_argument("--bucket-mb", type=float, default=25.0, help="train: gradient bucket size in MiB (one collective per bucket)")
-    parser.add_argument("--no-overlap", action="store_true", help="train: reduce the gradient buckets after backward instead of during it")
+    parser.add_argument("--no-overlap", action="store_true", help="train: reduce the gradient buckets after backward instead of during it, and gather each level-3 weight where it is read (no prefetch)")
     parser.add_argument("--keep-gathered", action="store_true", help="train: keep level-3 gathered weights until backward (more memory, fewer all-gathers)")
     parser.add_argument("--batch", type=int, default=WORKLOAD.get("batch", 1))
     parser.add_argument("--seq", type=int, default=WORKLOAD.get("seq", 1), help="new tokens (prefill)")
