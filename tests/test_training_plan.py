@@ -41,13 +41,17 @@ def test_405b_training_on_64_h100_needs_sharded_state(load):
     assert plan.memory["per_gpu_bytes"] <= plan.memory["capacity_bytes"]
     text = explain_text(plan)
     assert "zero level **3**" in text or "zero level **2**" in text
-    with pytest.raises(InfeasiblePlanError, match="does not fit on 64 GPUs"):
+    # the message suggests what is not set already
+    with pytest.raises(InfeasiblePlanError, match="does not fit on 64 GPUs") as levels01:
         make_plan(loaded, hardware="h100-sxm", gpus=64,
                   workload=Workload(kind="train", batch=16, seq=2048, optimizer="sgd",
                                     zero_levels=(0, 1)))
-    with pytest.raises(InfeasiblePlanError, match="does not fit on 64 GPUs"):
+    assert "--zero 0,1,2,3" in str(levels01.value) and "--optimizer sgd" not in str(levels01.value)
+    with pytest.raises(InfeasiblePlanError, match="does not fit on 64 GPUs") as adamw:
         make_plan(loaded, hardware="h100-sxm", gpus=64,
                   workload=Workload(kind="train", batch=16, seq=2048, optimizer="adamw"))
+    assert "--optimizer sgd" in str(adamw.value) and "--zero" not in str(adamw.value)
+    assert "--recompute" not in str(adamw.value)
 
 
 def test_small_model_keeps_everything_replicated(load):

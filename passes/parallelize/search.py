@@ -320,6 +320,19 @@ def _gib(x: float) -> str:
     return f"{x / 2**30:.1f} GiB"
 
 
+def _training_memory_remedies(workload: Workload) -> list[str]:
+    """What a user can still change to fit a training plan, leaving out what is set already."""
+    remedies = []
+    if set(workload.zero_levels) != {0, 1, 2, 3}:
+        remedies.append("allow every sharding level (--zero 0,1,2,3)")
+    if workload.recompute != "auto":
+        remedies.append("let the planner recompute where it pays (--recompute auto)")
+    remedies.append("lower --batch/--seq")
+    if workload.optimizer != "sgd":
+        remedies.append("use --optimizer sgd (no optimizer state)")
+    return remedies
+
+
 def _infeasible_message(
     outcomes: list[MeshOutcome], gpus: int, capacity: float, workload: Workload
 ) -> str:
@@ -338,9 +351,8 @@ def _infeasible_message(
                     f"(mesh {best.mesh}, dp sharding levels {list(workload.zero_levels)}, "
                     f"recompute {workload.recompute}, optimizer {workload.optimizer}) needs "
                     f"{_gib(need)} per GPU; {_gib(capacity)} available. At least ~{target} "
-                    f"GPUs are needed at batch {workload.batch} × seq {workload.seq}; or allow "
-                    "every sharding level (--zero 0,1,2,3) and --recompute auto, lower "
-                    "--batch/--seq, or use --optimizer sgd"
+                    f"GPUs are needed at batch {workload.batch} × seq {workload.seq}; or "
+                    + ", ".join(_training_memory_remedies(workload))
                 )
             return (
                 f"the model does not fit on {gpus} GPUs under any plan: the smallest plan "
