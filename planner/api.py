@@ -70,8 +70,11 @@ def make_plan(
     t1 = time.perf_counter()
     hw = hardware if isinstance(hardware, HardwareSpec) else load_hardware(hardware)
     rules = [ForceRule.parse(f) for f in force or []]
+    seconds = dict(loaded.seconds)
+    seconds.update({"load": t1 - t0, "search": 0.0, "assemble": 0.0})
 
-    def solve(rules: list[ForceRule]) -> tuple[SearchResult, Plan]:
+    def plan_with(rules: list[ForceRule]) -> tuple[SearchResult, Plan]:
+        t = time.perf_counter()
         result = search(
             loaded.graph, workload, hw, gpus, force=rules, share_groups=not per_layer,
             time_limit_s=time_limit_s, cuda_graphs=cuda_graphs,
@@ -79,14 +82,17 @@ def make_plan(
             strategies=strategies if strategies is not None else DEFAULT_STRATEGIES,
             verified_only=verified_only,
         )
-        return result, assemble_plan(loaded, hw, workload, result, rules, time_limit_s=time_limit_s)
+        t_search = time.perf_counter()
+        plan = assemble_plan(loaded, hw, workload, result, rules, time_limit_s=time_limit_s)
+        seconds["search"] += t_search - t
+        seconds["assemble"] += time.perf_counter() - t_search
+        return result, plan
 
-    result, plan = solve(rules)
-    if workload.kind == "train" and split_shared_weights(loaded.graph, plan.blocks):
-        result, plan = solve(_shared_weights_follow_owner(loaded.graph, plan, rules))
-    t2 = time.perf_counter()
-    seconds = dict(loaded.seconds)
-    seconds.update({"load": t1 - t0, "search": t2 - t1, "assemble": time.perf_counter() - t2})
+    result, plan = plan_with(rules)
+    if workload.kind == "train":
+        split = split_shared_weights(loaded.graph, plan.blocks)
+        if split:
+            result, plan = plan_with(_shared_weights_follow_owner(loaded.graph, plan, split, rules))
     return PlanRun(plan=plan, graph=loaded.graph, result=result, seconds=seconds)
 
 
@@ -202,14 +208,16 @@ def shared_copy_correction(graph: Graph, blocks: list[BlockPlan], weight_bytes: 
     return correction * weight_bytes
 
 
-def _shared_weights_follow_owner(graph: Graph, plan: Plan, rules: list[ForceRule]) -> list[ForceRule]:
+def _shared_weights_follow_owner(
+    graph: Graph, plan: Plan, split: list[tuple[str, str, BlockPlan]], rules: list[ForceRule]
+) -> list[ForceRule]:
     """`rules` plus, for each block reading a weight in another layout than the block owning
-    it, a rule giving it the owner's strategy and degrees: the training program holds every
-    weight in one layout (the gradient of a tied table is one tensor). A split the user forced
-    is an input error."""
+    it (`split`, from `split_shared_weights`), a rule giving it the owner's strategy and
+    degrees: the training program holds every weight in one layout (the gradient of a tied
+    table is one tensor). A split the user forced is an input error."""
     by_name = {bp.name: bp for bp in plan.blocks}
     extra = []
-    for param, reader, owner in split_shared_weights(graph, plan.blocks):
+    for param, reader, owner in split:
         forced_reader = [r.text for r in rules if r.matches(reader)]
         forced_owner = [r.text for r in rules if r.matches(owner.name)]
         if forced_reader and forced_owner:
@@ -222,8 +230,7 @@ def _shared_weights_follow_owner(graph: Graph, plan: Plan, rules: list[ForceRule
         # the block the user did not force follows the other
         leader, follower = (by_name[reader], owner.name) if forced_reader else (owner, reader)
         degrees = ",".join(f"{k}={v}" for k, v in sorted(leader.degrees.items()))
-        text = f"{follower}={leader.strategy}" + (f"({degrees})" if degrees else "")
-        extra.append(ForceRule(follower, leader.strategy, dict(leader.degrees), {}, text))
+        extra.append(ForceRule.parse(f"{follower}={leader.strategy}" + (f"({degrees})" if degrees else "")))
     return [*rules, *extra]
 
 
