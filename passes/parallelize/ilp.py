@@ -167,9 +167,12 @@ _AUTO_PER_BLOCK_BACKEND = "cpsat"
 # ---------------------------------------------------------------------------------------
 
 
-def _require_finite_nonnegative(value: float, what: str) -> None:
+def _require_finite_nonnegative(value: float, what: str | Callable[[], str]) -> None:
+    """`what` names the number; a callable builds the name only when the check fails (edges
+    check every option pair's cost, and formatting each name cost more than the check)."""
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+        name = what() if callable(what) else what
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,8 +216,7 @@ class Edge:
         if self.src == self.dst:
             raise ValueError(f"edge from block {self.src!r} to itself")
         for pair, cost in self.cost_s.items():
-            if not (math.isfinite(cost) and cost >= 0):  # the message only when it is needed
-                _require_finite_nonnegative(cost, f"edge {self.src}->{self.dst} cost_s[{pair}]")
+            _require_finite_nonnegative(cost, lambda pair=pair: f"edge {self.src}->{self.dst} cost_s[{pair}]")
 
     @classmethod
     def from_layouts(
