@@ -22,9 +22,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from planner.cli import main  # noqa: E402
-from planner.hf_model import HFCausalLM, kv_cache_shapes, load_config  # noqa: E402
+from planner.hf_model import kv_cache_shapes, load_config  # noqa: E402
 from tests.conftest import HF_CONFIGS  # noqa: E402
-from tests.test_hf_models import model_file_decoding, transformers_decoding  # noqa: E402
+from tests.test_hf_models import decoding_matches_transformers  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["mixtral_tiny", "deepseek_v3_tiny"], ids=["mixtral", "deepseek-v3"])
@@ -34,17 +34,9 @@ def test_decode_over_a_passed_cache_matches_transformers_own_cache(name):
     with uneven cache lengths (sequence 1 one slot short, the slot holding garbage) gives
     sequence 1 the logits of that sequence run alone."""
     config = load_config(HF_CONFIGS / f"{name}.json")
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    ours = HFCausalLM(model)
-    ids = torch.randint(0, config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
-    prompt = 5
-    want = transformers_decoding(model, ids, prompt)
-    got, cache = model_file_decoding(ours, ids, prompt)
+    ours, ids, want, cache = decoding_matches_transformers(config, length=8)
     assert [tuple(t.shape) for t in cache[0]] == list(kv_cache_shapes(config, 2, ids.shape[1]))
     with torch.no_grad():
-        for step, (g, w) in enumerate(zip(got, want, strict=True)):
-            torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"step {step}")
         lens = torch.tensor([7, 6])
         padded = tuple(tuple(c[:, :, :7].clone() for c in layer) for layer in cache)
         for layer in padded:

@@ -33,6 +33,22 @@ def _config_file(tmp_path, name: str, **changes) -> str:
     return str(path)
 
 
+def decoding_matches_transformers(config, *, length: int, prompt: int = 5):
+    """A seeded tiny model of `config` decodes 2 random sequences of `length` tokens (a
+    prompt, then one token a step) through the model file contract and through transformers'
+    own cache: every step's logits agree. Returns (our module, the ids, transformers' logits
+    per call, our final cache) for the checks a test adds."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    ours = HFCausalLM(model)
+    ids = torch.randint(0, config.vocab_size, (2, length), generator=torch.Generator().manual_seed(1))
+    want = transformers_decoding(model, ids, prompt)
+    got, cache = model_file_decoding(ours, ids, prompt)
+    for step, (g, w) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"step {step}")
+    return ours, ids, want, cache
+
+
 @pytest.mark.parametrize(
     "name, changes",
     [("llama_tiny", {}), ("mistral_tiny", {"sliding_window": 3}), ("gpt2_tiny", {}),
@@ -269,16 +285,8 @@ def test_decode_over_a_passed_cache_matches_transformers_own_cache(tmp_path, nam
     mask over the cache is exercised. Uneven cache lengths (sequence 1 one token behind,
     its cache padded) give sequence 1 the logits of the same model run on that sequence alone."""
     config = load_config(_config_file(tmp_path, name, **changes))
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    ours = HFCausalLM(model)
-    ids = torch.randint(0, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
-    prompt = 5
-    want = transformers_decoding(model, ids, prompt)
-    got, cache = model_file_decoding(ours, ids, prompt)
+    ours, ids, want, cache = decoding_matches_transformers(config, length=9)
     with torch.no_grad():
-        for step, (g, w) in enumerate(zip(got, want, strict=True)):
-            torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"step {step}")
         # Uneven: sequence 1 has only 7 valid cache slots of 8; slot 7 holds garbage.
         lens = torch.tensor([8, 7])
         padded = tuple((k.clone(), v.clone()) for k, v in cache)
