@@ -55,11 +55,8 @@ class PrefetchCosts:
     def seconds(self, assignment: dict[str, str]) -> float:
         first, cost = self.first
         total = sum(cost.get(assignment[name], 0.0) for name in first)
-        for (src, dst), by_pair in self.pairs.items():
-            if src == dst:
-                total += by_pair.get((assignment[src], assignment[src]), 0.0)
-            else:
-                total += by_pair.get((assignment[src], assignment[dst]), 0.0)
+        for (src, dst), by_pair in self.pairs.items():  # a unit against itself too (src == dst)
+            total += by_pair.get((assignment[src], assignment[dst]), 0.0)
         return total
 
     def apply(self, blocks: list[BlockVars], edges: list[Edge]) -> tuple[list[BlockVars], list[Edge]]:
