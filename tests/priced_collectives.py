@@ -39,7 +39,7 @@ from passes.parallelize.training import TRANSPOSE
 
 Named = tuple[str, str]
 
-# Runtime kernels (codegen/templates/_runtime.py.jinja) that communicate inside, and what they
+# Runtime kernels (codegen/templates/_runtime*.py.jinja) that communicate inside, and what they
 # run: a function of the step.
 RUNTIME_COLLECTIVES = {
     "ring_attention_pass_kv": lambda step: {("send_recv", "cp")},

@@ -131,7 +131,8 @@ def test_every_communicating_runtime_kernel_is_known():
     """A runtime helper that calls torch.distributed is either a block kernel whose
     collectives the check counts, or one of the known non-kernels; a new communicating
     kernel must be added to the check (else its collectives would go uncounted)."""
-    text = (ROOT / "codegen" / "templates" / "_runtime.py.jinja").read_text()
+    # the runtime and the parts it includes (_runtime_cp.py.jinja: context parallelism)
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "codegen" / "templates").glob("_runtime*.py.jinja")))
     chunks = {}
     for chunk in re.split(r"\n(?=def |class )", text):
         name = re.match(r"(?:def|class) (\w+)", chunk)
